@@ -1,0 +1,1 @@
+"""Shipped trained weights (safetensors) and their model cards; see harness.checkpoints."""

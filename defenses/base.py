@@ -1,0 +1,161 @@
+"""The Defense contract and the shared gradient helpers.
+
+Every defense is a :class:`torch.nn.Module` whose :meth:`Defense.predict` returns ``(B, K)`` class
+scores. The *forward values* of ``predict`` are the defense's real decision (argmax), including any
+inference-time optimisation or randomness. The *backward* of ``predict`` is the defense's declared
+attack gradient. Where plain autograd would be wrong or useless (thresholding, inference-time
+optimisation), a defense declares its gradient with one of the two helpers below instead of writing
+its own ``torch.autograd.Function``:
+
+* :func:`straight_through` -- values of one expression, gradient of another (BPDA, Athalye et al.
+  2018; the envelope gradient of thesis eq. 2.9 is ``straight_through(real_scores, surrogate)``
+  where the surrogate is the reconstruction loss with ``z*`` held fixed).
+* :func:`bpda_identity` -- apply a non-differentiable input transform in the forward pass and the
+  identity in the backward pass (binarisation, JPEG, quantisation).
+
+Randomness always comes from the ``torch.Generator`` passed to ``predict``; a defense must never
+seed or draw from the global RNG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+
+ALL_DATASETS = ("mnist", "fmnist", "svhn", "cifar10", "gtsrb", "supertraffic10")
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the values of ``real``. Backward: the incoming gradient flows to ``surrogate``."""
+
+    @staticmethod
+    def forward(ctx, real: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:  # noqa: D401
+        if real.shape != surrogate.shape:
+            raise ValueError(f"straight_through: real {tuple(real.shape)} and surrogate {tuple(surrogate.shape)} differ in shape")
+        return real.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, grad
+
+
+def straight_through(real: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """Return a tensor with the values of ``real`` and the gradient of ``surrogate``.
+
+    ``real`` may be computed without a graph (e.g. under ``torch.no_grad``); ``surrogate`` must be
+    differentiable w.r.t. the input whose gradient the defense declares.
+    """
+    return _StraightThrough.apply(real, surrogate)
+
+
+class _BPDAIdentity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            out = fn(x)
+        if out.shape != x.shape:
+            raise ValueError("bpda_identity: the transform must preserve the input shape")
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def bpda_identity(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply ``fn`` to ``x`` in the forward pass; pass gradients through unchanged (BPDA identity)."""
+    return _BPDAIdentity.apply(x, fn)
+
+
+@dataclass(frozen=True)
+class DefenseInfo:
+    """Metadata recorded in every result file."""
+
+    name: str
+    paper: str
+    gradient_policy: str
+    randomized: bool
+    datasets: tuple[str, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Defense(torch.nn.Module):
+    """Base class of every defense (built-in or plugin).
+
+    Subclasses set the class attributes below, build their modules in ``__init__(*, num_classes,
+    input_shape, dataset)`` and implement :meth:`predict`. Trainable defenses also implement
+    :meth:`fit`; the harness saves/loads their ``state_dict`` as safetensors.
+    """
+
+    #: registry name, e.g. ``"cnn"``
+    name: ClassVar[str] = ""
+    #: citation of the method
+    paper: ClassVar[str] = ""
+    #: one sentence: what the backward of ``predict`` is (goes into every result file)
+    gradient_policy: ClassVar[str] = "exact autograd gradient of the scores"
+    #: True when ``predict`` draws random numbers (the harness then uses EOT and repeated scoring)
+    randomized: ClassVar[bool] = False
+    #: datasets the defense supports
+    datasets: ClassVar[tuple[str, ...]] = ALL_DATASETS
+    #: False for defenses without learned weights (no checkpoint needed)
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, *, num_classes: int, input_shape: tuple[int, int, int], dataset: str):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.dataset = dataset
+
+    # -- the contract -------------------------------------------------------------------------
+    def predict(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Class scores ``(B, K)`` for inputs ``x`` ``(B, C, H, W)`` in [0, 1]."""
+        raise NotImplementedError
+
+    def abstain(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Boolean ``(B,)``: True where the defense refuses to classify. Default: never."""
+        return torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+
+    def fit(self, train, val, *, config: dict, device: torch.device, generator: torch.Generator, progress: bool = True) -> dict:
+        """Train in place on ``train`` (a :class:`harness.datasets.Split`); return metrics incl. ``val_acc``."""
+        raise NotImplementedError(f"defense {self.name!r} has no training recipe")
+
+    @classmethod
+    def default_train_config(cls, dataset: str) -> dict:
+        """The training recipe for ``dataset`` (JSON-serialisable; recorded in the model card)."""
+        return {}
+
+    @classmethod
+    def checkpoint_name(cls) -> str:
+        """Name of the checkpoint this defense loads (wrappers reuse their base's checkpoint)."""
+        return cls.name
+
+    def checkpoint_module(self) -> torch.nn.Module:
+        """The module whose state dict is the checkpoint (wrappers return their base)."""
+        return self
+
+    def info(self) -> DefenseInfo:
+        """Metadata for the result manifest."""
+        return DefenseInfo(self.name, self.paper, self.gradient_policy, self.randomized, tuple(self.datasets), self.extra_info())
+
+    def extra_info(self) -> dict[str, Any]:
+        """Defense-specific metadata (inference steps, EOT draws, ...)."""
+        return {}
+
+    # -- conveniences ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # lets torch/foolbox call the module
+        return self.predict(x)
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor, *, generator: torch.Generator | None = None, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted labels and abstain flags, in batches, without gradients."""
+        preds, abst = [], []
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size]
+            s = self.predict(xb, generator=generator)
+            preds.append(s.argmax(1))
+            abst.append(self.abstain(xb, s))
+        return torch.cat(preds), torch.cat(abst)

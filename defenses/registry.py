@@ -1,0 +1,110 @@
+"""Defense registry: a decorator for built-ins plus entry-point discovery for plugins.
+
+Third-party packages expose defenses through the entry-point group ``bench.defenses``; each entry
+point names a :class:`defenses.base.Defense` subclass (or a module that registers defenses when
+imported). A plugin that fails to import is recorded as *broken* with its error and does not stop
+the other defenses from working.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from harness.errors import BenchUserError
+
+ENTRY_POINT_GROUP = "bench.defenses"
+
+_BUILTIN_MODULES = ("defenses.cnn",)
+
+_REGISTRY: dict[str, type] = {}
+_ORIGIN: dict[str, str] = {}
+_BROKEN: dict[str, str] = {}
+_loaded = False
+
+
+class DuplicateDefenseError(RuntimeError):
+    """Two defenses claim the same registry name."""
+
+
+def register(cls: type | None = None, *, name: str | None = None, origin: str = "built-in"):
+    """Class decorator adding a Defense subclass to the registry under ``cls.name`` (or ``name``)."""
+
+    def deco(c: type) -> type:
+        from defenses.base import Defense
+
+        if not (isinstance(c, type) and issubclass(c, Defense)):
+            raise TypeError(f"{c!r} is not a defenses.base.Defense subclass")
+        key = name or c.name
+        if not key:
+            raise ValueError(f"{c.__name__} has no registry name (set the class attribute `name`)")
+        if key != c.name:
+            raise ValueError(f"registry name {key!r} differs from {c.__name__}.name={c.name!r}")
+        if key in _REGISTRY and _REGISTRY[key] is not c:
+            raise DuplicateDefenseError(
+                f"defense name {key!r} is registered twice: {_ORIGIN[key]} and {origin} ({c.__module__}.{c.__qualname__})"
+            )
+        _REGISTRY[key] = c
+        _ORIGIN[key] = origin
+        return c
+
+    return deco(cls) if cls is not None else deco
+
+
+def _load_plugins() -> None:
+    from defenses.base import Defense
+
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        origin = f"plugin {ep.name} ({ep.value})"
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break the others
+            _BROKEN[ep.name] = f"{type(exc).__name__}: {exc}"
+            continue
+        if isinstance(obj, type) and issubclass(obj, Defense):
+            if obj.name in _REGISTRY and _REGISTRY[obj.name] is obj:
+                continue
+            try:
+                register(obj, origin=origin)
+            except (DuplicateDefenseError, ValueError, TypeError) as exc:
+                _BROKEN[ep.name] = str(exc)
+        # a module entry point registers its defenses itself on import
+
+
+def ensure_loaded() -> None:
+    """Import the built-in defense modules and discover plugins (once)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)
+    _load_plugins()
+
+
+def list_defenses() -> dict[str, type]:
+    """All registered defenses, sorted by name."""
+    ensure_loaded()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def broken_plugins() -> dict[str, str]:
+    """Plugins that failed to load, with their error."""
+    ensure_loaded()
+    return dict(_BROKEN)
+
+
+def origin_of(name: str) -> str:
+    """Where a registered defense came from ("built-in" or the plugin entry point)."""
+    ensure_loaded()
+    return _ORIGIN[name]
+
+
+def get_defense(name: str) -> type:
+    """Look up a defense class by name; unknown names raise a one-line :class:`BenchUserError`."""
+    ensure_loaded()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _BROKEN:
+        raise BenchUserError(f"defense {name!r} is a plugin that failed to load: {_BROKEN[name]}")
+    raise BenchUserError(f"unknown defense {name!r}; known: {', '.join(sorted(_REGISTRY))} (see `bench list defenses`)")

@@ -1,0 +1,3 @@
+"""The benchmark engine: datasets -> defense -> attack -> verify -> results -> stats -> tables."""
+
+__version__ = "0.1.0"

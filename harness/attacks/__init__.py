@@ -1,0 +1,117 @@
+"""Attack adapters: thin wrappers over foolbox 3 that *propose* adversarial candidates.
+
+Every adapter has the signature ``run(model, x, y, threat, spec, seed) -> list[Tensor]`` where
+``model`` is a plain ``nn.Module`` mapping inputs in [0,1] to scores (the harness passes an
+:class:`harness.eot.EOTModel`), and returns one candidate batch per restart. Candidates are never
+trusted: :mod:`harness.verify` projects, clamps and re-scores them with the defense's ``predict``.
+
+Foolbox draws its random starts from torch's global RNG; adapters run each restart inside
+``torch.random.fork_rng`` seeded from the spec, so results are reproducible and the caller's global
+RNG state is untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import foolbox as fb
+import torch
+
+from harness.errors import BenchUserError
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """Static facts about one attack adapter."""
+
+    name: str
+    norms: tuple[str, ...]
+    kind: str  # "bounded": finds x' inside the eps-ball; "minimization": smallest adversarial x'
+    library: str
+    description: str
+    make: Callable[[str, dict], object]  # (norm, params) -> foolbox attack
+    budget: Callable[[dict, int], str]
+
+
+def _pgd(norm: str, p: dict):
+    cls = fb.attacks.LinfPGD if norm == "linf" else fb.attacks.L2PGD
+    return cls(steps=int(p.get("steps", 40)), rel_stepsize=float(p.get("rel_stepsize", 2.5 / p.get("steps", 40))), random_start=bool(p.get("random_start", True)))
+
+
+def _fgm(norm: str, p: dict):
+    return fb.attacks.FGSM(random_start=bool(p.get("random_start", False))) if norm == "linf" else fb.attacks.FGM(random_start=bool(p.get("random_start", False)))
+
+
+def _deepfool(norm: str, p: dict):
+    cls = fb.attacks.LinfDeepFoolAttack if norm == "linf" else fb.attacks.L2DeepFoolAttack
+    return cls(steps=int(p.get("steps", 50)), candidates=p.get("candidates", 10), overshoot=float(p.get("overshoot", 0.02)), loss=p.get("loss", "logits"))
+
+
+def _ddn(norm: str, p: dict):
+    return fb.attacks.DDNAttack(steps=int(p.get("steps", 80)), init_epsilon=float(p.get("init_epsilon", 1.0)), gamma=float(p.get("gamma", 0.05)))
+
+
+def _cw(norm: str, p: dict):
+    return fb.attacks.L2CarliniWagnerAttack(
+        binary_search_steps=int(p.get("binary_search_steps", 5)),
+        steps=int(p.get("steps", 100)),
+        stepsize=float(p.get("stepsize", 0.01)),
+        confidence=float(p.get("confidence", 0.0)),
+        initial_const=float(p.get("initial_const", 1e-3)),
+        abort_early=bool(p.get("abort_early", True)),
+    )
+
+
+def _noise(norm: str, p: dict):
+    repeats = int(p.get("repeats", 100))
+    if norm == "l2":
+        return fb.attacks.L2RepeatedAdditiveGaussianNoiseAttack(repeats=repeats, check_trivial=True)
+    return fb.attacks.LinfRepeatedAdditiveUniformNoiseAttack(repeats=repeats, check_trivial=True)
+
+
+def _steps_budget(p: dict, restarts: int) -> str:
+    return f"{p.get('steps', '?')} steps x {restarts} restarts"
+
+
+ATTACKS: dict[str, AttackInfo] = {
+    a.name: a
+    for a in (
+        AttackInfo("pgd", ("linf", "l2"), "bounded", "foolbox", "Projected gradient descent with random start (Madry et al. 2018)", _pgd, _steps_budget),
+        AttackInfo("fgm", ("linf", "l2"), "bounded", "foolbox", "Fast gradient (sign) method, one step to the eps-ball boundary (FGSM for L∞, FGM for L2)", _fgm, lambda p, r: f"1 step x {r} restarts"),
+        AttackInfo("deepfool", ("linf", "l2"), "minimization", "foolbox", "DeepFool (Moosavi-Dezfooli et al. 2016), logits loss, overshoot 0.02", _deepfool, _steps_budget),
+        AttackInfo("ddn", ("l2",), "minimization", "foolbox", "Decoupled direction and norm (Rony et al. 2019)", _ddn, _steps_budget),
+        AttackInfo("cw", ("l2",), "minimization", "foolbox", "Carlini-Wagner L2 (2017) with binary search over the constant", _cw, lambda p, r: f"{p.get('binary_search_steps', 5)} binary searches x {p.get('steps', 100)} steps x {r} restarts"),
+        AttackInfo("noise", ("linf", "l2"), "bounded", "foolbox", "Repeated additive noise at the eps-ball boundary (Gaussian for L2, uniform for L∞: foolbox has no L∞ Gaussian)", _noise, lambda p, r: f"{p.get('repeats', 100)} draws x {r} restarts"),
+    )
+}
+
+
+def get_attack(name: str) -> AttackInfo:
+    try:
+        return ATTACKS[name]
+    except KeyError:
+        raise BenchUserError(f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}") from None
+
+
+def budget_string(spec) -> str:
+    """Human-readable budget of one AttackSpec, EOT draws included."""
+    return f"{get_attack(spec.name).budget(spec.kwargs, spec.restarts)}, EOT {spec.eot}"
+
+
+def run_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat, spec, *, seed: int) -> list[torch.Tensor]:
+    """Run ``spec`` against ``model`` on one batch; one candidate batch per restart (unverified)."""
+    info = get_attack(spec.name)
+    if threat.norm not in info.norms:
+        raise BenchUserError(f"attack {spec.name!r} does not support norm {threat.norm} (supports {', '.join(info.norms)})")
+    attack = info.make(threat.norm, spec.kwargs)
+    fmodel = fb.PyTorchModel(model, bounds=threat.bounds, device=x.device)
+    eps = None if info.kind == "minimization" else threat.eps
+    devices = [x.device] if x.device.type == "cuda" else []
+    out = []
+    for r in range(spec.restarts):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed * 1_000_003 + r)
+            raw, _clipped, _success = attack(fmodel, x, y, epsilons=eps)
+        out.append(raw.detach())
+    return out

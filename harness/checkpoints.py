@@ -1,0 +1,112 @@
+"""Checkpoints: safetensors weights + a model-card JSON, looked up and verified before loading.
+
+A checkpoint for defense ``D`` on dataset ``S`` is the pair ``D-S.safetensors`` / ``D-S.json`` in
+the first of these directories that has it: ``$BENCH_CHECKPOINTS``, the user cache
+(``~/.cache/bench/checkpoints``), the shipped ``checkpoints/`` package. Weights are read with
+safetensors (no pickle, so a checkpoint cannot run code); the card's sha256 must match the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from platformdirs import user_cache_dir
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from harness.errors import CheckpointError
+from harness.results import atomic_write_json
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def shipped_dir() -> Path:
+    """The ``checkpoints`` package directory (works for editable and regular installs)."""
+    try:
+        import checkpoints  # the shipped package
+
+        return Path(checkpoints.__file__).resolve().parent
+    except ImportError:
+        return SHIPPED_DIR
+
+
+def user_dir() -> Path:
+    """Where ``bench train`` writes by default."""
+    return Path(user_cache_dir("bench")) / "checkpoints"
+
+
+def search_dirs() -> list[Path]:
+    """Checkpoint directories in look-up order."""
+    dirs = []
+    if os.environ.get("BENCH_CHECKPOINTS"):
+        dirs.append(Path(os.environ["BENCH_CHECKPOINTS"]))
+    dirs += [user_dir(), shipped_dir()]
+    return dirs
+
+
+def stem(defense: str, dataset: str) -> str:
+    return f"{defense}-{dataset}"
+
+
+def find_checkpoint(defense: str, dataset: str) -> Path | None:
+    """Path of the first ``<defense>-<dataset>.safetensors`` in :func:`search_dirs`, or None."""
+    for d in search_dirs():
+        p = d / f"{stem(defense, dataset)}.safetensors"
+        if p.is_file():
+            return p
+    return None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(module: torch.nn.Module, path: str | os.PathLike, card: dict) -> dict:
+    """Write ``module``'s state dict as safetensors and its model card (with the file's sha256)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    card = dict(card, weights=path.name, sha256=sha256_file(path))
+    atomic_write_json(path.with_suffix(".json"), card)
+    return card
+
+
+def read_card(path: str | os.PathLike) -> dict:
+    """The model card next to a checkpoint file (empty dict if there is none)."""
+    card = Path(path).with_suffix(".json")
+    if not card.is_file():
+        return {}
+    try:
+        return json.loads(card.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"model card {card} is not valid JSON ({exc})") from None
+
+
+def load_checkpoint(module: torch.nn.Module, path: str | os.PathLike) -> dict:
+    """Load weights into ``module`` (strict); verify the card's hash; return the card (+ ``sha256``)."""
+    path = Path(path)
+    digest = sha256_file(path)
+    card = read_card(path)
+    if card.get("sha256") and card["sha256"] != digest:
+        raise CheckpointError(f"checkpoint {path} does not match the sha256 in its model card (file changed or corrupt); retrain with `bench train`")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({exc}); delete it and retrain with `bench train`") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit the model ({first}); was it trained for another defense or dataset?") from None
+    return dict(card, sha256=digest)

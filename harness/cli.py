@@ -1,0 +1,188 @@
+"""The ``bench`` command: a thin layer that builds a config and calls one library function.
+
+User errors (unknown names, values out of range, missing data, bad checkpoints) print one line
+``bench: error: ...`` and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.errors import BenchUserError
+
+DEFAULT_RESULTS = "results"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage too)
+        raise BenchUserError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _eps(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"eps must be a finite number >= 0, got {text}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bench", description="Adversarial-robustness benchmark harness (thesis-style evaluation with verified attacks).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="evaluate a defense (trains it first when no checkpoint exists)")
+    r.add_argument("--defense", required=True)
+    r.add_argument("--dataset", default="fmnist")
+    r.add_argument("--norm", choices=["linf", "l2"], required=True)
+    r.add_argument("--suite", default="quick", help="attack suite in threat_models/suites (quick, paper)")
+    r.add_argument("--n", type=_positive_int, default=200, help="number of test samples (default 200)")
+    r.add_argument("--seed", type=_nonneg_int, default=0)
+    r.add_argument("--eps", type=_eps, default=None, help="override the dataset's default eps")
+    r.add_argument("--attacks", default=None, help="comma-separated subset of the suite's attacks")
+    r.add_argument("--batch-size", type=_positive_int, default=100)
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--results-dir", default=DEFAULT_RESULTS)
+    r.add_argument("--fresh", action="store_true", help="recompute instead of resuming")
+    r.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint exists")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    t = sub.add_parser("train", help="train a defense and write a checkpoint + model card")
+    t.add_argument("--defense", required=True)
+    t.add_argument("--dataset", default="fmnist")
+    t.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epoch count")
+    t.add_argument("--out", default=None, help="checkpoint directory (default: ~/.cache/bench/checkpoints)")
+    t.add_argument("--seed", type=_nonneg_int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--quiet", action="store_true")
+
+    tb = sub.add_parser("table", help="print the thesis-style table with Wilson intervals and McNemar p-values")
+    tb.add_argument("--dataset", default="fmnist")
+    tb.add_argument("--norm", choices=["linf", "l2"], required=True)
+    tb.add_argument("--results-dir", default=DEFAULT_RESULTS)
+
+    lb = sub.add_parser("leaderboard", help="regenerate leaderboard.md from results/")
+    lb.add_argument("--results-dir", default=DEFAULT_RESULTS)
+    lb.add_argument("--out", default="leaderboard.md")
+    lb.add_argument("--check", action="store_true", help="exit 1 if the file is not up to date")
+
+    ls = sub.add_parser("list", help="list defenses, attacks, datasets or suites")
+    ls.add_argument("what", choices=["defenses", "attacks", "datasets", "suites"])
+    return p
+
+
+def _cmd_run(a) -> int:
+    from harness.runner import RunConfig, evaluate
+    from harness.tables import format_report
+
+    attacks = tuple(s.strip() for s in a.attacks.split(",") if s.strip()) if a.attacks else None
+    cfg = RunConfig(
+        defense=a.defense, dataset=a.dataset, norm=a.norm, suite=a.suite, n=a.n, seed=a.seed, device=a.device,
+        results_dir=a.results_dir, fresh=a.fresh, batch_size=a.batch_size, eps=a.eps, attacks=attacks,
+        progress=not a.quiet, train_if_missing=not a.no_train,
+    )
+    path = evaluate(cfg)
+    print(f"wrote {path}")
+    print()
+    print(format_report(a.results_dir, a.dataset, a.norm))
+    return 0
+
+
+def _cmd_train(a) -> int:
+    from harness.models import train_defense
+    from harness.provenance import resolve_device
+
+    train_defense(a.defense, a.dataset, device=resolve_device(a.device), epochs=a.epochs, out_dir=a.out, seed=a.seed, progress=not a.quiet)
+    return 0
+
+
+def _cmd_table(a) -> int:
+    from harness.tables import format_report
+
+    print(format_report(a.results_dir, a.dataset, a.norm))
+    return 0
+
+
+def _cmd_leaderboard(a) -> int:
+    from harness.leaderboard import check_leaderboard, write_leaderboard
+
+    if a.check:
+        if check_leaderboard(a.results_dir, a.out):
+            print(f"{a.out} is up to date")
+            return 0
+        print(f"{a.out} is stale: run `bench leaderboard` to regenerate it from {a.results_dir}/", file=sys.stderr)
+        return 1
+    changed = write_leaderboard(a.results_dir, a.out)
+    print(f"{'wrote' if changed else 'unchanged'} {a.out}")
+    return 0
+
+
+def _cmd_list(a) -> int:
+    if a.what == "defenses":
+        from defenses.registry import broken_plugins, list_defenses, origin_of
+
+        for name, cls in list_defenses().items():
+            flags = "randomized" if cls.randomized else "deterministic"
+            print(f"{name:<16} {flags:<13} {origin_of(name):<12} {cls.gradient_policy}")
+        for name, err in sorted(broken_plugins().items()):
+            print(f"{name:<16} BROKEN        plugin       {err}")
+    elif a.what == "attacks":
+        from harness.attacks import ATTACKS
+
+        for name, info in ATTACKS.items():
+            print(f"{name:<9} {','.join(info.norms):<8} {info.kind:<12} {info.library:<8} {info.description}")
+    elif a.what == "datasets":
+        from harness import datasets
+
+        for d in datasets.list_datasets():
+            where = datasets.find_data_dir(d.name)
+            print(f"{d.name:<15} {d.num_classes:>3} classes  {'x'.join(map(str, d.shape)):<8} {str(where) if where else 'not on disk'}")
+    else:
+        from threat_models import list_suites, load_suite
+
+        for s in list_suites():
+            print(f"{s:<8} {load_suite(s, norm='linf', dataset='fmnist').description}")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "train": _cmd_train, "table": _cmd_table, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bench`` console script."""
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except BenchUserError as exc:
+        msg = " ".join(str(exc).split())
+        print(f"bench: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; finished work is saved and a rerun resumes it", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

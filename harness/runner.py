@@ -1,0 +1,203 @@
+"""Evaluate one defense on one dataset and norm with one attack suite; write the result file.
+
+Data flow: dataset -> defense -> attack (propose) -> verify -> record. The result file is rewritten
+atomically after the clean pass and after every attack, so an interrupted run keeps every finished
+attack and a rerun resumes with the first unfinished one (``fresh=True`` recomputes everything).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from harness import datasets
+from harness.attacks import budget_string, get_attack, run_attack
+from harness.eot import EOTModel
+from harness.errors import BenchUserError
+from harness.models import load_defense
+from harness.provenance import code_commit, command_line, device_name, package_versions, resolve_device
+from harness.results import SCHEMA_VERSION, atomic_write_json, load_result, result_path
+from harness.verify import score, verify
+from threat_models import NORMS, ThreatModel, default_threat, load_suite
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one evaluation (recorded in the manifest)."""
+
+    defense: str
+    dataset: str
+    norm: str
+    suite: str = "quick"
+    n: int = 200
+    seed: int = 0
+    device: str = "auto"
+    results_dir: str = "results"
+    fresh: bool = False
+    batch_size: int = 100
+    eps: float | None = None
+    attacks: tuple[str, ...] | None = None  # subset of the suite's attacks, by name
+    progress: bool = True
+    train_if_missing: bool = True
+
+
+def sample_ids(test_size: int, n: int, seed: int) -> list[int]:
+    """The first ``n`` indices of a seeded permutation of the test set, sorted.
+
+    Prefix property: the ids for ``n=200`` are a subset of those for ``n=1000`` with the same seed,
+    so every defense evaluated with the same seed shares its samples (needed for McNemar).
+    """
+    if not 1 <= n <= test_size:
+        raise BenchUserError(f"--n must be between 1 and {test_size} (the test-set size), got {n}")
+    perm = torch.randperm(test_size, generator=torch.Generator().manual_seed(seed))
+    return sorted(perm[:n].tolist())
+
+
+def _batch_seed(seed: int, tag: str, batch: int) -> int:
+    h = hashlib.sha256(f"{seed}:{tag}:{batch}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+def evaluate(cfg: RunConfig, *, log=print) -> Path:
+    """Run ``cfg`` and return the path of the result file."""
+    if cfg.norm not in NORMS:
+        raise BenchUserError(f"unknown norm {cfg.norm!r}; use one of {', '.join(NORMS)}")
+    if cfg.batch_size < 1:
+        raise BenchUserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    device = resolve_device(cfg.device)
+    info = datasets.get_info(cfg.dataset)
+    threat = default_threat(cfg.dataset, cfg.norm)
+    if cfg.eps is not None:
+        threat = ThreatModel(norm=cfg.norm, eps=float(cfg.eps))
+    test = datasets.load(cfg.dataset, "test")
+    ids = sample_ids(len(test.x), cfg.n, cfg.seed)
+    defense, card = load_defense(cfg.defense, cfg.dataset, device=device, train_if_missing=cfg.train_if_missing, progress=cfg.progress, announce=log)
+    suite = load_suite(cfg.suite, norm=cfg.norm, dataset=cfg.dataset, randomized=defense.randomized)
+    specs = list(suite.attacks)
+    if cfg.attacks:
+        unknown = set(cfg.attacks) - {s.name for s in specs}
+        if unknown:
+            raise BenchUserError(f"attack(s) {', '.join(sorted(unknown))} not in suite {cfg.suite!r} for {cfg.norm}; available: {', '.join(s.name for s in specs)}")
+        specs = [s for s in specs if s.name in cfg.attacks]
+    draws = max((s.eot for s in specs), default=1) if defense.randomized else 1
+
+    path = result_path(cfg.results_dir, cfg.dataset, cfg.norm, cfg.defense)
+    dinfo = defense.info()
+    manifest = {
+        "defense": cfg.defense,
+        "dataset": cfg.dataset,
+        "norm": cfg.norm,
+        "eps": threat.eps,
+        "eps_label": threat.eps_label,
+        "suite": cfg.suite,
+        "seed": cfg.seed,
+        "n": len(ids),
+        "sample_ids": ids,
+        "device": device_name(device),
+        "versions": package_versions(),
+        "commit": code_commit(),
+        "command": command_line(),
+        "checkpoint_sha256": card.get("sha256"),
+        "checkpoint_epochs": card.get("epochs"),
+        "randomized": dinfo.randomized,
+        "score_draws": draws,
+        "gradient_policy": dinfo.gradient_policy,
+        "paper": dinfo.paper,
+        "defense_config": dinfo.extra,
+        "attacks": {},
+    }
+    data = None
+    if path.exists() and not cfg.fresh:
+        old = load_result(path)
+        om = old["manifest"]
+        same = om.get("sample_ids") == ids and om.get("eps") == threat.eps and om.get("checkpoint_sha256") == manifest["checkpoint_sha256"]
+        if not same:
+            raise BenchUserError(
+                f"{path} holds a different evaluation (n={om.get('n')}, seed={om.get('seed')}, eps={om.get('eps')}, or another checkpoint); "
+                "pass --fresh to overwrite it or --results-dir to write elsewhere"
+            )
+        data = old
+        data["manifest"].update({k: v for k, v in manifest.items() if k != "attacks"})
+        log(f"resuming {path}: {len(om.get('attacks', {}))} attack(s) already done")
+    x_all = test.x[ids]
+    y_all = test.y[ids]
+    bs = cfg.batch_size
+
+    if data is None:
+        t0 = time.perf_counter()
+        recs = []
+        for bi, i in enumerate(range(0, len(ids), bs)):
+            gen = torch.Generator(device=device).manual_seed(_batch_seed(cfg.seed, "clean", bi))
+            xb, yb = x_all[i : i + bs].to(device), y_all[i : i + bs].to(device)
+            ok, abst = score(defense, xb, yb, generator=gen, draws=draws)
+            for j in range(len(xb)):
+                recs.append({"index": ids[i + j], "label": int(yb[j]), "clean_correct": bool(ok[j]), "clean_abstained": bool(abst[j]), "attacks": {}})
+        manifest["clean_wall_time_s"] = round(time.perf_counter() - t0, 3)
+        manifest["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        data = {"schema": SCHEMA_VERSION, "manifest": manifest, "records": recs}
+        atomic_write_json(path, data)
+    recs = data["records"]
+    clean_ok = torch.tensor([r["clean_correct"] for r in recs], dtype=torch.bool)
+    log(f"{cfg.defense} on {cfg.dataset}: clean accuracy {clean_ok.float().mean():.3f} on {len(ids)} samples ({threat.norm} eps={threat.eps_label})")
+
+    for spec in specs:
+        h = spec.spec_hash()
+        done = data["manifest"]["attacks"].get(spec.name)
+        if done and done.get("spec_hash") == h:
+            continue
+        ainfo = get_attack(spec.name)
+        model = EOTModel(defense, draws=spec.eot)
+        t0 = time.perf_counter()
+        attacked = clean_ok.nonzero().flatten().tolist()
+        results = {}
+        bar = tqdm(total=len(attacked), desc=f"{spec.name} ({budget_string(spec)})", unit="img", disable=not cfg.progress, dynamic_ncols=True)
+        for bi, s in enumerate(range(0, len(attacked), bs)):
+            idx = attacked[s : s + bs]
+            xb, yb = x_all[idx].to(device), y_all[idx].to(device)
+            seed = _batch_seed(cfg.seed, h, bi)
+            model.generator = torch.Generator(device=device).manual_seed(seed)
+            cands = run_attack(model, xb, yb, threat, spec, seed=seed % (1 << 31))
+            vgen = torch.Generator(device=device).manual_seed(seed ^ 0x5EED)
+            v = verify(defense, xb, yb, cands, threat, clean_correct=torch.ones(len(idx), dtype=torch.bool, device=device), generator=vgen, draws=draws, unbounded=ainfo.kind == "minimization")
+            for j, k in enumerate(idx):
+                results[k] = {"correct": bool(v.correct[j]), "abstained": bool(v.abstained[j]), "norm": _num(float(v.norm[j]))}
+                if ainfo.kind == "minimization":
+                    results[k]["min_norm"] = _num(float(v.min_norm[j]))
+            bar.update(len(idx))
+        bar.close()
+        for k, r in enumerate(recs):
+            if k in results:
+                r["attacks"][spec.name] = results[k]
+            else:  # misclassified (or abstained on) before the attack: adversarial at distance 0
+                entry = {"correct": False, "abstained": bool(r["clean_abstained"]), "norm": 0.0}
+                if ainfo.kind == "minimization":
+                    entry["min_norm"] = 0.0
+                r["attacks"][spec.name] = entry
+        wall = time.perf_counter() - t0
+        data["manifest"]["attacks"][spec.name] = {
+            "spec": spec.to_dict(),
+            "spec_hash": h,
+            "kind": ainfo.kind,
+            "library": ainfo.library,
+            "budget": budget_string(spec),
+            "wall_time_s": round(wall, 3),
+        }
+        atomic_write_json(path, data)
+        acc = sum(r["attacks"][spec.name]["correct"] for r in recs) / len(recs)
+        log(f"  {spec.name:<9} accuracy {acc:.3f}  ({budget_string(spec)}; {wall:.1f} s)")
+    return path
+
+
+def config_dict(cfg: RunConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,236 @@
+"""Thesis-style text tables of result files: accuracies with Wilson intervals, McNemar p-values,
+attack budgets. ``results`` arguments are ``{defense: data}`` from
+:func:`harness.results.load_results`."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pandas as pd
+from tabulate import tabulate
+
+from harness import stats
+from harness.errors import BenchUserError
+from harness.results import load_results
+
+#: Defenses in this order come first in every table; the rest follow alphabetically.
+CANONICAL_DEFENSE_ORDER = ("cnn", "adv-linf", "adv-l2", "abs", "eabs")
+
+_DEFENSE_NAMES = {"cnn": "CNN", "adv-linf": "Adv-L∞", "adv-l2": "Adv-L2", "abs": "ABS", "eabs": "E-ABS"}
+_ATTACK_NAMES = {"pgd": "PGD", "deepfool": "DeepFool", "ddn": "DDN", "cw": "CW", "fgm": "FGM", "noise": "Noise"}
+_NORM_NAMES = {"linf": "L∞", "l2": "L2"}
+_FORMATS = ("github", "plain")
+MISSING = "—"
+SIGNIFICANCE = 0.01
+
+
+def defense_order(names) -> list[str]:
+    """Stable display order: the canonical defenses (cnn, adv-linf, adv-l2, abs, eabs) first, then the rest alphabetically."""
+    names = list(dict.fromkeys(names))
+    head = [d for d in CANONICAL_DEFENSE_ORDER if d in names]
+    return head + sorted(d for d in names if d not in CANONICAL_DEFENSE_ORDER)
+
+
+def ordered(results: dict[str, dict]) -> dict[str, dict]:
+    """``results`` re-keyed in :func:`defense_order`."""
+    return {d: results[d] for d in defense_order(results)}
+
+
+def defense_label(name: str) -> str:
+    """Display name of a defense (``adv-linf`` -> ``Adv-L∞``); unknown names unchanged."""
+    return _DEFENSE_NAMES.get(name, name)
+
+
+def attack_label(name: str) -> str:
+    """Display name of an attack (``pgd`` -> ``PGD``, ``deepfool`` -> ``DeepFool``); others upper-cased."""
+    return _ATTACK_NAMES.get(name, name.upper())
+
+
+def norm_label(norm: str) -> str:
+    """Display name of a threat-model norm (``linf`` -> ``L∞``, ``l2`` -> ``L2``)."""
+    return _NORM_NAMES.get(norm, norm.upper())
+
+
+def row_label(row: str, norm: str) -> str:
+    """Display name of a table row: ``Clean``, an attack label, or ``All L∞`` / ``All L2``."""
+    if row == stats.CLEAN:
+        return "Clean"
+    if row == stats.ALL:
+        return f"All {norm_label(norm)}"
+    return attack_label(row)
+
+
+def format_pct(acc: float) -> str:
+    """``0.91`` -> ``91.0%``; NaN -> ``—``."""
+    return MISSING if acc is None or math.isnan(acc) else f"{100 * acc:.1f}%"
+
+
+def format_cell(acc: float, lo: float, hi: float) -> str:
+    """Accuracy with its interval in percentage points: ``91.0% [89.1, 92.6]``; NaN -> ``—``."""
+    if acc is None or math.isnan(acc):
+        return MISSING
+    return f"{100 * acc:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def format_pvalue(p: float) -> str:
+    """``<0.001``, ``0.023``, ... with ``*`` appended when p < 0.01; NaN -> ``—``."""
+    if p is None or math.isnan(p):
+        return MISSING
+    text = "<0.001" if p < 0.001 else f"{p:.3f}"
+    return text + ("*" if p < SIGNIFICANCE else "")
+
+
+def _check_fmt(fmt: str) -> str:
+    if fmt not in _FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(_FORMATS)}")
+    return fmt
+
+
+def _check_results(results: dict[str, dict]) -> None:
+    if not results:
+        raise ValueError("no result files given")
+
+
+def _common(results: dict[str, dict], key: str):
+    values = {repr(stats.manifest(d).get(key)): stats.manifest(d).get(key) for d in results.values()}
+    return next(iter(values.values())) if len(values) == 1 else None
+
+
+def header_line(results: dict[str, dict]) -> str:
+    """One line naming dataset, norm, eps label and n, with notes where the files disagree
+    (different eps, n, sample sets or attack sets)."""
+    _check_results(results)
+    res = ordered(results)
+    mans = {d: stats.manifest(data) for d, data in res.items()}
+    dataset = _common(res, "dataset")
+    norm = _common(res, "norm")
+    eps = _common(res, "eps_label") or _common(res, "eps")
+    outcomes = {d: stats.per_sample_outcomes(data) for d, data in res.items()}
+    ns = {d: len(o) for d, o in outcomes.items()}
+    parts = [
+        f"dataset {dataset if dataset is not None else 'mixed'}",
+        f"norm {norm_label(norm) if norm else 'mixed'}",
+        f"eps {eps if eps is not None else 'mixed'}",
+    ]
+    if len(set(ns.values())) == 1:
+        parts.append(f"n = {next(iter(ns.values()))}")
+    else:
+        parts.append("n = " + ", ".join(f"{defense_label(d)} {n}" for d, n in ns.items()))
+    notes = []
+    if eps is None:
+        notes.append("eps differs: " + ", ".join(f"{defense_label(d)} {m.get('eps_label', m.get('eps'))}" for d, m in mans.items()))
+    sets = {d: frozenset(o.index.tolist()) for d, o in outcomes.items()}
+    if len(set(sets.values())) > 1:
+        shared = frozenset.intersection(*sets.values())
+        notes.append(f"defenses were evaluated on different sample sets ({len(shared)} shared)")
+    attack_sets = {tuple(stats.attack_names(data)) for data in res.values()}
+    if len(attack_sets) > 1:
+        notes.append("defenses ran different attacks; each 'All' row covers that defense's own attacks")
+    suites = {str(m.get("suite")) for m in mans.values()}
+    if len(suites) == 1:
+        parts.append(f"suite {next(iter(suites))}")
+    else:
+        notes.append("suites differ: " + ", ".join(f"{defense_label(d)} {m.get('suite')}" for d, m in mans.items()))
+    line = " · ".join(parts)
+    if notes:
+        line += " (note: " + "; ".join(notes) + ")"
+    return line
+
+
+def accuracy_frame(results: dict[str, dict]) -> pd.DataFrame:
+    """Display frame of the thesis table: index = row labels (Clean, attacks, All), columns =
+    defense labels, cells ``acc% [lo, hi]`` or ``—`` for an attack a defense did not run."""
+    _check_results(results)
+    res = ordered(results)
+    norm = _common(res, "norm") or ""
+    acc = stats.accuracy_table(res)
+    rows = [stats.CLEAN, *stats.attack_union(res), stats.ALL]
+    frame = pd.DataFrame(MISSING, index=[row_label(r, norm) for r in rows],
+                         columns=[defense_label(d) for d in res], dtype=object)
+    for rec in acc.itertuples(index=False):
+        frame.loc[row_label(rec.row, norm), defense_label(rec.defense)] = format_cell(rec.acc, rec.lo, rec.hi)
+    return frame
+
+
+def render_table(results: dict[str, dict], *, fmt: str = "github") -> str:
+    """Thesis-style accuracy table (Tables 2.2/2.3 of Ju 2021): rows Clean, each attack (union
+    over files, first-seen order), All L∞/L2; columns defenses in canonical order; cells accuracy
+    with Wilson 95% interval. Preceded by a header line (dataset, norm, eps, n, notes)."""
+    _check_fmt(fmt)
+    frame = accuracy_frame(results)
+    body = tabulate(frame, headers=["", *frame.columns], tablefmt=fmt, disable_numparse=True,
+                    colalign=("left",) + ("right",) * len(frame.columns))
+    return header_line(results) + "\n\n" + body + "\n"
+
+
+def render_pvalues(results: dict[str, dict], row: str = stats.ALL, *, fmt: str = "github") -> str:
+    """Upper-triangular matrix of McNemar p-values between defenses on ``row`` (default the
+    worst case "all"), each pair on its shared samples; ``*`` marks p < 0.01. Preceded by a
+    caption naming the test and the number of shared samples."""
+    _check_fmt(fmt)
+    _check_results(results)
+    res = ordered(results)
+    norm = _common(res, "norm") or ""
+    pv = stats.pairwise_mcnemar(res, row)
+    nn = pv.attrs["n"]
+    names = list(res)
+    pair_ns = sorted({int(nn.loc[a, b]) for i, a in enumerate(names) for b in names[i + 1:]})
+    if not pair_ns:
+        n_text = "N"
+    elif len(pair_ns) == 1:
+        n_text = str(pair_ns[0])
+    else:
+        n_text = f"{pair_ns[0]}–{pair_ns[-1]}"
+    caption = (f"McNemar p-values, {row_label(row, norm)} (exact binomial when discordant < "
+               f"{stats.EXACT_THRESHOLD}) on {n_text} shared samples; * p < {SIGNIFICANCE}")
+    if len(names) < 2:
+        return caption + "\n\n(only one defense; nothing to compare)\n"
+    labels = [defense_label(d) for d in names]
+    cells = []
+    for i, a in enumerate(names[:-1]):
+        cells.append([labels[i]] + ["" if j <= i else format_pvalue(float(pv.loc[a, b]))
+                                    for j, b in enumerate(names) if j > 0])
+    body = tabulate(cells, headers=["", *labels[1:]], tablefmt=fmt, disable_numparse=True,
+                    colalign=("left",) + ("right",) * (len(labels) - 1))
+    out = caption + "\n\n" + body + "\n"
+    if pv.attrs["notes"]:
+        out += "\n" + "\n".join("note: " + n for n in pv.attrs["notes"]) + "\n"
+    return out
+
+
+def _wall(t) -> str:
+    if t is None:
+        return MISSING
+    try:
+        return f"{float(t):.1f} s"
+    except (TypeError, ValueError):
+        return MISSING
+
+
+def render_budget(results: dict[str, dict], *, fmt: str = "github") -> str:
+    """Per defense and attack: attack kind, budget string and wall time (seconds), plus the
+    suite and the clean-evaluation wall time."""
+    _check_fmt(fmt)
+    _check_results(results)
+    rows = []
+    for defense, data in ordered(results).items():
+        man = stats.manifest(data)
+        rows.append([defense_label(defense), "Clean", "", f"suite {man.get('suite', '?')}", _wall(man.get("clean_wall_time_s"))])
+        for name, info in (man.get("attacks") or {}).items():
+            info = info if isinstance(info, dict) else {}
+            rows.append([defense_label(defense), attack_label(name), str(info.get("kind", "")),
+                         str(info.get("budget", "")), _wall(info.get("wall_time_s"))])
+    body = tabulate(rows, headers=["Defense", "Attack", "Kind", "Budget", "Wall time"], tablefmt=fmt,
+                    disable_numparse=True)
+    return "Attack budgets\n\n" + body + "\n"
+
+
+def format_report(results_dir: str | os.PathLike, dataset: str, norm: str, *, fmt: str = "github") -> str:
+    """Full text report of one (dataset, norm): accuracy table, McNemar p-values on "All" and
+    attack budgets. Raises BenchUserError when there are no result files."""
+    results = load_results(results_dir, dataset, norm)
+    if not results:
+        raise BenchUserError(f"no results for {dataset}/{norm} in {results_dir}; run `bench run ...` first")
+    return "\n".join([render_table(results, fmt=fmt), render_pvalues(results, fmt=fmt),
+                      render_budget(results, fmt=fmt)])

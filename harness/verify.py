@@ -1,0 +1,90 @@
+"""Verification: attacks only propose; the harness decides.
+
+Every candidate is projected into the threat model (eps-ball and input bounds), checked with
+``ThreatModel.contains`` and re-scored with the defense's real ``predict`` (fresh random draws for a
+randomized defense). A sample counts as broken only if a verified candidate is misclassified or
+abstained on. Per sample the smallest verified adversarial is kept. Foolbox's own success flags are
+never used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.errors import BenchUserError
+
+
+@torch.no_grad()
+def score(defense, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None, draws: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(correct, abstained)`` per sample under the real ``predict``.
+
+    For a randomized defense the scores of ``draws`` independent draws are averaged before the
+    argmax (the same estimator the EOT attack gradient uses). Abstaining counts as incorrect.
+    """
+    if not torch.isfinite(x).all():
+        raise BenchUserError("inputs contain NaN or infinite values")
+    n = draws if defense.randomized else 1
+    s = defense.predict(x, generator=generator)
+    for _ in range(n - 1):
+        s = s + defense.predict(x, generator=generator)
+    s = s / n
+    if s.dim() != 2 or s.shape[0] != x.shape[0]:
+        raise RuntimeError(f"defense {defense.name!r} returned scores of shape {tuple(s.shape)}, expected ({x.shape[0]}, K)")
+    abst = defense.abstain(x, s).to(torch.bool)
+    correct = (s.argmax(1) == y) & ~abst
+    return correct, abst
+
+
+@dataclass
+class Verified:
+    """Per-sample outcome of one attack on one batch."""
+
+    correct: torch.Tensor  # bool (B,): still correctly classified after the attack
+    abstained: torch.Tensor  # bool (B,): the kept adversarial was an abstention
+    norm: torch.Tensor  # float (B,): norm of the kept adversarial inside the ball; nan if none
+    min_norm: torch.Tensor  # float (B,): smallest verified adversarial at any distance (minimization attacks); nan if none
+
+
+@torch.no_grad()
+def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, clean_correct: torch.Tensor, generator, draws: int = 1, unbounded: bool = False) -> Verified:
+    """Verify attack ``candidates`` (one batch per restart) against ``defense``.
+
+    ``unbounded=True`` (minimization attacks) additionally re-scores each candidate *without*
+    projection to record the smallest adversarial distance found at any size.
+    """
+    b = x.shape[0]
+    nan = torch.full((b,), float("nan"), device=x.device)
+    best = nan.clone()
+    best_abst = torch.zeros(b, dtype=torch.bool, device=x.device)
+    best_min = nan.clone()
+    for cand in candidates:
+        if cand.shape != x.shape:
+            raise RuntimeError(f"attack returned candidates of shape {tuple(cand.shape)} for inputs {tuple(x.shape)}")
+        cand = torch.nan_to_num(cand.to(x.dtype), nan=0.0)
+        proj = threat.project(cand, x)
+        if not threat.contains(proj, x).all():
+            raise RuntimeError("projection left the threat model; this is a harness bug")
+        ok, abst = score(defense, proj, y, generator=generator, draws=draws)
+        adv = clean_correct & ~ok
+        d = threat.distance(proj, x)
+        better = adv & (torch.isnan(best) | (d < best))
+        best = torch.where(better, d, best)
+        best_abst = torch.where(better, abst, best_abst)
+        if unbounded:
+            lo, hi = threat.bounds
+            raw = cand.clamp(lo, hi)
+            ok_raw, _ = score(defense, raw, y, generator=generator, draws=draws)
+            adv_raw = clean_correct & ~ok_raw
+            d_raw = threat.distance(raw, x)
+            # the projected candidate is an adversarial too, possibly closer
+            for a, dd in ((adv_raw, d_raw), (adv, d)):
+                m = a & (torch.isnan(best_min) | (dd < best_min))
+                best_min = torch.where(m, dd, best_min)
+    # samples misclassified to begin with are adversarial at distance 0
+    zero = torch.zeros_like(best)
+    best = torch.where(clean_correct, best, zero)
+    best_min = torch.where(clean_correct, best_min, zero) if unbounded else nan
+    correct = clean_correct & torch.isnan(best)
+    return Verified(correct=correct, abstained=best_abst & ~correct, norm=best, min_norm=best_min)

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from harness.errors import BenchUserError
+from threat_models import AttackSpec, ThreatModel, default_threat, list_suites, load_suite
+
+
+def test_linf_project_and_contains():
+    t = ThreatModel(norm="linf", eps=0.1)
+    x = torch.full((2, 1, 4, 4), 0.5)
+    far = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    p = t.project(far, x)
+    assert t.contains(p, x).all()
+    assert (p - x).abs().max() <= 0.1 + 1e-7
+    assert not t.contains(far, x).all()
+
+
+def test_l2_project_and_bounds():
+    t = ThreatModel(norm="l2", eps=1.5)
+    x = torch.zeros(3, 1, 8, 8)
+    far = x + 5 * torch.ones_like(x)
+    p = t.project(far, x)
+    assert t.contains(p, x).all()
+    assert p.min() >= 0 and p.max() <= 1
+    assert torch.allclose(t.distance(p, x), torch.full((3,), 1.5), atol=1e-5)
+
+
+def test_bad_threat_values():
+    with pytest.raises(BenchUserError):
+        ThreatModel(norm="l1", eps=0.1)
+    with pytest.raises(BenchUserError):
+        ThreatModel(norm="linf", eps=float("nan"))
+    with pytest.raises(BenchUserError):
+        ThreatModel(norm="linf", eps=-1)
+
+
+def test_thesis_eps():
+    assert default_threat("fmnist", "linf").eps == 0.1
+    assert default_threat("mnist", "linf").eps == 0.3
+    assert default_threat("svhn", "linf").eps_label == "8/255"
+    assert default_threat("cifar10", "l2").eps == 1.5
+
+
+def test_spec_hash_stable_and_order_independent():
+    a = AttackSpec("pgd", (("steps", 80), ("rel_stepsize", 0.03)), restarts=5)
+    b = AttackSpec("pgd", (("rel_stepsize", 0.03), ("steps", 80)), restarts=5)
+    assert a.spec_hash() == b.spec_hash()
+    assert a.spec_hash() != a.with_eot(5).spec_hash()
+
+
+def test_paper_suite_matches_thesis():
+    assert {"paper", "quick"} <= set(list_suites())
+    linf = {s.name: s for s in load_suite("paper", norm="linf", dataset="fmnist").attacks}
+    l2 = {s.name: s for s in load_suite("paper", norm="l2", dataset="svhn", randomized=True).attacks}
+    assert set(linf) == {"pgd", "deepfool", "noise"}
+    assert set(l2) == {"pgd", "deepfool", "ddn", "cw", "noise"}
+    assert linf["pgd"].kwargs["steps"] == 80 and linf["pgd"].restarts == 5 and linf["pgd"].eot == 1
+    assert l2["pgd"].restarts == 20 and l2["pgd"].eot == 5
+    assert l2["deepfool"].kwargs["steps"] == 100 and l2["ddn"].kwargs["steps"] == 80
+    assert l2["cw"].kwargs["binary_search_steps"] == 5 and l2["cw"].kwargs["steps"] == 100
+
+
+def test_unknown_suite():
+    with pytest.raises(BenchUserError, match="unknown suite"):
+        load_suite("nope", norm="linf", dataset="fmnist")

@@ -1,0 +1,173 @@
+"""Threat models and attack specifications: frozen values that go into result files.
+
+* :class:`ThreatModel` -- norm, eps, input bounds; ``project`` / ``contains`` / ``distance``.
+* :class:`AttackSpec` -- attack name, parameters, restarts, EOT draws, seed; ``spec_hash``.
+* ``eps.toml`` -- per-dataset eps of the thesis (section 2.3); ``suites/*.toml`` -- attack suites.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+import torch
+
+from harness.errors import BenchUserError
+
+NORMS = ("linf", "l2")
+NORM_LABEL = {"linf": "L∞", "l2": "L2"}
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """An Lp ball of radius ``eps`` around each clean input, intersected with ``bounds``."""
+
+    norm: str
+    eps: float
+    bounds: tuple[float, float] = (0.0, 1.0)
+    eps_label: str = ""
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise BenchUserError(f"unknown norm {self.norm!r}; use one of {', '.join(NORMS)}")
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
+            raise BenchUserError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        if self.norm == "linf" and self.eps > 1:
+            raise BenchUserError(f"L∞ eps {self.eps} exceeds the [0,1] input range; use a value in [0, 1]")
+        if not self.eps_label:
+            object.__setattr__(self, "eps_label", f"{self.eps:g}")
+
+    def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample Lp distance ``(B,)``."""
+        d = (x_adv - x).flatten(1)
+        return d.abs().amax(1) if self.norm == "linf" else d.norm(p=2, dim=1)
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Project ``x_adv`` onto the eps-ball around ``x`` and clamp to ``bounds``."""
+        d = x_adv - x
+        if self.norm == "linf":
+            d = d.clamp(-self.eps, self.eps)
+        else:
+            n = d.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+            factor = (self.eps / n).clamp(max=1.0)
+            d = d * factor.view(-1, *([1] * (d.dim() - 1)))
+        lo, hi = self.bounds
+        out = (x + d).clamp(lo, hi)
+        if self.norm == "l2":
+            # clamping can only shrink an L2 perturbation, so the result stays in the ball
+            pass
+        return out
+
+    def contains(self, x_adv: torch.Tensor, x: torch.Tensor, *, tol: float = 1e-5) -> torch.Tensor:
+        """Boolean ``(B,)``: inside the ball (up to ``tol``) and inside bounds."""
+        lo, hi = self.bounds
+        flat = x_adv.flatten(1)
+        in_bounds = (flat >= lo - tol).all(1) & (flat <= hi + tol).all(1)
+        return in_bounds & (self.distance(x_adv, x) <= self.eps + tol)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a suite. ``params`` are passed to the attack adapter as keyword arguments."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+    restarts: int = 1
+    eot: int = 1
+    seed: int = 0
+    label: str = ""
+
+    def __post_init__(self):
+        if self.restarts < 1 or self.eot < 1:
+            raise BenchUserError(f"attack {self.name}: restarts and eot must be >= 1")
+        object.__setattr__(self, "params", tuple(sorted(dict(self.params).items())))
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["params"] = dict(self.params)
+        return d
+
+    def spec_hash(self) -> str:
+        """Stable 12-hex-digit hash of the spec (independent of dict order and Python version)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def with_eot(self, eot: int) -> "AttackSpec":
+        return AttackSpec(self.name, self.params, self.restarts, eot, self.seed, self.label)
+
+
+def _read_toml(name: str) -> dict:
+    return tomllib.loads(resources.files("threat_models").joinpath(name).read_text(encoding="utf-8"))
+
+
+def default_threat(dataset: str, norm: str) -> ThreatModel:
+    """The thesis threat model for ``dataset`` and ``norm`` (eps.toml)."""
+    if norm not in NORMS:
+        raise BenchUserError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+    table = _read_toml("eps.toml")
+    if dataset not in table:
+        raise BenchUserError(f"no default eps for dataset {dataset!r}; known: {', '.join(sorted(table))}")
+    entry = table[dataset][norm]
+    return ThreatModel(norm=norm, eps=float(entry["eps"]), eps_label=str(entry.get("label", "")))
+
+
+def list_suites() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("threat_models").joinpath("suites").iterdir() if p.name.endswith(".toml"))
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named list of attack specs for one norm and dataset (eps comes from the threat model)."""
+
+    name: str
+    description: str
+    attacks: tuple[AttackSpec, ...] = field(default_factory=tuple)
+
+
+def load_suite(name: str, *, norm: str, dataset: str, randomized: bool = False) -> Suite:
+    """Attacks of suite ``name`` for ``norm``; dataset overrides applied; EOT set for randomized defenses.
+
+    TOML layout::
+
+        description = "..."
+        eot_randomized = 5
+        [[attack]]               # one table per attack
+        name = "pgd"
+        norms = ["linf", "l2"]
+        restarts = 5
+        params = { steps = 80, rel_stepsize = 0.0333 }
+        [attack.dataset.svhn]    # optional per-dataset overrides
+        restarts = 20
+    """
+    if name not in list_suites():
+        raise BenchUserError(f"unknown suite {name!r}; known: {', '.join(list_suites())}")
+    if norm not in NORMS:
+        raise BenchUserError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+    raw = _read_toml(f"suites/{name}.toml")
+    eot = int(raw.get("eot_randomized", 1)) if randomized else 1
+    specs = []
+    for a in raw.get("attack", []):
+        if norm not in a.get("norms", NORMS):
+            continue
+        over = a.get("dataset", {}).get(dataset, {})
+        params = dict(a.get("params", {}), **over.get("params", {}))
+        specs.append(
+            AttackSpec(
+                name=a["name"],
+                params=tuple(params.items()),
+                restarts=int(over.get("restarts", a.get("restarts", 1))),
+                eot=eot,
+                seed=int(a.get("seed", 0)),
+                label=a.get("label", ""),
+            )
+        )
+    return Suite(name=name, description=raw.get("description", ""), attacks=tuple(specs))
