@@ -80,6 +80,7 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
     threat = default_threat(cfg.dataset, cfg.norm)
     if cfg.eps is not None:
         threat = ThreatModel(norm=cfg.norm, eps=float(cfg.eps))
+    load_suite(cfg.suite, norm=cfg.norm, dataset=cfg.dataset)  # validate the name before any training
     test = datasets.load(cfg.dataset, "test")
     ids = sample_ids(len(test.x), cfg.n, cfg.seed)
     defense, card = load_defense(cfg.defense, cfg.dataset, device=device, train_if_missing=cfg.train_if_missing, progress=cfg.progress, announce=log)

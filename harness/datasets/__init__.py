@@ -67,7 +67,6 @@ from ..errors import BenchUserError, DataCorruptError, DataMissingError
 from ._names import GTSRB_CLASS_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
     import torch
 
 __all__ = [
@@ -259,7 +258,8 @@ def _missing_error(name: str, part: str, root, cands: list[Path]) -> DataMissing
         hint = " (or run with BENCH_DOWNLOAD=1 where the network allows)"
     if name == "fmnist" and root is None:
         hint = " (or apt install dataset-fashion-mnist, or run with BENCH_DOWNLOAD=1 where the network allows)"
-    return DataMissingError(f"{name}: missing {', '.join(missing)}; put them in {_where_text(name, root)}{hint}")
+    what = ", ".join(missing) + (" (or cifar-10-python.tar.gz)" if name == "cifar10" else "")
+    return DataMissingError(f"{name}: missing {what}; put them in {_where_text(name, root)}{hint}")
 
 
 def _want_download(download: bool | None) -> bool:
@@ -405,7 +405,7 @@ def _read_gtsrb(part: str, d: Path):
 
     p = _traffic.read_part(d, "gtsrb", part)
     checksum = _traffic.part_checksum(p)
-    x = _traffic.decode_cached(p.crops, f"gtsrb-{part}-{checksum[:24]}", _decode_dir())
+    x = _traffic.decode_cached(p.crops, f"gtsrb-{part}-{_traffic.DECODE_VERSION}-{checksum[:24]}", _decode_dir())
     y = np.array([int(c.source_class) for c in p.crops], dtype=np.int64)
     if y.size and (y.min() < 0 or y.max() >= 43):
         raise DataCorruptError(f"{d}: GTSRB class ids outside 0..42 ({y.min()}..{y.max()})")
@@ -475,7 +475,7 @@ def _load_st10(part: str, root, verify: bool):
             and c.width >= _traffic.ST10_MIN_SIZE and c.height >= _traffic.ST10_MIN_SIZE
         ]
         ck = _traffic.part_checksum(p, kept)
-        xs.append(_traffic.decode_cached(kept, f"st10-{p.source}-{p.part}-{ck[:24]}", _decode_dir()))
+        xs.append(_traffic.decode_cached(kept, f"st10-{p.source}-{p.part}-{_traffic.DECODE_VERSION}-{ck[:24]}", _decode_dir()))
         ys.append(np.array([index[table[(p.source, c.source_class)]] for c in kept], dtype=np.int64))
         sums.append((f"{p.source}/{p.part}", ck))
     if part == "test":  # the class choice depends on the train annotations

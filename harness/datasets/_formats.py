@@ -94,6 +94,12 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(mod, "_reconstruct")] = multiarray._reconstruct
         allowed[(mod, "scalar")] = multiarray.scalar
+    try:
+        from numpy._core.numeric import _frombuffer  # protocol-5 pickles of arrays
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
+    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(mod, "_frombuffer")] = _frombuffer
     for mod in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(mod, "ndarray")] = np.ndarray
         allowed[(mod, "dtype")] = np.dtype

@@ -42,6 +42,7 @@ from ._names import GTSRB_CLASS_NAMES
 
 
 SIZE = 32
+DECODE_VERSION = "v1"  # bump when crop/resize changes so stale .npz caches are not reused
 ST10_MIN_SIZE = 32
 SOURCES = ("gtsrb", "dfg", "bts")  # fixed concatenation order for SuperTraffic-10
 CLASS_TABLE = Path(__file__).with_name("supertraffic10_classes.csv")
