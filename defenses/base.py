@@ -133,6 +133,9 @@ class Defense(torch.nn.Module):
         """Name of the checkpoint this defense loads (wrappers reuse their base's checkpoint)."""
         return cls.name
 
+    def use_smoke_test_budget(self) -> None:
+        """Shrink inference-time budgets (optimisation steps, candidates) for fast contract tests."""
+
     def checkpoint_module(self) -> torch.nn.Module:
         """The module whose state dict is the checkpoint (wrappers return their base)."""
         return self

@@ -15,7 +15,7 @@ from harness.errors import BenchUserError
 
 ENTRY_POINT_GROUP = "bench.defenses"
 
-_BUILTIN_MODULES = ("defenses.cnn",)
+_BUILTIN_MODULES = ("defenses.cnn", "defenses.abs", "defenses.eabs")
 
 _REGISTRY: dict[str, type] = {}
 _ORIGIN: dict[str, str] = {}

@@ -13,6 +13,7 @@ NAMES = sorted(list_defenses())
 @pytest.fixture(params=NAMES)
 def defense(request):
     d = build_defense(request.param, "fmnist")
+    d.use_smoke_test_budget()
     d.eval()
     return d
 

@@ -1,0 +1,332 @@
+"""ABS-family generative classifiers: ABS (Schott et al. 2019), E-ABS (thesis chapter 2) and the
+ablations of thesis Table 2.6, as one class with three independent switches:
+
+* **A** (``aae``): adversarial autoencoder. Training adds ``-beta log D(z)`` (eq. 2.3) and updates a
+  latent discriminator (Algorithm 1, last step); inference minimises ``c(x, G_k(z)) - beta log D(z)``.
+  Without A the model is a VAE: the regulariser is ``beta * KL(Q || N(0, I))`` (eq. 2.1 / 2.2).
+* **D** (``discriminative``): one shared encoder and the discriminative loss ``gamma * CE(-c(x, G_k(z)), y)``
+  (eq. 2.4 / 2.5). Without D every class has its own encoder (and, with A, its own discriminator)
+  trained only on that class's images, as in ABS.
+* **V** (``variational``): inference optimises mean *and* variance of ``N(mu, diag sigma^2)`` with the
+  reparameterisation trick, one sample per step (eq. 2.6), starting from the best of the random
+  candidates *and* the encoder's output. Without V it optimises the mean only, with unit variance
+  (eq. 2.2), starting from the best random candidate.
+
+ABS = no switch, E-ABS = A+D+V. Scores are ``-l_k(x)``, the negative class losses at the final
+latent ``z*`` (for V one draw from ``Q*``: the defense is randomized).
+
+Attack gradient (thesis eq. 2.9, envelope theorem): ``z*`` is held fixed and the score's gradient
+is that of ``-||x - G_k(z*)||^2``, i.e. ``2 (G_k(z*) - x)``, built with
+:func:`defenses.base.straight_through` and costing no decoder pass. Inference is batched over
+samples x classes x EOT draws: the K decoders are one grouped module
+(:mod:`defenses.networks.grouped`), the reconstructions of the random candidates are computed once
+per model and cached, BatchNorm is folded into the convolutions at eval, and decoder weights never
+receive gradients during inference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from defenses.base import Defense, straight_through
+from defenses.networks import layout_for
+from defenses.networks.grouped import GroupedDecoder, GroupedDiscriminator, GroupedEncoder, fold_batchnorm
+from defenses.training import NOISE_SIGMA
+
+CANDIDATE_SEED = 20210601  # the random candidate latents are a fixed function of the model, not of the run
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Inference-time optimisation (thesis section 2.2 "Variational Inference")."""
+
+    steps: int = 50
+    lr: float = 0.05
+    candidates: int = 8000
+    beta: float = 1.0
+
+
+class GenerativeClassifier(Defense):
+    """K class-conditional (V)AEs / AAEs classifying by the smallest class loss (see module docstring)."""
+
+    aae: bool = False
+    discriminative: bool = False
+    variational: bool = False
+    randomized = False  # subclasses with variational inference set it True
+    paper = "Ju 2021, thesis chapter 2 (E-ABS); Schott et al. 2019 (ABS)"
+    gradient_policy = "envelope gradient (thesis eq. 2.9): the optimised latent z* is held fixed, so d score_k / dx = 2 (G_k(z*) - x)"
+
+    def __init__(self, *, num_classes, input_shape, dataset, inference: InferenceConfig | None = None):
+        super().__init__(num_classes=num_classes, input_shape=input_shape, dataset=dataset)
+        self.layout = layout_for(dataset)
+        k = num_classes
+        self.encoder = GroupedEncoder(self.input_shape, self.layout, 1 if self.discriminative else k)
+        self.decoder = GroupedDecoder(self.layout, self.input_shape, k)
+        if self.aae:
+            self.discriminator = GroupedDiscriminator(self.layout, 1 if self.discriminative else k)
+        self.inference = inference or InferenceConfig()
+        self._cache = None  # (folded decoder net, candidate latents, their reconstructions, their regulariser)
+
+    # ----------------------------------------------------------------------------------------
+    def use_smoke_test_budget(self) -> None:
+        self.inference = InferenceConfig(steps=3, lr=self.inference.lr, candidates=64, beta=self.inference.beta)
+        self._cache = None
+
+    def extra_info(self) -> dict:
+        return {"switches": {"A": self.aae, "D": self.discriminative, "V": self.variational}, "inference": asdict(self.inference), "latent": self.layout.latent}
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device) etc. invalidate the cache
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._cache = None
+        return super().load_state_dict(*args, **kwargs)
+
+    # -- regularisers ------------------------------------------------------------------------
+    def _disc_reg(self, z: torch.Tensor) -> torch.Tensor:
+        """``-beta log D(z)`` for latents ``(N, K, L)`` -> ``(N, K)``."""
+        g = self.discriminator.out.weight.shape[0]
+        if g == 1:
+            logits = self.discriminator(z.reshape(-1, 1, z.shape[-1])).view(z.shape[:-1])
+        else:
+            logits = self.discriminator(z)
+        return self.inference.beta * F.softplus(-logits)
+
+    def _kl(self, mu: torch.Tensor, logvar: torch.Tensor | None) -> torch.Tensor:
+        """``KL(N(mu, diag exp(logvar)) || N(0, I))`` summed over the latent -> ``(N, K)``."""
+        if logvar is None:
+            return 0.5 * (mu * mu).sum(-1)
+        return 0.5 * (logvar.exp() + mu * mu - 1 - logvar).sum(-1)
+
+    # -- inference ---------------------------------------------------------------------------
+    def _decode_eval(self, z: torch.Tensor) -> torch.Tensor:
+        """Folded-BN decoder for ``(N, K, L)`` latents -> ``(N, K, C, H, W)``."""
+        net = self._cache["net"]
+        n, k = z.shape[:2]
+        h = torch.baddbmm(self.decoder.fc.bias[:, None, :], z.transpose(0, 1), self.decoder.fc.weight).transpose(0, 1)
+        out = net(h.reshape(n, -1, 1, 1))
+        return out.view(n, k, *self.input_shape)
+
+    @torch.no_grad()
+    def _prepare(self, device: torch.device) -> dict:
+        if self._cache is not None and self._cache["device"] == device:
+            return self._cache
+        was = self.training
+        super().train(False)
+        gen = torch.Generator().manual_seed(CANDIDATE_SEED)
+        zc = torch.randn(self.inference.candidates, self.layout.latent, generator=gen).to(device)
+        self._cache = {"device": device, "net": fold_batchnorm(self.decoder.net)}
+        k = self.num_classes
+        recon = []
+        for i in range(0, len(zc), 1000):  # (K, N, D) reconstructions of every candidate for every class
+            zb = zc[i : i + 1000, None, :].expand(-1, k, -1)
+            recon.append(self._decode_eval(zb).flatten(2).transpose(0, 1))
+        recon = torch.cat(recon, 1).contiguous()
+        if self.aae:
+            reg = torch.cat([self._disc_reg(zc[i : i + 1000, None, :].expand(-1, k, -1)) for i in range(0, len(zc), 1000)], 0).T  # (K, N)
+        else:
+            reg = self._kl(zc, None)[None, :].expand(k, -1)
+        self._cache.update(z=zc, recon=recon, recon_sq=(recon * recon).sum(-1), reg=reg.contiguous())
+        super().train(was)
+        return self._cache
+
+    def _loss(self, x: torch.Tensor, recon: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor | None) -> torch.Tensor:
+        """Class losses ``(N, K)``: ``||x - G_k(z)||^2`` + regulariser (eq. 2.2 / 2.6)."""
+        rec = (x[:, None] - recon).flatten(2).pow(2).sum(-1)
+        if self.aae:
+            return rec + self._disc_reg(z)
+        return rec + self.inference.beta * self._kl(mu, logvar)
+
+    def infer(self, x: torch.Tensor, *, draws: int = 1, generator: torch.Generator | None = None) -> dict:
+        """Run the inference-time optimisation for ``draws`` independent draws per input.
+
+        Returns ``loss`` ``(draws, B, K)``, ``recon`` ``(draws, B, K, C, H, W)`` (reconstructions at
+        the final latent ``z*``) and ``z`` ``(draws, B, K, L)``. Candidate matching runs once per
+        input and is shared by all draws.
+        """
+        cache = self._prepare(x.device)
+        b, k, cfg = x.shape[0], self.num_classes, self.inference
+        with torch.no_grad():
+            flat = x.detach().flatten(1)
+            # ||x - G_k(z_i)||^2 for all (b, k, i) as one matmul: ||x||^2 - 2 x.G + ||G||^2
+            cross = (flat @ cache["recon"].view(-1, flat.shape[1]).T).view(b, k, -1)
+            cand = (flat * flat).sum(1)[:, None, None] - 2 * cross + cache["recon_sq"][None] + cache["reg"][None]
+            best, idx = cand.min(-1)  # (B, K)
+            mu0 = cache["z"][idx]  # (B, K, L)
+            lv0 = torch.zeros_like(mu0)
+            if self.variational:
+                xin = x.detach() if self.discriminative else x.detach()[:, None].expand(-1, k, *x.shape[1:])
+                mu_e, lv_e = self.encoder.eval()(xin) if not self.training else self.encoder(xin)
+                mu_e, lv_e = mu_e.expand(b, k, -1), lv_e.expand(b, k, -1)
+                enc_loss = self._loss(x.detach(), self._decode_eval(mu_e), mu_e, mu_e, lv_e)
+                use = (enc_loss < best)[..., None]
+                mu0, lv0 = torch.where(use, mu_e, mu0), torch.where(use, lv_e, lv0)
+            xr = x.detach().repeat(draws, *([1] * (x.dim() - 1)))
+            mu = mu0.repeat(draws, 1, 1).clone().requires_grad_(True)
+            lv = lv0.repeat(draws, 1, 1).clone().requires_grad_(True)
+        params = [mu, lv] if self.variational else [mu]
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        with torch.enable_grad():
+            for _ in range(cfg.steps):
+                if self.variational:
+                    eps = torch.randn(mu.shape, generator=generator, device=mu.device) if generator is not None else torch.randn_like(mu)
+                    z = mu + (0.5 * lv).exp() * eps
+                else:
+                    z = mu
+                loss = self._loss(xr, self._decode_eval(z), z, mu, lv if self.variational else None)
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                opt.step()
+        with torch.no_grad():
+            if self.variational:
+                eps = torch.randn(mu.shape, generator=generator, device=mu.device) if generator is not None else torch.randn_like(mu)
+                z = mu + (0.5 * lv).exp() * eps
+            else:
+                z = mu
+            recon = self._decode_eval(z)
+            loss = self._loss(xr, recon, z, mu, lv if self.variational else None)
+        n = draws
+        return {"loss": loss.view(n, b, k), "recon": recon.view(n, b, k, *self.input_shape), "z": z.view(n, b, k, -1)}
+
+    def predict_draws(self, x: torch.Tensor, *, draws: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scores ``(draws, B, K)`` of ``draws`` independent inferences (used by EOT and scoring)."""
+        out = self.infer(x, draws=draws, generator=generator)
+        loss, recon = out["loss"], out["recon"]
+        # envelope gradient (eq. 2.9): same values, gradient of ||x - G_k(z*)||^2 with z* fixed
+        surrogate = (x[None, :, None] - recon).flatten(3).pow(2).sum(-1)
+        surrogate = surrogate + (loss - surrogate).detach()
+        return -straight_through(loss, surrogate)
+
+    def predict(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.predict_draws(x, draws=1, generator=generator)[0]
+
+    # -- certified bound (eq. 2.7) -----------------------------------------------------------
+    @torch.no_grad()
+    def certified_radius(self, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample L2 lower bound eps* of thesis eq. 2.7 (0 where the prediction is wrong).
+
+        ``eps* = min_{k != y} (d_k^2 - l_y*) / (2 d_k + 2 ||x - G_y(z_y*)||)`` with ``d_k`` the
+        distance of ``x`` to class k's reconstruction found by inference. Inference only
+        approximates the minimisation, so this estimates the bound; it is not a certificate.
+        """
+        out = self.infer(x, draws=1, generator=generator)
+        loss, recon = out["loss"][0], out["recon"][0]
+        d = (x[:, None] - recon).flatten(2).norm(dim=-1)  # (B, K)
+        ly = loss.gather(1, y[:, None]).squeeze(1)
+        dy = d.gather(1, y[:, None]).squeeze(1)
+        eps = (d * d - ly[:, None]) / (2 * d + 2 * dy[:, None])
+        eps = eps.scatter(1, y[:, None], float("inf")).amin(1).clamp_min(0)
+        correct = loss.argmin(1) == y
+        return torch.where(correct, eps, torch.zeros_like(eps))
+
+    # -- training (Algorithm 1) --------------------------------------------------------------
+    @classmethod
+    def default_train_config(cls, dataset: str) -> dict:
+        return {"optimizer": "adam", "lr": 1e-3, "batch_size": 512, "epochs": 20, "lr_halve_every": 200, "noise_sigma": NOISE_SIGMA.get(dataset, 0.01), "beta": 1.0, "gamma": 10.0}
+
+    def _recon_losses(self, xb: torch.Tensor, x_in: torch.Tensor, generator: torch.Generator, beta: float):
+        """Training forward pass; returns per-sample class reconstruction costs and the regulariser and latent."""
+        mu, lv = self.encoder(x_in)
+        eps = torch.randn(mu.shape, generator=generator).to(mu.device)
+        z = mu + (0.5 * lv).exp() * eps
+        k = self.num_classes
+        zk = z.expand(-1, k, -1) if self.discriminative else z
+        recon = self.decoder(zk)
+        target = xb[:, None] if xb.dim() == 4 else xb
+        cost = (target - recon).flatten(2).pow(2).sum(-1)  # (N, K)
+        if self.aae:
+            logits = self.discriminator(z)  # (N, 1) shared or (N, K) per class
+            reg = beta * F.softplus(-logits)
+        else:
+            reg = beta * 0.5 * (lv.exp() + mu * mu - 1 - lv).sum(-1)
+        return cost, reg, z
+
+    def fit(self, train, val, *, config, device, generator, progress=True) -> dict:
+        """Algorithm 1 (E-ABS) / per-class VAE training (ABS), interleaved discriminator updates."""
+        epochs, bs = int(config["epochs"]), int(config["batch_size"])
+        beta, gamma, sigma = float(config["beta"]), float(config["gamma"]), float(config["noise_sigma"])
+        k = self.num_classes
+        self.to(device)
+        gen_params = list(self.encoder.parameters()) + list(self.decoder.parameters())
+        opt = torch.optim.Adam(gen_params, lr=float(config["lr"]))
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(config.get("lr_halve_every", 200)), gamma=0.5)
+        dopt = torch.optim.Adam(self.discriminator.parameters(), lr=float(config["lr"])) if self.aae else None
+        x_all, y_all = train.x, train.y
+        by_class = [torch.nonzero(y_all == c).flatten() for c in range(k)]
+        per_class = max(1, bs // k)
+        steps = math.ceil(len(x_all) / bs) if self.discriminative else min(len(ix) for ix in by_class) // per_class
+        if steps < 1:
+            raise ValueError("training set too small for one batch")
+        history = []
+        t0 = time.perf_counter()
+        bar = tqdm(total=epochs * steps, desc=f"train {self.name}", unit="batch", disable=not progress, dynamic_ncols=True)
+        for epoch in range(epochs):
+            super().train(True)
+            self._cache = None
+            if self.discriminative:
+                perm = torch.randperm(len(x_all), generator=generator)
+            else:
+                perms = [ix[torch.randperm(len(ix), generator=generator)] for ix in by_class]
+            tot = 0.0
+            for s in range(steps):
+                if self.discriminative:
+                    idx = perm[s * bs : (s + 1) * bs]
+                    xb, yb = x_all[idx].to(device), y_all[idx].to(device)
+                else:  # class-balanced batch: slot k holds images of class k for encoder/decoder k
+                    idx = torch.stack([p[s * per_class : (s + 1) * per_class] for p in perms], 1)  # (n, K)
+                    xb, yb = x_all[idx].to(device), None  # (n, K, C, H, W)
+                x_in = (xb + sigma * torch.randn(xb.shape, generator=generator).to(device)).clamp(0, 1) if sigma > 0 else xb
+                cost, reg, z = self._recon_losses(xb, x_in, generator, beta)
+                if self.discriminative:
+                    own = cost.gather(1, yb[:, None]).squeeze(1)
+                    loss = (own + reg.squeeze(-1) + gamma * F.cross_entropy(-cost, yb, reduction="none")).mean()
+                else:
+                    loss = (cost + reg).sum(1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if self.aae:  # discriminator step: prior samples are real, encoded latents fake
+                    prior = torch.randn(z.shape, generator=generator).to(device)
+                    d_loss = beta * (F.softplus(-self.discriminator(prior)) + F.softplus(self.discriminator(z.detach()))).mean()
+                    dopt.zero_grad(set_to_none=True)
+                    d_loss.backward()
+                    dopt.step()
+                tot += loss.item()
+                bar.update(1)
+            sched.step()
+            val_acc = self.encoder_accuracy(val, device=device) if val is not None and len(val.x) else float("nan")
+            history.append({"epoch": epoch + 1, "train_loss": tot / steps, "val_acc_encoder": val_acc})
+            bar.set_postfix(loss=f"{tot / steps:.2f}", val_acc_enc=f"{val_acc:.3f}")
+        bar.close()
+        super().train(False)
+        self._cache = None
+        return {"epochs": epochs, "val_acc": history[-1]["val_acc_encoder"], "val_acc_kind": "encoder-based (argmin_k ||x - G_k(E(x))||^2, no inference optimisation)", "history": history, "train_wall_time_s": time.perf_counter() - t0}
+
+    @torch.no_grad()
+    def encoder_accuracy(self, split, *, device, limit: int = 2000, batch_size: int = 500) -> float:
+        """Cheap training monitor: classify by ``argmin_k ||x - G_k(mu_E(x))||^2`` (no inference optimisation)."""
+        was = self.training
+        super().train(False)
+        x, y = split.x[:limit], split.y[:limit]
+        k, correct = self.num_classes, 0
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].to(device)
+            xin = xb if self.discriminative else xb[:, None].expand(-1, k, *xb.shape[1:])
+            mu, _ = self.encoder(xin)
+            recon = self.decoder(mu.expand(-1, k, -1))
+            cost = (xb[:, None] - recon).flatten(2).pow(2).sum(-1)
+            correct += (cost.argmin(1).cpu() == y[i : i + batch_size]).sum().item()
+        super().train(was)
+        return correct / max(1, len(x))
