@@ -115,6 +115,20 @@ class Defense(torch.nn.Module):
         """Class scores ``(B, K)`` for inputs ``x`` ``(B, C, H, W)`` in [0, 1]."""
         raise NotImplementedError
 
+    def predict_draws(self, x: torch.Tensor, *, draws: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scores ``(draws, B, K)`` of ``draws`` independent evaluations of ``predict``.
+
+        The default stacks the draws into one batch (one large tensor operation). Defenses may
+        override it to share work across draws; ``predict`` must equal ``predict_draws(draws=1)[0]``.
+        """
+        if draws < 1:
+            raise ValueError(f"draws must be >= 1, got {draws}")
+        if draws == 1 or not self.randomized:
+            s = self.predict(x, generator=generator)
+            return s.unsqueeze(0).expand(draws, *s.shape)
+        stacked = x.repeat(draws, *([1] * (x.dim() - 1)))
+        return self.predict(stacked, generator=generator).view(draws, x.shape[0], -1)
+
     def abstain(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Boolean ``(B,)``: True where the defense refuses to classify. Default: never."""
         return torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)

@@ -1,9 +1,9 @@
 """Expectation over Transformation (Athalye et al. 2018): the one place EOT lives.
 
 :class:`EOTModel` turns a Defense into a plain ``nn.Module`` for attack libraries. For a randomized
-defense with ``draws > 1`` its forward repeats the batch ``draws`` times, calls ``predict`` once on
-the stacked batch (so all draws run as one large tensor operation, and defenses may share work across
-draws) and averages the scores; the gradient of that average is the EOT gradient estimate. For a
+defense with ``draws > 1`` its forward calls ``Defense.predict_draws`` (by default the batch
+repeated ``draws`` times through one ``predict`` call; ABS/E-ABS share the candidate matching
+across draws) and averages the scores; the gradient of that average is the EOT gradient estimate. For a
 deterministic defense it is just ``predict``.
 """
 
@@ -28,7 +28,4 @@ class EOTModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.draws == 1:
             return self.defense.predict(x, generator=self.generator)
-        b = x.shape[0]
-        stacked = x.repeat(self.draws, *([1] * (x.dim() - 1)))
-        scores = self.defense.predict(stacked, generator=self.generator)
-        return scores.view(self.draws, b, -1).mean(0)
+        return self.defense.predict_draws(x, draws=self.draws, generator=self.generator).mean(0)

@@ -26,10 +26,7 @@ def score(defense, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generat
     if not torch.isfinite(x).all():
         raise BenchUserError("inputs contain NaN or infinite values")
     n = draws if defense.randomized else 1
-    s = defense.predict(x, generator=generator)
-    for _ in range(n - 1):
-        s = s + defense.predict(x, generator=generator)
-    s = s / n
+    s = defense.predict_draws(x, draws=n, generator=generator).mean(0) if n > 1 else defense.predict(x, generator=generator)
     if s.dim() != 2 or s.shape[0] != x.shape[0]:
         raise RuntimeError(f"defense {defense.name!r} returned scores of shape {tuple(s.shape)}, expected ({x.shape[0]}, K)")
     abst = defense.abstain(x, s).to(torch.bool)

@@ -1,0 +1,111 @@
+"""ABS / E-ABS: grouped modules match separate ones, envelope gradient (eq. 2.9), bound (eq. 2.7), training."""
+
+import pytest
+import torch
+from torch import nn
+
+from defenses.generative import InferenceConfig
+from defenses.networks import Decoder, layout_for
+from defenses.networks.grouped import GroupedDecoder, fold_batchnorm
+from harness.models import build_defense
+
+
+def _small(name):
+    m = build_defense(name, "fmnist")
+    m.inference = InferenceConfig(steps=4, candidates=50)
+    return m
+
+
+def _randomize_bn(module):
+    g = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+
+
+def test_grouped_decoder_equals_separate_decoders():
+    layout = layout_for("fmnist")
+    grouped = GroupedDecoder(layout, (1, 28, 28), 3)
+    _randomize_bn(grouped)
+    grouped.eval()
+    z = torch.randn(4, 3, layout.latent)
+    out = grouped(z)
+    for g in range(3):
+        dec = Decoder(layout, (1, 28, 28)).eval()
+        dec.fc[0].weight.data.copy_(grouped.fc.weight[g].T)
+        dec.fc[0].bias.data.copy_(grouped.fc.bias[g])
+        src = [m for m in grouped.net if isinstance(m, (nn.ConvTranspose2d, nn.BatchNorm2d))]
+        dst = [m for m in dec.net if isinstance(m, (nn.ConvTranspose2d, nn.BatchNorm2d))]
+        for s, t in zip(src, dst):
+            if isinstance(s, nn.ConvTranspose2d):
+                n_in = s.in_channels // 3
+                t.weight.data.copy_(s.weight[g * n_in : (g + 1) * n_in])
+                t.bias.data.copy_(s.bias[g * t.out_channels : (g + 1) * t.out_channels])
+            else:
+                sl = slice(g * t.num_features, (g + 1) * t.num_features)
+                t.weight.data.copy_(s.weight[sl])
+                t.bias.data.copy_(s.bias[sl])
+                t.running_mean.copy_(s.running_mean[sl])
+                t.running_var.copy_(s.running_var[sl])
+        torch.testing.assert_close(out[:, g], dec(z[:, g]), atol=1e-5, rtol=1e-4)
+
+
+def test_fold_batchnorm_is_exact():
+    layout = layout_for("fmnist")
+    dec = GroupedDecoder(layout, (1, 28, 28), 2)
+    _randomize_bn(dec)
+    dec.eval()
+    h = torch.randn(3, 2 * layout.decoder[0].channels, 1, 1)
+    torch.testing.assert_close(fold_batchnorm(dec.net)(h), dec.net(h), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["eabs", "abs"])
+def test_envelope_gradient_matches_eq_2_9(name):
+    m = _small(name).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    out = m.infer(x.detach(), generator=torch.Generator().manual_seed(2))
+    scores = m.predict(x, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(scores, -out["loss"][0])  # forward = the real decision values
+    scores[:, 4].sum().backward()
+    expected = 2 * (out["recon"][0][:, 4] - x.detach())  # d(-||x - G_4(z*)||^2)/dx
+    torch.testing.assert_close(x.grad, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_eabs_is_randomized_abs_is_not_and_draws_share_matching():
+    e, a = _small("eabs").eval(), _small("abs").eval()
+    assert e.randomized and not a.randomized
+    x = torch.rand(2, 1, 28, 28)
+    s1 = e.predict(x, generator=torch.Generator().manual_seed(0))
+    s2 = e.predict(x, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(s1, s2)
+    d = e.predict_draws(x, draws=3, generator=torch.Generator().manual_seed(0))
+    assert d.shape == (3, 2, 10)
+    torch.testing.assert_close(a.predict(x), a.predict(x))
+
+
+def test_certified_radius_nonnegative_and_zero_when_wrong():
+    m = _small("abs").eval()
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    scores = m.predict(x)
+    y = scores.argmax(1)
+    r = m.certified_radius(x, y)
+    assert (r >= 0).all() and torch.isfinite(r).all()
+    wrong = (y + 1) % 10
+    assert (m.certified_radius(x, wrong) == 0).all()
+
+
+@pytest.mark.parametrize("name", ["eabs", "abs", "av-abs"])
+def test_training_runs_and_learns_on_tiny_data(bench_env, name):
+    from harness import datasets
+
+    train, val = datasets.load("fmnist", "train"), datasets.load("fmnist", "val")
+    m = build_defense(name, "fmnist")
+    cfg = dict(m.default_train_config("fmnist"), epochs=3, batch_size=100)
+    metrics = m.fit(train, val, config=cfg, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), progress=False)
+    losses = [h["train_loss"] for h in metrics["history"]]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
