@@ -147,6 +147,9 @@ class Defense(torch.nn.Module):
         """Name of the checkpoint this defense loads (wrappers reuse their base's checkpoint)."""
         return cls.name
 
+    def load_card(self, card: dict) -> None:
+        """Apply settings stored in the checkpoint's model card (e.g. a calibrated threshold). Default: none."""
+
     def use_smoke_test_budget(self) -> None:
         """Shrink inference-time budgets (optimisation steps, candidates) for fast contract tests."""
 

@@ -61,7 +61,7 @@ class GenerativeClassifier(Defense):
     variational: bool = False
     randomized = False  # subclasses with variational inference set it True
     paper = "Ju 2021, thesis chapter 2 (E-ABS); Schott et al. 2019 (ABS)"
-    gradient_policy = "envelope gradient (thesis eq. 2.9): the optimised latent z* is held fixed, so d score_k / dx = 2 (G_k(z*) - x)"
+    gradient_policy = "envelope gradient of thesis equation 2.9: the optimised latent z* is held fixed, so d score_k / dx = 2 (G_k(z*) - x)"
 
     def __init__(self, *, num_classes, input_shape, dataset, inference: InferenceConfig | None = None):
         super().__init__(num_classes=num_classes, input_shape=input_shape, dataset=dataset)
@@ -73,14 +73,36 @@ class GenerativeClassifier(Defense):
             self.discriminator = GroupedDiscriminator(self.layout, 1 if self.discriminative else k)
         self.inference = inference or InferenceConfig()
         self._cache = None  # (folded decoder net, candidate latents, their reconstructions, their regulariser)
+        #: reject (abstain) when the best class loss exceeds this (seed 000 section 3.2); None = never
+        self.reject_threshold: float | None = None
 
     # ----------------------------------------------------------------------------------------
+    def abstain(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Reconstruction-error rejection: abstain when ``min_k l_k(x)`` exceeds ``reject_threshold``."""
+        if self.reject_threshold is None:
+            return super().abstain(x, scores)
+        return (-scores.detach().amax(1)) > self.reject_threshold
+
+    def load_card(self, card: dict) -> None:
+        """Apply the reject threshold calibrated on the validation set, when the model card has one."""
+        t = card.get("reject_threshold")
+        self.reject_threshold = None if t is None else float(t)
+
+    @torch.no_grad()
+    def calibrate_reject(self, x_val: torch.Tensor, *, quantile: float = 0.99, generator: torch.Generator | None = None, batch_size: int = 100) -> float:
+        """Set ``reject_threshold`` to the ``quantile`` of the best class loss on clean validation images."""
+        if not 0 < quantile <= 1:
+            raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+        best = torch.cat([self.infer(x_val[i : i + batch_size], generator=generator)["loss"][0].amin(1).cpu() for i in range(0, len(x_val), batch_size)])
+        self.reject_threshold = float(torch.quantile(best, quantile))
+        return self.reject_threshold
+
     def use_smoke_test_budget(self) -> None:
         self.inference = InferenceConfig(steps=3, lr=self.inference.lr, candidates=64, beta=self.inference.beta)
         self._cache = None
 
     def extra_info(self) -> dict:
-        return {"switches": {"A": self.aae, "D": self.discriminative, "V": self.variational}, "inference": asdict(self.inference), "latent": self.layout.latent}
+        return {"switches": {"A": self.aae, "D": self.discriminative, "V": self.variational}, "inference": asdict(self.inference), "latent": self.layout.latent, "reject_threshold": self.reject_threshold}
 
     def train(self, mode: bool = True):
         self._cache = None

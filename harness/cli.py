@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true", help="recompute instead of resuming")
     r.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint exists")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default) or resnet18 (32x32 RGB data); results go to <defense>-<arch>.json")
 
     t = sub.add_parser("train", help="train a defense and write a checkpoint + model card")
     t.add_argument("--defense", required=True)
@@ -77,11 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--device", default="auto")
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default) or resnet18 (32x32 RGB data); checkpoint <defense>-<arch>-<dataset>")
 
     tb = sub.add_parser("table", help="print the thesis-style table with Wilson intervals and McNemar p-values")
     tb.add_argument("--dataset", default="fmnist")
     tb.add_argument("--norm", choices=["linf", "l2"], required=True)
     tb.add_argument("--results-dir", default=DEFAULT_RESULTS)
+
+    pl = sub.add_parser("plot", help="plot accuracy vs eps of an eps-sweep suite's results (e.g. --suite fgm-sweep)")
+    pl.add_argument("--dataset", default="fmnist")
+    pl.add_argument("--norm", choices=["linf", "l2"], required=True)
+    pl.add_argument("--results-dir", default=DEFAULT_RESULTS)
+    pl.add_argument("--out", default=None, help="PNG (or SVG) path (default: <results-dir>/<dataset>/<norm>/eps_sweep.png)")
 
     lb = sub.add_parser("leaderboard", help="regenerate leaderboard.md from results/")
     lb.add_argument("--results-dir", default=DEFAULT_RESULTS)
@@ -101,7 +109,7 @@ def _cmd_run(a) -> int:
     cfg = RunConfig(
         defense=a.defense, dataset=a.dataset, norm=a.norm, suite=a.suite, n=a.n, seed=a.seed, device=a.device,
         results_dir=a.results_dir, fresh=a.fresh, batch_size=a.batch_size, eps=a.eps, attacks=attacks,
-        progress=not a.quiet, train_if_missing=not a.no_train,
+        progress=not a.quiet, train_if_missing=not a.no_train, arch=a.arch,
     )
     path = evaluate(cfg)
     print(f"wrote {path}")
@@ -114,7 +122,24 @@ def _cmd_train(a) -> int:
     from harness.models import train_defense
     from harness.provenance import resolve_device
 
-    train_defense(a.defense, a.dataset, device=resolve_device(a.device), epochs=a.epochs, out_dir=a.out, seed=a.seed, progress=not a.quiet)
+    train_defense(a.defense, a.dataset, device=resolve_device(a.device), epochs=a.epochs, out_dir=a.out, seed=a.seed, progress=not a.quiet, options={"arch": a.arch})
+    return 0
+
+
+def _cmd_plot(a) -> int:
+    from harness.plots import eps_sweep_curve, sweep_plot_path
+    from harness.results import load_results
+    from harness.tables import norm_label
+
+    results = load_results(a.results_dir, a.dataset, a.norm)
+    if not results:
+        raise BenchUserError(f"no results for {a.dataset}/{a.norm} in {a.results_dir}; run `bench run --suite fgm-sweep --results-dir {a.results_dir} ...` first")
+    out = a.out or sweep_plot_path(a.results_dir, a.dataset, a.norm)
+    try:
+        eps_sweep_curve(results, out, title=f"{a.dataset} {norm_label(a.norm)}")
+    except ValueError as exc:
+        raise BenchUserError(f"{a.results_dir}/{a.dataset}/{a.norm}: {exc}") from None
+    print(f"wrote {out}")
     return 0
 
 
@@ -167,7 +192,7 @@ def _cmd_list(a) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "train": _cmd_train, "table": _cmd_table, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
+COMMANDS = {"run": _cmd_run, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

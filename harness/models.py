@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from pathlib import Path
 
 import torch
 
+from defenses.base import Defense
 from defenses.registry import get_defense
 from harness import datasets
 from harness.checkpoints import find_checkpoint, load_checkpoint, save_checkpoint, stem, user_dir
@@ -15,13 +17,38 @@ from harness.errors import BenchUserError
 from harness.provenance import code_commit, command_line, device_name, package_versions
 
 
-def build_defense(name: str, dataset: str):
-    """Instantiate defense ``name`` for ``dataset`` (untrained)."""
+_CONTRACT_ARGS = ("self", "num_classes", "input_shape", "dataset")
+
+
+def clean_options(options: dict | None) -> dict:
+    """Defense options without the unset (None) ones, e.g. ``{"arch": "resnet18"}``."""
+    return {k: v for k, v in (options or {}).items() if v is not None}
+
+
+def option_flags(options: dict | None) -> str:
+    """``{"arch": "resnet18"}`` -> ``" --arch resnet18"`` (for messages naming a command)."""
+    return "".join(f" --{k.replace('_', '-')} {v}" for k, v in clean_options(options).items())
+
+
+def variant_key(name: str, options: dict | None) -> str:
+    """Result-file key of a defense with options: ``cnn`` or ``cnn-resnet18`` (option values appended)."""
+    return "-".join([name, *(str(v) for _, v in sorted(clean_options(options).items()))])
+
+
+def build_defense(name: str, dataset: str, **options):
+    """Instantiate defense ``name`` for ``dataset`` (untrained); ``options`` (e.g. ``arch``) go to its constructor."""
     cls = get_defense(name)
     info = datasets.get_info(dataset)
     if dataset not in cls.datasets:
         raise BenchUserError(f"defense {name!r} does not support dataset {dataset!r} (supports: {', '.join(cls.datasets)})")
-    return cls(num_classes=info.num_classes, input_shape=info.shape, dataset=dataset)
+    options = clean_options(options)
+    if options:
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in _CONTRACT_ARGS]
+        unknown = [k for k in options if k not in accepted]
+        if unknown:
+            has = f"its options: {', '.join('--' + a for a in accepted)}" if accepted else "it has no options"
+            raise BenchUserError(f"defense {name!r} does not take {', '.join('--' + k.replace('_', '-') for k in unknown)} ({has}); drop it")
+    return cls(num_classes=info.num_classes, input_shape=info.shape, dataset=dataset, **options)
 
 
 def _probe_seconds_per_epoch(model, train, config, device) -> float:
@@ -47,12 +74,19 @@ def train_defense(
     seed: int = 0,
     progress: bool = True,
     announce=print,
+    options: dict | None = None,
+    config_overrides: dict | None = None,
 ) -> Path:
-    """Train ``name`` on ``dataset``'s train split (val split for monitoring), save checkpoint + card."""
-    model = build_defense(name, dataset)
+    """Train ``name`` on ``dataset``'s train split (val split for monitoring), save checkpoint + card.
+
+    ``options`` go to the defense's constructor (e.g. ``{"arch": "resnet18"}``) and into the card;
+    ``config_overrides`` replace keys of the recipe (tests, experiments; recorded in the card's config).
+    """
+    options = clean_options(options)
+    model = build_defense(name, dataset, **options)
     if not model.trainable:
         raise BenchUserError(f"defense {name!r} has no weights to train")
-    config = model.default_train_config(dataset)
+    config = dict(model.default_train_config(dataset), **(config_overrides or {}))
     if epochs is not None:
         if epochs < 1:
             raise BenchUserError(f"--epochs must be >= 1, got {epochs}")
@@ -72,6 +106,8 @@ def train_defense(
     card = {
         "defense": name,
         "dataset": dataset,
+        "options": options,
+        "defense_config": model.extra_info(),
         "command": command_line(),
         "config": config,
         "epochs": metrics.get("epochs", config.get("epochs")),
@@ -85,6 +121,8 @@ def train_defense(
         "device": device_name(device),
         "versions": package_versions(),
     }
+    # further metrics of the defense's fit (e.g. val_pgd_acc, the checkpoint fine-tuning started from)
+    card.update({k: v for k, v in metrics.items() if k not in card and k != "train_wall_time_s"})
     save_checkpoint(model.checkpoint_module(), path, card)
     announce(f"saved {path} (val accuracy {metrics.get('val_acc', float('nan')):.4f}, {wall / 60:.1f} min)")
     return path
@@ -98,18 +136,26 @@ def load_defense(
     train_if_missing: bool = True,
     progress: bool = True,
     announce=print,
+    options: dict | None = None,
 ):
-    """A ready defense in eval mode plus its checkpoint card (``{}`` for weight-free defenses)."""
-    model = build_defense(name, dataset)
+    """A ready defense in eval mode plus its checkpoint card (``{}`` for weight-free defenses).
+
+    A missing checkpoint is trained for the defense that owns it: the wrapped base of a wrapper
+    (``checkpoint_module()`` is a Defense), else the checkpoint's name, with the same ``options``.
+    """
+    options = clean_options(options)
+    model = build_defense(name, dataset, **options)
     card: dict = {}
     if model.trainable:
         ckpt_name = model.checkpoint_name()
         path = find_checkpoint(ckpt_name, dataset)
         if path is None:
+            owner = model.checkpoint_module()
+            owner_name = owner.name if isinstance(owner, Defense) and owner.name else ckpt_name
             if not train_if_missing:
-                raise BenchUserError(f"no checkpoint for {ckpt_name} on {dataset}; run `bench train --defense {ckpt_name} --dataset {dataset}`")
+                raise BenchUserError(f"no checkpoint for {ckpt_name} on {dataset}; run `bench train --defense {owner_name} --dataset {dataset}{option_flags(options)}`")
             announce(f"no checkpoint for {ckpt_name} on {dataset}: training it first")
-            path = train_defense(ckpt_name, dataset, device=device, progress=progress, announce=announce)
+            path = train_defense(owner_name, dataset, device=device, progress=progress, announce=announce, options=options)
         card = load_checkpoint(model.checkpoint_module(), path)
         card["path"] = str(path)
     model.to(device).eval()

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from harness import stats
 from harness.results import list_result_sets, load_results
-from harness.tables import defense_label, defense_order, norm_label
+from harness.tables import attack_label, defense_label, defense_order, norm_label
 
 PLOT_NAME = "robustness_curve.png"
 
@@ -126,3 +126,81 @@ def write_curves(results_dir: str | os.PathLike) -> list[Path]:
         robustness_curve(results, out, title=f"{dataset} {norm_label(norm)}")
         paths.append(out)
     return paths
+
+
+SWEEP_PLOT_NAME = "eps_sweep.png"
+
+
+def sweep_plot_path(results_dir: str | os.PathLike, dataset: str, norm: str) -> Path:
+    """Where the eps-sweep plot of one (dataset, norm) lives: next to its result files."""
+    return Path(results_dir) / dataset / norm / SWEEP_PLOT_NAME
+
+
+def sweep_data(results: dict[str, dict]) -> pd.DataFrame:
+    """Accuracy per (defense, swept attack, eps) with Wilson 95% intervals: columns defense,
+    attack, eps, acc, lo, hi, n. Swept attacks are the result keys ``<name>@<eps>`` written by
+    :mod:`harness.runner` for a suite attack with ``eps = [...]``; the eps is the manifest entry's
+    (the key's suffix for older files). Empty when no file has a swept attack."""
+    acc = stats.accuracy_table(results)
+    rows = []
+    for rec in acc.itertuples(index=False):
+        if "@" not in rec.row:
+            continue
+        name, suffix = rec.row.split("@", 1)
+        entry = (stats.manifest(results[rec.defense]).get("attacks") or {}).get(rec.row) or {}
+        eps = entry.get("eps")
+        if eps is None:
+            try:
+                eps = float(suffix)
+            except ValueError:
+                continue
+        rows.append({"defense": rec.defense, "attack": name, "eps": float(eps), "acc": rec.acc, "lo": rec.lo, "hi": rec.hi, "n": rec.n})
+    df = pd.DataFrame(rows, columns=["defense", "attack", "eps", "acc", "lo", "hi", "n"])
+    return df.sort_values(["defense", "attack", "eps"], kind="stable").reset_index(drop=True)
+
+
+def eps_sweep_curve(results: dict[str, dict], out_png: str | os.PathLike, *, title: str = "") -> pd.DataFrame:
+    """Plot accuracy vs eps of every swept attack (one line per defense and attack, markers at the
+    evaluated eps, shaded Wilson 95% band) to ``out_png`` deterministically, as in Yao et al.
+    Table 1 (FGM at eps 0-0.4). Returns the plotted data; ValueError when there is nothing to plot."""
+    if not results:
+        raise ValueError("no result files to plot")
+    ordered = {d: results[d] for d in defense_order(results)}
+    data = sweep_data(ordered)
+    if data.empty:
+        raise ValueError("the result files have no eps-sweep attacks (keys like 'fgm@0.2'); run a sweep suite such as --suite fgm-sweep")
+    norm = {stats.manifest(d).get("norm") for d in ordered.values()}
+    attacks = list(dict.fromkeys(data["attack"]))
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with rc_context({"svg.hashsalt": "harness-plots", "svg.fonttype": "path", "path.simplify": True}):
+        fig = Figure(figsize=(5.0, 3.5), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        for defense in ordered:
+            for attack in attacks:
+                part = data[(data["defense"] == defense) & (data["attack"] == attack)]
+                if part.empty:
+                    continue
+                label = defense_label(defense) if len(attacks) == 1 else f"{defense_label(defense)} · {attack_label(attack)}"
+                (line,) = ax.plot(part["eps"], 100 * part["acc"], marker="o", label=label)
+                ax.fill_between(part["eps"], 100 * part["lo"], 100 * part["hi"], color=line.get_color(), alpha=0.15, linewidth=0)
+        xlabel = f"eps ({norm_label(next(iter(norm)))})" if len(norm) == 1 and None not in norm else "eps"
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_xlim(left=0)
+        ax.set_title(title or " / ".join(attack_label(a) for a in attacks) + " eps sweep")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+        fig.tight_layout()
+        suffix = out.suffix.lower()
+        metadata = {"Date": None} if suffix == ".svg" else {"Software": None} if suffix == ".png" else None
+        tmp = out.with_name(f".{out.name}.tmp{suffix}")
+        try:
+            fig.savefig(tmp, metadata=metadata)
+            os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return data

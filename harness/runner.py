@@ -3,6 +3,10 @@
 Data flow: dataset -> defense -> attack (propose) -> verify -> record. The result file is rewritten
 atomically after the clean pass and after every attack, so an interrupted run keeps every finished
 attack and a rerun resumes with the first unfinished one (``fresh=True`` recomputes everything).
+
+Eps sweeps: an attack of a suite may list ``eps = [0.0, 0.1, ...]`` (e.g. ``suites/fgm-sweep.toml``,
+Yao et al. Table 1). It then runs once per eps, each verified against a ThreatModel with that eps and
+recorded under its own attack key ``<name>@<eps>`` (``fgm@0.2``) whose manifest entry holds the eps.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import datetime as _dt
 import hashlib
 import math
 import time
+import tomllib
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -21,11 +27,11 @@ from harness import datasets
 from harness.attacks import budget_string, get_attack, run_attack
 from harness.eot import EOTModel
 from harness.errors import BenchUserError
-from harness.models import load_defense
+from harness.models import load_defense, variant_key
 from harness.provenance import code_commit, command_line, device_name, package_versions, resolve_device
 from harness.results import SCHEMA_VERSION, atomic_write_json, load_result, result_path
 from harness.verify import score, verify
-from threat_models import NORMS, ThreatModel, default_threat, load_suite
+from threat_models import NORMS, AttackSpec, ThreatModel, default_threat, load_suite
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,60 @@ class RunConfig:
     attacks: tuple[str, ...] | None = None  # subset of the suite's attacks, by name
     progress: bool = True
     train_if_missing: bool = True
+    arch: str | None = None  # network option of the CNN family (--arch); results go to <defense>-<arch>.json
+
+    @property
+    def options(self) -> dict:
+        """Constructor options of the defense (unset ones left out)."""
+        return {"arch": self.arch} if self.arch is not None else {}
+
+
+@dataclass(frozen=True)
+class AttackJob:
+    """One attack run of a suite: the spec, the threat model it is verified against and its result key."""
+
+    key: str  # attack key in the result file: "pgd", or "fgm@0.2" for one eps of a sweep
+    spec: AttackSpec
+    threat: ThreatModel
+    hash: str  # spec hash (plus the eps for a sweep): a finished attack with this hash is not rerun
+
+
+def suite_eps_sweeps(suite: str, *, norm: str, dataset: str) -> list[tuple[float, ...] | None]:
+    """Per attack of :func:`threat_models.load_suite` (same order): its ``eps = [...]`` list, or None.
+
+    ``load_suite`` ignores the ``eps`` key, so it is read here from the same TOML with the same norm
+    filter; a per-dataset override ``[attack.dataset.<name>] eps = [...]`` wins.
+    """
+    raw = tomllib.loads(resources.files("threat_models").joinpath(f"suites/{suite}.toml").read_text(encoding="utf-8"))
+    out: list[tuple[float, ...] | None] = []
+    for a in raw.get("attack", []):
+        if norm not in a.get("norms", NORMS):
+            continue
+        eps = a.get("dataset", {}).get(dataset, {}).get("eps", a.get("eps"))
+        if eps is None:
+            out.append(None)
+            continue
+        if not isinstance(eps, list) or not eps or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in eps):
+            raise BenchUserError(f"suite {suite!r}, attack {a.get('name')!r}: eps must be a non-empty list of numbers, e.g. eps = [0.0, 0.1, 0.2]")
+        out.append(tuple(float(e) for e in eps))
+    return out
+
+
+def attack_jobs(specs: list[AttackSpec], sweeps: list[tuple[float, ...] | None], threat: ThreatModel) -> list[AttackJob]:
+    """Expand the suite's specs into jobs: one per spec, or one per eps for a spec with an eps sweep."""
+    jobs = []
+    for spec, sweep in zip(specs, sweeps, strict=True):
+        if sweep is None:
+            jobs.append(AttackJob(spec.name, spec, threat, spec.spec_hash()))
+            continue
+        for e in sweep:
+            t = ThreatModel(norm=threat.norm, eps=e, bounds=threat.bounds)
+            h = hashlib.sha256(f"{spec.spec_hash()}@{e!r}".encode()).hexdigest()[:12]
+            jobs.append(AttackJob(f"{spec.name}@{t.eps_label}", spec, t, h))
+    keys = [j.key for j in jobs]
+    if len(set(keys)) != len(keys):
+        raise BenchUserError(f"the suite runs an attack twice under the same key ({', '.join(sorted({k for k in keys if keys.count(k) > 1}))}); give each eps only once")
+    return jobs
 
 
 def sample_ids(test_size: int, n: int, seed: int) -> list[int]:
@@ -83,20 +143,25 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
     load_suite(cfg.suite, norm=cfg.norm, dataset=cfg.dataset)  # validate the name before any training
     test = datasets.load(cfg.dataset, "test")
     ids = sample_ids(len(test.x), cfg.n, cfg.seed)
-    defense, card = load_defense(cfg.defense, cfg.dataset, device=device, train_if_missing=cfg.train_if_missing, progress=cfg.progress, announce=log)
+    sweeps = suite_eps_sweeps(cfg.suite, norm=cfg.norm, dataset=cfg.dataset)
+    defense, card = load_defense(cfg.defense, cfg.dataset, device=device, train_if_missing=cfg.train_if_missing, progress=cfg.progress, announce=log, options=cfg.options)
     suite = load_suite(cfg.suite, norm=cfg.norm, dataset=cfg.dataset, randomized=defense.randomized)
     specs = list(suite.attacks)
     if cfg.attacks:
         unknown = set(cfg.attacks) - {s.name for s in specs}
         if unknown:
             raise BenchUserError(f"attack(s) {', '.join(sorted(unknown))} not in suite {cfg.suite!r} for {cfg.norm}; available: {', '.join(s.name for s in specs)}")
-        specs = [s for s in specs if s.name in cfg.attacks]
+        keep = [s.name in cfg.attacks for s in specs]
+        specs = [s for s, k in zip(specs, keep) if k]
+        sweeps = [e for e, k in zip(sweeps, keep) if k]
+    jobs = attack_jobs(specs, sweeps, threat)
     draws = max((s.eot for s in specs), default=1) if defense.randomized else 1
 
-    path = result_path(cfg.results_dir, cfg.dataset, cfg.norm, cfg.defense)
+    path = result_path(cfg.results_dir, cfg.dataset, cfg.norm, variant_key(cfg.defense, cfg.options))
     dinfo = defense.info()
     manifest = {
         "defense": cfg.defense,
+        "defense_options": cfg.options,
         "dataset": cfg.dataset,
         "norm": cfg.norm,
         "eps": threat.eps,
@@ -152,9 +217,9 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
     clean_ok = torch.tensor([r["clean_correct"] for r in recs], dtype=torch.bool)
     log(f"{cfg.defense} on {cfg.dataset}: clean accuracy {clean_ok.float().mean():.3f} on {len(ids)} samples ({threat.norm} eps={threat.eps_label})")
 
-    for spec in specs:
-        h = spec.spec_hash()
-        done = data["manifest"]["attacks"].get(spec.name)
+    for job in jobs:
+        spec, threat, h = job.spec, job.threat, job.hash
+        done = data["manifest"]["attacks"].get(job.key)
         if done and done.get("spec_hash") == h:
             continue
         ainfo = get_attack(spec.name)
@@ -162,7 +227,7 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
         t0 = time.perf_counter()
         attacked = clean_ok.nonzero().flatten().tolist()
         results = {}
-        bar = tqdm(total=len(attacked), desc=f"{spec.name} ({budget_string(spec)})", unit="img", disable=not cfg.progress, dynamic_ncols=True)
+        bar = tqdm(total=len(attacked), desc=f"{job.key} ({budget_string(spec)})", unit="img", disable=not cfg.progress, dynamic_ncols=True)
         for bi, s in enumerate(range(0, len(attacked), bs)):
             idx = attacked[s : s + bs]
             xb, yb = x_all[idx].to(device), y_all[idx].to(device)
@@ -179,24 +244,26 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
         bar.close()
         for k, r in enumerate(recs):
             if k in results:
-                r["attacks"][spec.name] = results[k]
+                r["attacks"][job.key] = results[k]
             else:  # misclassified (or abstained on) before the attack: adversarial at distance 0
                 entry = {"correct": False, "abstained": bool(r["clean_abstained"]), "norm": 0.0}
                 if ainfo.kind == "minimization":
                     entry["min_norm"] = 0.0
-                r["attacks"][spec.name] = entry
+                r["attacks"][job.key] = entry
         wall = time.perf_counter() - t0
-        data["manifest"]["attacks"][spec.name] = {
+        data["manifest"]["attacks"][job.key] = {
             "spec": spec.to_dict(),
             "spec_hash": h,
+            "eps": threat.eps,
+            "eps_label": threat.eps_label,
             "kind": ainfo.kind,
             "library": ainfo.library,
             "budget": budget_string(spec),
             "wall_time_s": round(wall, 3),
         }
         atomic_write_json(path, data)
-        acc = sum(r["attacks"][spec.name]["correct"] for r in recs) / len(recs)
-        log(f"  {spec.name:<9} accuracy {acc:.3f}  ({budget_string(spec)}; {wall:.1f} s)")
+        acc = sum(r["attacks"][job.key]["correct"] for r in recs) / len(recs)
+        log(f"  {job.key:<9} accuracy {acc:.3f}  ({budget_string(spec)}; {wall:.1f} s)")
     return path
 
 

@@ -282,12 +282,16 @@ def pairwise_mcnemar(results: dict[str, dict], row: str = ALL) -> pd.DataFrame:
 
 def _norms(data: dict, attack: str) -> Iterable[tuple[bool, Any]]:
     for rec in data.get("records") or []:
-        info = (rec.get("attacks") or {}).get(attack)
-        yield bool(rec.get("clean_correct")), (info or {}).get("norm")
+        info = (rec.get("attacks") or {}).get(attack) or {}
+        # minimization attacks record the smallest adversarial at any distance as "min_norm";
+        # "norm" is the kept adversarial inside the eps-ball (None beyond it)
+        yield bool(rec.get("clean_correct")), info["min_norm"] if "min_norm" in info else info.get("norm")
 
 
 def adversarial_distances(data: dict, attack: str) -> np.ndarray:
-    """Norms of the found adversarials of ``attack`` over clean-correct samples (no-find skipped)."""
+    """Distances of the found adversarials of ``attack`` over clean-correct samples (no-find skipped):
+    the record's ``min_norm`` (smallest verified adversarial at any distance, written for
+    minimization attacks) when present, else its ``norm`` (inside the eps-ball)."""
     if attack not in attack_names(data):
         raise ValueError(f"attack {attack!r} not in result file (have: {', '.join(attack_names(data)) or 'none'})")
     return np.asarray([float(nv) for clean, nv in _norms(data, attack) if clean and nv is not None], dtype=float)
@@ -296,7 +300,8 @@ def adversarial_distances(data: dict, attack: str) -> np.ndarray:
 def distance_summary(data: dict, attack: str) -> tuple[float, float]:
     """``(mean, median)`` perturbation norm of the adversarials ``attack`` found, over samples
     that are clean-correct and have a found adversarial; ``(nan, nan)`` when there are none.
-    Meant for minimization attacks. Raises ValueError for an attack not in the file."""
+    Meant for minimization attacks (uses ``min_norm`` when recorded, see
+    :func:`adversarial_distances`; thesis Table 2.6). Raises ValueError for an attack not in the file."""
     d = adversarial_distances(data, attack)
     if d.size == 0:
         return math.nan, math.nan

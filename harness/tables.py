@@ -18,7 +18,8 @@ from harness.results import load_results
 CANONICAL_DEFENSE_ORDER = ("cnn", "adv-linf", "adv-l2", "abs", "eabs")
 
 _DEFENSE_NAMES = {"cnn": "CNN", "adv-linf": "Adv-L∞", "adv-l2": "Adv-L2", "abs": "ABS", "eabs": "E-ABS"}
-_ATTACK_NAMES = {"pgd": "PGD", "deepfool": "DeepFool", "ddn": "DDN", "cw": "CW", "fgm": "FGM", "noise": "Noise"}
+_ATTACK_NAMES = {"pgd": "PGD", "deepfool": "DeepFool", "ddn": "DDN", "cw": "CW", "fgm": "FGM", "noise": "Noise",
+                 "boundary": "Boundary", "es-pgd": "ES-PGD", "autoattack": "AutoAttack"}
 _NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 _FORMATS = ("github", "plain")
 MISSING = "—"
@@ -43,7 +44,14 @@ def defense_label(name: str) -> str:
 
 
 def attack_label(name: str) -> str:
-    """Display name of an attack (``pgd`` -> ``PGD``, ``deepfool`` -> ``DeepFool``); others upper-cased."""
+    """Display name of an attack (``pgd`` -> ``PGD``, ``deepfool`` -> ``DeepFool``); others upper-cased.
+
+    One eps of an eps sweep (attack key ``<name>@<eps>``, see :mod:`harness.runner`) gets its eps:
+    ``fgm@0.2`` -> ``FGM ε=0.2``.
+    """
+    if "@" in name:
+        base, eps = name.split("@", 1)
+        return f"{attack_label(base)} ε={eps}"
     return _ATTACK_NAMES.get(name, name.upper())
 
 
@@ -226,11 +234,52 @@ def render_budget(results: dict[str, dict], *, fmt: str = "github") -> str:
     return "Attack budgets\n\n" + body + "\n"
 
 
+def minimization_attacks(data: dict) -> list[str]:
+    """Attacks of a result file whose manifest kind is ``"minimization"`` (run order)."""
+    attacks = stats.manifest(data).get("attacks") or {}
+    return [name for name, info in attacks.items() if isinstance(info, dict) and info.get("kind") == "minimization"]
+
+
+def _distance(v: float) -> str:
+    return MISSING if v is None or math.isnan(v) else f"{v:.3f}"
+
+
+def render_distances(results: dict[str, dict], *, fmt: str = "github") -> str:
+    """Smallest adversarial distances of the minimization attacks (thesis Table 2.6 style): per
+    defense and attack, ``mean / median`` of the per-sample smallest verified adversarial distance
+    (``min_norm``, at any size) over clean-correct samples where one was found, and how many of the
+    clean-correct samples that is. Empty string when no file has a minimization attack."""
+    _check_fmt(fmt)
+    _check_results(results)
+    res = ordered(results)
+    rows = []
+    for defense, data in res.items():
+        outcomes = stats.per_sample_outcomes(data)
+        n_clean = int(outcomes[stats.CLEAN].sum())
+        for name in minimization_attacks(data):
+            d = stats.adversarial_distances(data, name)
+            mean, median = stats.distance_summary(data, name)
+            rows.append([defense_label(defense), attack_label(name), f"{_distance(mean)} / {_distance(median)}", f"{d.size}/{n_clean}"])
+    if not rows:
+        return ""
+    norm = _common(res, "norm")
+    caption = (f"Smallest adversarial distance ({norm_label(norm) if norm else 'mixed norms'}), mean / median over "
+               "clean-correct samples with a verified adversarial at any distance (thesis Table 2.6)")
+    body = tabulate(rows, headers=["Defense", "Attack", "Mean / median", "Found"], tablefmt=fmt, disable_numparse=True,
+                    colalign=("left", "left", "right", "right"))
+    return caption + "\n\n" + body + "\n"
+
+
 def format_report(results_dir: str | os.PathLike, dataset: str, norm: str, *, fmt: str = "github") -> str:
-    """Full text report of one (dataset, norm): accuracy table, McNemar p-values on "All" and
-    attack budgets. Raises BenchUserError when there are no result files."""
+    """Full text report of one (dataset, norm): accuracy table, McNemar p-values on "All",
+    minimum-distance table (when a minimization attack ran) and attack budgets. Raises
+    BenchUserError when there are no result files."""
     results = load_results(results_dir, dataset, norm)
     if not results:
         raise BenchUserError(f"no results for {dataset}/{norm} in {results_dir}; run `bench run ...` first")
-    return "\n".join([render_table(results, fmt=fmt), render_pvalues(results, fmt=fmt),
-                      render_budget(results, fmt=fmt)])
+    parts = [render_table(results, fmt=fmt), render_pvalues(results, fmt=fmt)]
+    distances = render_distances(results, fmt=fmt)
+    if distances:
+        parts.append(distances)
+    parts.append(render_budget(results, fmt=fmt))
+    return "\n".join(parts)

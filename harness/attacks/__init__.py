@@ -1,9 +1,19 @@
-"""Attack adapters: thin wrappers over foolbox 3 that *propose* adversarial candidates.
+"""Attack adapters: thin wrappers over foolbox 3 (and pyautoattack) that *propose* adversarial candidates.
 
 Every adapter has the signature ``run(model, x, y, threat, spec, seed) -> list[Tensor]`` where
 ``model`` is a plain ``nn.Module`` mapping inputs in [0,1] to scores (the harness passes an
 :class:`harness.eot.EOTModel`), and returns one candidate batch per restart. Candidates are never
 trusted: :mod:`harness.verify` projects, clamps and re-scores them with the defense's ``predict``.
+
+An :class:`AttackInfo` builds its attack with ``make(norm, params)``; by default the result is a
+foolbox attack called as ``attack(fmodel, x, y, epsilons=...)``. Adapters that need more (starting
+points, another library) set ``run``: it is called per restart, inside the same seeded
+``fork_rng``, as ``run(made, model=, fmodel=, x=, y=, threat=, params=, seed=)`` and returns the
+candidate batch. ``spec_budget(spec)``, when set, gives the whole budget string of a spec.
+
+Gradient-free attacks of thesis section 2.3: ``boundary`` (:mod:`harness.attacks.boundary`) and
+``es-pgd`` (:mod:`harness.attacks.estimation`); AutoAttack (thesis chapter 4):
+:mod:`harness.attacks.autoattack`.
 
 Foolbox draws its random starts from torch's global RNG; adapters run each restart inside
 ``torch.random.fork_rng`` seeded from the spec, so results are reproducible and the caller's global
@@ -13,11 +23,14 @@ RNG state is untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import foolbox as fb
 import torch
 
+from harness.attacks import autoattack as _autoattack
+from harness.attacks import boundary as _boundary
+from harness.attacks import estimation as _estimation
 from harness.errors import BenchUserError
 
 
@@ -30,8 +43,12 @@ class AttackInfo:
     kind: str  # "bounded": finds x' inside the eps-ball; "minimization": smallest adversarial x'
     library: str
     description: str
-    make: Callable[[str, dict], object]  # (norm, params) -> foolbox attack
+    make: Callable[[str, dict], object]  # (norm, params) -> foolbox attack (or the config ``run`` takes)
     budget: Callable[[dict, int], str]
+    #: custom call per restart (see module docstring); None: ``make``'s foolbox attack with ``epsilons``
+    run: Callable[..., torch.Tensor] | None = None
+    #: whole budget string of an AttackSpec (overrides ``budget`` + ", EOT n")
+    spec_budget: Callable[[Any], str] | None = None
 
 
 def _pgd(norm: str, p: dict):
@@ -83,6 +100,21 @@ ATTACKS: dict[str, AttackInfo] = {
         AttackInfo("ddn", ("l2",), "minimization", "foolbox", "Decoupled direction and norm (Rony et al. 2019)", _ddn, _steps_budget),
         AttackInfo("cw", ("l2",), "minimization", "foolbox", "Carlini-Wagner L2 (2017) with binary search over the constant", _cw, lambda p, r: f"{p.get('binary_search_steps', 5)} binary searches x {p.get('steps', 100)} steps x {r} restarts"),
         AttackInfo("noise", ("linf", "l2"), "bounded", "foolbox", "Repeated additive noise at the eps-ball boundary (Gaussian for L2, uniform for L∞: foolbox has no L∞ Gaussian)", _noise, lambda p, r: f"{p.get('repeats', 100)} draws x {r} restarts"),
+        AttackInfo(
+            "boundary", ("l2",), "minimization", "foolbox",
+            "Boundary attack (Brendel et al. 2018), decision-based, L2; started from a random batch image the defense assigns another class (thesis 2.3)",
+            _boundary.make, _boundary.budget, run=_boundary.run,
+        ),
+        AttackInfo(
+            "es-pgd", ("linf", "l2"), "bounded", "foolbox",
+            "PGD with evolution-strategies gradient estimation (foolbox es_gradient_estimator), per-sample margin loss (thesis 2.3)",
+            _estimation.make_config, _estimation.budget, run=_estimation.run,
+        ),
+        AttackInfo(
+            "autoattack", ("linf", "l2"), "bounded", "pyautoattack",
+            "AutoAttack (Croce & Hein 2020): standard for deterministic defenses, rand (own EOT) for randomized ones (thesis ch. 4)",
+            _autoattack.make_config, lambda p, r: f"AutoAttack x {r} restarts", run=_autoattack.run, spec_budget=_autoattack.budget_for,
+        ),
     )
 }
 
@@ -96,7 +128,10 @@ def get_attack(name: str) -> AttackInfo:
 
 def budget_string(spec) -> str:
     """Human-readable budget of one AttackSpec, EOT draws included."""
-    return f"{get_attack(spec.name).budget(spec.kwargs, spec.restarts)}, EOT {spec.eot}"
+    info = get_attack(spec.name)
+    if info.spec_budget is not None:
+        return info.spec_budget(spec)
+    return f"{info.budget(spec.kwargs, spec.restarts)}, EOT {spec.eot}"
 
 
 def run_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat, spec, *, seed: int) -> list[torch.Tensor]:
@@ -110,8 +145,12 @@ def run_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat,
     devices = [x.device] if x.device.type == "cuda" else []
     out = []
     for r in range(spec.restarts):
+        restart_seed = seed * 1_000_003 + r
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed * 1_000_003 + r)
-            raw, _clipped, _success = attack(fmodel, x, y, epsilons=eps)
+            torch.manual_seed(restart_seed)
+            if info.run is None:
+                raw, _clipped, _success = attack(fmodel, x, y, epsilons=eps)
+            else:
+                raw = info.run(attack, model=model, fmodel=fmodel, x=x, y=y, threat=threat, params=spec.kwargs, seed=restart_seed)
         out.append(raw.detach())
     return out

@@ -52,8 +52,8 @@ def test_paper_suite_matches_thesis():
     assert {"paper", "quick"} <= set(list_suites())
     linf = {s.name: s for s in load_suite("paper", norm="linf", dataset="fmnist").attacks}
     l2 = {s.name: s for s in load_suite("paper", norm="l2", dataset="svhn", randomized=True).attacks}
-    assert set(linf) == {"pgd", "deepfool", "noise"}
-    assert set(l2) == {"pgd", "deepfool", "ddn", "cw", "noise"}
+    assert set(linf) == {"pgd", "deepfool", "noise", "es-pgd", "autoattack"}
+    assert set(l2) == {"pgd", "deepfool", "ddn", "cw", "noise", "boundary", "es-pgd", "autoattack"}
     assert linf["pgd"].kwargs["steps"] == 80 and linf["pgd"].restarts == 5 and linf["pgd"].eot == 1
     assert l2["pgd"].restarts == 20 and l2["pgd"].eot == 5
     assert l2["deepfool"].kwargs["steps"] == 100 and l2["ddn"].kwargs["steps"] == 80

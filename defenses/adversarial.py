@@ -1,0 +1,155 @@
+"""Adversarially trained CNNs ``adv-linf`` / ``adv-l2`` (Madry et al. 2018; thesis section 2.3 "Models").
+
+Thesis section 2.3: "For the adversarially trained model, we use the pre-trained CNN model and
+retrain the model for 200 epochs with a learning rate 0.0001 and no learning rate decay" (Adam,
+batch 512), without the noise augmentation of the other models. Each training step solves the inner
+maximisation of Madry et al. eq. (2.1), ``min_theta E max_{||delta|| <= eps} L(theta, x + delta, y)``,
+approximately with PGD and takes an Adam step on the cross-entropy of the PGD examples.
+
+* Start: the trained ``cnn`` checkpoint of the same data set (and arch). If there is none, training
+  stops with a :class:`~harness.errors.BenchUserError` that gives the ``bench train`` command for it
+  (we do not train the 50-epoch CNN implicitly inside another training).
+* Inner PGD: the harness's foolbox adapter (:func:`harness.attacks.run_attack` with an
+  :class:`~threat_models.AttackSpec`), never a private copy: 10 steps, ``rel_stepsize`` 0.25 (step
+  ``eps / 4``, i.e. 2.5 eps of travel), random start, at the data set's default eps
+  (:func:`threat_models.default_threat`: FMNIST L∞ 0.1, L2 1.5). The network is in eval mode while
+  attacked (BatchNorm statistics and dropout fixed) and in train mode for the update.
+* Epochs: a CPU budget instead of the thesis's 200 (``EPOCHS``; PGD-10 training costs ~11 clean
+  epochs per epoch). Every epoch reports clean validation accuracy and PGD validation accuracy on a
+  fixed subset of the first ``val_pgd_samples`` validation images (same attack, fixed seed); both go
+  into the model card's ``history``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from defenses.cnn import CNN, arch_checkpoint_name
+from defenses.registry import register
+from defenses.training import train_classifier
+from harness.checkpoints import find_checkpoint, load_checkpoint
+from harness.errors import BenchUserError
+from threat_models import AttackSpec, ThreatModel, default_threat
+
+#: CPU-budget epochs per data set (thesis: 200). FMNIST: ~1 min per PGD-10 epoch on 2 CPU cores.
+EPOCHS = {"mnist": 10, "fmnist": 10}
+DEFAULT_EPOCHS = 10
+
+
+def pgd_spec(config: dict) -> AttackSpec:
+    """The training PGD of ``config`` as an AttackSpec for the harness's foolbox adapter."""
+    steps = int(config["pgd_steps"])
+    if steps < 1:
+        raise ValueError(f"pgd_steps must be >= 1, got {steps}")
+    return AttackSpec("pgd", params=(("steps", steps), ("rel_stepsize", float(config["pgd_rel_stepsize"])), ("random_start", True)))
+
+
+def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, spec: AttackSpec, *, seed: int) -> torch.Tensor:
+    """PGD examples for ``model`` (attacked in eval mode; its previous mode is restored), projected into ``threat``."""
+    from harness.attacks import run_attack  # imports foolbox; only needed when training
+
+    was = model.training
+    model.eval()
+    try:
+        adv = run_attack(model, x, y, threat, spec, seed=seed)[0]
+    finally:
+        model.train(was)
+    return threat.project(adv.detach(), x)
+
+
+def _seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+class AdversarialCNN(CNN):
+    """The CNN (same network, ``predict`` = logits) fine-tuned with PGD adversarial training."""
+
+    norm: ClassVar[str] = ""
+    gradient_policy = "exact autograd gradient of the logits"
+
+    def default_train_config(self, dataset: str) -> dict:
+        """Thesis section 2.3: Adam, lr 1e-4, no decay, batch 512, from the trained CNN; PGD-10 at the default eps."""
+        threat = default_threat(dataset, self.norm)
+        return {
+            "init": self.init_checkpoint_name(),
+            "optimizer": "adam",
+            "lr": 1e-4,
+            "lr_halve_every": 0,
+            "batch_size": 512,
+            "epochs": EPOCHS.get(dataset, DEFAULT_EPOCHS),
+            "noise_sigma": 0.0,
+            "attack": "pgd",
+            "norm": self.norm,
+            "eps": threat.eps,
+            "pgd_steps": 10,
+            "pgd_rel_stepsize": 0.25,
+            "val_pgd_samples": 500,
+        }
+
+    def init_checkpoint_name(self) -> str:
+        """The checkpoint fine-tuning starts from: the ``cnn`` of the same arch."""
+        return arch_checkpoint_name(CNN.name, self.arch)
+
+    def checkpoint_name(self) -> str:
+        return arch_checkpoint_name(self.name, self.arch)
+
+    def extra_info(self) -> dict:
+        return {"arch": self.arch, "adversarial_training": f"PGD {self.norm}"}
+
+    def _load_init(self) -> dict:
+        name = self.init_checkpoint_name()
+        path = find_checkpoint(name, self.dataset)
+        if path is None:
+            arch = "" if self.arch == "table2.1" else f" --arch {self.arch}"
+            raise BenchUserError(
+                f"{self.name} fine-tunes the trained cnn, but there is no {name} checkpoint for {self.dataset}; "
+                f"train it first with `bench train --defense cnn --dataset {self.dataset}{arch}`"
+            )
+        card = load_checkpoint(self, path)  # same module layout as the CNN's checkpoint
+        return {"path": str(path), "sha256": card["sha256"], "val_acc": card.get("val_acc"), "epochs": card.get("epochs")}
+
+    def fit(self, train, val, *, config, device, generator, progress=True) -> dict:
+        if config.get("norm", self.norm) != self.norm:
+            raise ValueError(f"{self.name} trains against {self.norm} PGD; the config says norm={config['norm']!r}")
+        init = self._load_init()
+        self.to(device)
+        threat = ThreatModel(norm=self.norm, eps=float(config["eps"]))
+        spec = pgd_spec(config)
+
+        def loss_fn(model, xb, yb, gen):
+            adv = pgd_examples(model, xb, yb, threat, spec, seed=_seed(gen))
+            return nn.functional.cross_entropy(model(adv), yb)
+
+        val_fn = None
+        n_val = int(config.get("val_pgd_samples", 0))
+        if val is not None and len(val.x) and n_val > 0:
+            xv, yv = val.x[:n_val].to(device), val.y[:n_val].to(device)
+
+            def val_fn(model):
+                adv = pgd_examples(model, xv, yv, threat, spec, seed=0)  # fixed seed: comparable across epochs
+                with torch.no_grad():
+                    return {"val_pgd_acc": (model(adv).argmax(1) == yv).float().mean().item()}
+
+        metrics = train_classifier(self.net, train, val, config=config, device=device, generator=generator, progress=progress, loss_fn=loss_fn, val_fn=val_fn, desc=f"train {self.checkpoint_name()}")
+        return dict(metrics, init_checkpoint=init)
+
+
+@register
+class AdvLinf(AdversarialCNN):
+    """Adv-L∞ of thesis Tables 2.2-2.5: the CNN adversarially trained with L∞ PGD."""
+
+    name = "adv-linf"
+    paper = "Madry et al. 2018 PGD adversarial training; Ju 2021 thesis section 2.3 (Adv-L∞, fine-tuned CNN)"
+    norm = "linf"
+
+
+@register
+class AdvL2(AdversarialCNN):
+    """Adv-L2 of thesis Tables 2.2-2.5: the CNN adversarially trained with L2 PGD."""
+
+    name = "adv-l2"
+    paper = "Madry et al. 2018 PGD adversarial training; Ju 2021 thesis section 2.3 (Adv-L2, fine-tuned CNN)"
+    norm = "l2"

@@ -1,0 +1,155 @@
+"""AutoAttack (Croce & Hein 2020) via ``pyautoattack`` 0.2.0: the benchmark the thesis uses for the
+variational smoothing results (Ju 2021, chapter 4, section 4.3 "Threat model", Tables 4.1/4.2).
+
+The version follows the defense's metadata: ``standard`` (APGD-CE, APGD-T, FAB-T, Square) for a
+deterministic defense and ``rand`` (APGD-CE and APGD-DLR with AutoAttack's own EOT over 20 draws)
+for a randomized one. For ``rand`` AutoAttack's EOT replaces the harness's: the defense is attacked
+through a one-draw :class:`harness.eot.EOTModel` sharing the runner's generator, so the draws are not
+averaged twice. The resolved version is part of the budget string recorded in the result file, and
+the result manifest's ``randomized`` flag says which rule applied.
+
+Parameters (suite ``params``, all optional): ``version`` (force ``standard``/``rand``/``plus``),
+``n_iter`` (APGD and FAB iterations; AutoAttack's 100), ``n_queries`` (Square; 5000),
+``eot_iter`` (``rand`` EOT draws; 20), ``batch_size`` (AutoAttack's internal batch; default the
+whole batch). Smaller ``n_iter`` keeps APGD's step-size checkpoints proportional (0.22 / 0.06 /
+0.03 of the iterations, Croce & Hein 2020 section 3.2).
+
+AutoAttack's messages go to the ``auto-attack`` logger; anything its sub-attacks print is captured
+and logged at DEBUG level. It seeds torch's global RNG itself, which :func:`harness.attacks.run_attack`
+confines with ``fork_rng``. Candidates are AutoAttack's adversarials where it found one and the
+clean inputs elsewhere; the harness verifies them like every other attack's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from harness.errors import BenchUserError
+
+log = logging.getLogger(__name__)
+
+NORM_NAMES = {"linf": "Linf", "l2": "L2"}
+VERSIONS = ("standard", "rand", "plus")
+DEFAULT_N_ITER = 100
+DEFAULT_N_QUERIES = 5000
+DEFAULT_EOT_ITER = 20
+
+
+@dataclass(frozen=True)
+class AAConfig:
+    """Validated AutoAttack parameters (``version=None``: from the defense's metadata)."""
+
+    version: str | None
+    n_iter: int | None
+    n_queries: int | None
+    eot_iter: int | None
+    batch_size: int | None
+
+
+def _opt_int(p: dict, key: str, minimum: int = 1) -> int | None:
+    if key not in p:
+        return None
+    v = int(p[key])
+    if v < minimum:
+        raise BenchUserError(f"autoattack: {key} must be >= {minimum}, got {v}")
+    return v
+
+
+def make_config(norm: str, p: dict) -> AAConfig:
+    unknown = set(p) - {"version", "n_iter", "n_queries", "eot_iter", "batch_size"}
+    if unknown:
+        raise BenchUserError(f"autoattack: unknown parameter(s) {', '.join(sorted(unknown))}; known: version, n_iter, n_queries, eot_iter, batch_size")
+    version = p.get("version")
+    if version is not None and version not in VERSIONS:
+        raise BenchUserError(f"autoattack: version must be one of {', '.join(VERSIONS)} (or left out to follow the defense), got {version!r}")
+    return AAConfig(version, _opt_int(p, "n_iter"), _opt_int(p, "n_queries"), _opt_int(p, "eot_iter"), _opt_int(p, "batch_size"))
+
+
+def is_randomized(model: torch.nn.Module) -> bool:
+    """The attacked defense's ``randomized`` flag (``model`` may be an EOTModel or the defense itself)."""
+    return bool(getattr(getattr(model, "defense", model), "randomized", False))
+
+
+def resolve_version(cfg: AAConfig, model: torch.nn.Module) -> str:
+    """``cfg.version`` if set, else ``rand`` for a randomized defense and ``standard`` otherwise."""
+    if cfg.version is not None:
+        return cfg.version
+    return "rand" if is_randomized(model) else "standard"
+
+
+def _one_draw(model: torch.nn.Module) -> torch.nn.Module:
+    """For ``rand``: the defense behind an EOTModel without the harness's averaging (AutoAttack does EOT)."""
+    from harness.eot import EOTModel
+
+    if isinstance(model, EOTModel) and model.draws > 1:
+        return EOTModel(model.defense, draws=1, generator=model.generator)
+    return model
+
+
+def _shrink_iterations(apgd, n_iter: int) -> None:
+    """Set APGD's iterations and its step-size checkpoint schedule (Croce & Hein 2020, section 3.2)."""
+    apgd.n_iter = apgd.n_iter_orig = n_iter
+    apgd.n_iter_2 = max(int(0.22 * n_iter), 1)
+    apgd.n_iter_min = max(int(0.06 * n_iter), 1)
+    apgd.size_decr = max(int(0.03 * n_iter), 1)
+
+
+def build(cfg: AAConfig, model: torch.nn.Module, *, norm: str, eps: float, version: str, num_classes: int, device: torch.device, seed: int):
+    """A configured ``pyautoattack.AutoAttack``."""
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as exc:  # pragma: no cover - pyautoattack is a dependency
+        raise BenchUserError(f"autoattack needs pyautoattack ({exc}); `pip install -c constraints.txt pyautoattack==0.2.0`") from None
+    aa = AutoAttack(model, norm=NORM_NAMES[norm], eps=float(eps), version=version, device=device, seed=seed)
+    aa.verbose = log.isEnabledFor(logging.DEBUG)
+    if cfg.n_iter is not None:
+        _shrink_iterations(aa.apgd, cfg.n_iter)
+        _shrink_iterations(aa.apgd_targeted, cfg.n_iter)
+        aa.fab.n_iter = cfg.n_iter
+    if cfg.n_queries is not None:
+        aa.square.n_queries = cfg.n_queries
+    if cfg.eot_iter is not None and version == "rand":
+        aa.apgd.eot_iter = cfg.eot_iter
+    # targeted attacks try the top-9 other classes; fewer classes than 10 need fewer targets
+    targets = min(9, num_classes - 1)
+    aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, targets)
+    aa.fab.n_target_classes = min(aa.fab.n_target_classes, targets)
+    return aa
+
+
+def run(cfg: AAConfig, *, model, fmodel, x, y, threat, params, seed) -> torch.Tensor:
+    """One restart of AutoAttack on the batch; returns its adversarials (clean inputs where it found none)."""
+    if tuple(threat.bounds) != (0.0, 1.0):
+        raise BenchUserError(f"autoattack assumes inputs in [0, 1], the threat model has bounds {threat.bounds}; use another attack")
+    version = resolve_version(cfg, model)
+    target = _one_draw(model) if version == "rand" else model
+    with torch.no_grad():
+        num_classes = int(target(x[:1]).shape[1])
+    aa = build(cfg, target, norm=threat.norm, eps=threat.eps, version=version, num_classes=num_classes, device=x.device, seed=int(seed % (2**31)))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        x_adv, _y_adv = aa.run_standard_evaluation(x, y, batch_size=cfg.batch_size or len(x))
+    if printed.getvalue().strip():
+        log.debug("autoattack output:\n%s", printed.getvalue().rstrip())
+    return x_adv.detach()
+
+
+def budget_for(spec) -> str:
+    """Full budget string of an AttackSpec (the version resolved as the adapter will, via its EOT setting)."""
+    cfg = make_config("linf", spec.kwargs)
+    n_iter = cfg.n_iter or DEFAULT_N_ITER
+    version = cfg.version
+    if version is None:
+        # the suite loader gives randomized defenses spec.eot = eot_randomized; 1 for deterministic ones
+        version = "rand" if spec.eot > 1 else "standard (rand if the defense is randomized)"
+    if version == "rand":
+        return f"AutoAttack rand: APGD-CE + APGD-DLR, {n_iter} iterations, AutoAttack EOT {cfg.eot_iter or DEFAULT_EOT_ITER} draws (replaces the harness EOT) x {spec.restarts} restarts"
+    parts = f"APGD-CE + APGD-T + FAB-T {n_iter} iterations + Square {cfg.n_queries or DEFAULT_N_QUERIES} queries"
+    if version == "plus":
+        parts = f"APGD-CE/DLR + FAB + Square + APGD-T + FAB-T, {n_iter} iterations, Square {cfg.n_queries or DEFAULT_N_QUERIES} queries"
+    return f"AutoAttack {version}: {parts} x {spec.restarts} restarts, EOT {spec.eot}"

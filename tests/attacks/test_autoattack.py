@@ -1,0 +1,75 @@
+"""AutoAttack adapter (pyautoattack 0.2.0): standard for deterministic, rand (own EOT) for randomized defenses."""
+
+import logging
+
+import pytest
+import torch
+
+from harness.attacks import ATTACKS, budget_string, run_attack
+from harness.attacks import autoattack as aa_mod
+from harness.eot import EOTModel
+from harness.errors import BenchUserError
+from harness.verify import verify
+from tests.attacks.helpers import LinearDefense, NoisyLinearDefense, batch
+from threat_models import AttackSpec, ThreatModel
+
+CHEAP = (("n_iter", 5), ("n_queries", 20), ("eot_iter", 2))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_standard_on_a_deterministic_model_breaks_it(norm, eps, monkeypatch):
+    d = LinearDefense().eval()
+    x, y = batch(d.net)
+    model = EOTModel(d, draws=5)  # draws are ignored for a deterministic defense
+    seen = []
+    real_build = aa_mod.build
+    monkeypatch.setattr(aa_mod, "build", lambda *a, **k: seen.append(k["version"]) or real_build(*a, **k))
+    threat = ThreatModel(norm=norm, eps=eps)
+    cands = run_attack(model, x, y, threat, AttackSpec("autoattack", params=CHEAP), seed=0)
+    assert seen == ["standard"]
+    assert cands[0].shape == x.shape
+    v = verify(d, x, y, cands, threat, clean_correct=torch.ones(len(x), dtype=torch.bool), generator=None)
+    assert (~v.correct).float().mean() > 0.5
+
+
+def test_rand_for_a_randomized_defense_with_autoattacks_own_eot(monkeypatch):
+    d = NoisyLinearDefense().eval()
+    x, y = batch(d.net, n=6)
+    model = EOTModel(d, draws=5, generator=torch.Generator().manual_seed(0))
+    seen = []
+    real_build = aa_mod.build
+
+    def spy(cfg, target, **k):
+        seen.append((k["version"], getattr(target, "draws", None)))
+        aa = real_build(cfg, target, **k)
+        seen.append(aa.apgd.eot_iter)
+        return aa
+
+    monkeypatch.setattr(aa_mod, "build", spy)
+    threat = ThreatModel(norm="linf", eps=0.1)
+    spec = AttackSpec("autoattack", params=CHEAP, eot=5)
+    cands = run_attack(model, x, y, threat, spec, seed=0)
+    assert seen == [("rand", 1), 2]  # AutoAttack's EOT (2 draws here), on a one-draw model
+    assert cands[0].shape == x.shape and threat.contains(cands[0], x, tol=1e-4).all()
+    assert "AutoAttack rand" in budget_string(spec) and "EOT 2" in budget_string(spec)
+
+
+def test_version_is_recorded_in_the_budget_and_can_be_forced():
+    det = budget_string(AttackSpec("autoattack"))
+    assert det.startswith("AutoAttack standard") and "100 iterations" in det and "5000 queries" in det
+    assert budget_string(AttackSpec("autoattack", eot=5)).startswith("AutoAttack rand")
+    forced = aa_mod.make_config("linf", {"version": "standard"})
+    assert aa_mod.resolve_version(forced, EOTModel(NoisyLinearDefense(), draws=5)) == "standard"
+    assert aa_mod.resolve_version(aa_mod.make_config("linf", {}), LinearDefense()) == "standard"
+    assert aa_mod.resolve_version(aa_mod.make_config("linf", {}), NoisyLinearDefense()) == "rand"
+    with pytest.raises(BenchUserError, match="version"):
+        aa_mod.make_config("linf", {"version": "fast"})
+    assert ATTACKS["autoattack"].kind == "bounded" and ATTACKS["autoattack"].library == "pyautoattack"
+
+
+def test_prints_do_not_reach_stdout(capsys, caplog):
+    d = LinearDefense().eval()
+    x, y = batch(d.net, n=4)
+    with caplog.at_level(logging.DEBUG):
+        run_attack(d, x, y, ThreatModel(norm="linf", eps=0.1), AttackSpec("autoattack", params=CHEAP), seed=0)
+    assert capsys.readouterr().out == ""
