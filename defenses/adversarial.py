@@ -34,7 +34,9 @@ from harness.checkpoints import find_checkpoint, load_checkpoint
 from harness.errors import BenchUserError
 from threat_models import AttackSpec, ThreatModel, default_threat
 
-#: CPU-budget epochs per data set (thesis: 200). FMNIST: ~1 min per PGD-10 epoch on 2 CPU cores.
+#: CPU-budget epochs per data set (thesis: 200). FMNIST, 106 batches of 512 per epoch: PGD-10
+#: training costs ~11 clean batches per batch, ~1 min per epoch on an idle 2-core CPU; measured
+#: 19-23 min for the 10 epochs on one thread of a shared 2-core machine (model cards in checkpoints/).
 EPOCHS = {"mnist": 10, "fmnist": 10}
 DEFAULT_EPOCHS = 10
 

@@ -7,6 +7,7 @@ User errors (unknown names, values out of range, missing data, bad checkpoints) 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from harness.errors import BenchUserError
@@ -96,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", default="leaderboard.md")
     lb.add_argument("--check", action="store_true", help="exit 1 if the file is not up to date")
 
+    ne = sub.add_parser("neat", help="evolve NEAT/CPPN fooling images against a source model and score defenses on them")
+    ne.add_argument("--source", default="cnn")
+    ne.add_argument("--dataset", default="fmnist")
+    ne.add_argument("--defenses", default="cnn", help="comma-separated defenses to score (default: cnn)")
+    ne.add_argument("--population", type=_positive_int, default=None)
+    ne.add_argument("--generations", type=_positive_int, default=None)
+    ne.add_argument("--threshold", type=float, default=None, help="source confidence to reach (default 0.9)")
+    ne.add_argument("--seed", type=_nonneg_int, default=0)
+    ne.add_argument("--device", default="auto")
+    ne.add_argument("--out", default="results", help="writes <out>/<dataset>/neat/{fooling.png,fooling.safetensors,results.json}")
+    ne.add_argument("--quiet", action="store_true")
+
+    rp = sub.add_parser("reproduction", help="write docs/reproduction.md: our Fashion-MNIST results next to thesis Table 2.3")
+    rp.add_argument("--results-dir", default=DEFAULT_RESULTS)
+    rp.add_argument("--thesis", default="docs/thesis_fmnist.toml")
+    rp.add_argument("--out", default="docs/reproduction.md")
+
     ls = sub.add_parser("list", help="list defenses, attacks, datasets or suites")
     ls.add_argument("what", choices=["defenses", "attacks", "datasets", "suites"])
     return p
@@ -177,7 +195,7 @@ def _cmd_list(a) -> int:
         from harness.attacks import ATTACKS
 
         for name, info in ATTACKS.items():
-            print(f"{name:<9} {','.join(info.norms):<8} {info.kind:<12} {info.library:<8} {info.description}")
+            print(f"{name:<11} {','.join(info.norms):<8} {info.kind:<12} {info.library:<13} {info.description}")
     elif a.what == "datasets":
         from harness import datasets
 
@@ -192,7 +210,31 @@ def _cmd_list(a) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
+def _cmd_neat(a) -> int:
+    from harness.fooling import run_neat
+
+    if a.threshold is not None and not 0 < a.threshold < 1:
+        raise BenchUserError(f"--threshold must be in (0, 1), got {a.threshold}")
+    names = [d.strip() for d in a.defenses.split(",") if d.strip()]
+    res = run_neat(source=a.source, dataset=a.dataset, defenses=names, out_dir=a.out, seed=a.seed, device=a.device,
+                   population=a.population, generations=a.generations, threshold=a.threshold, progress=not a.quiet)
+    print(res["table"])
+    for kind, path in res["paths"].items():
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_reproduction(a) -> int:
+    from harness.reproduction import write_reproduction
+
+    if not os.path.isfile(a.thesis):
+        raise BenchUserError(f"thesis table {a.thesis} not found; run from the repository root or pass --thesis")
+    changed = write_reproduction(a.results_dir, a.thesis, a.out)
+    print(f"{'wrote' if changed else 'unchanged'} {a.out}")
+    return 0
+
+
+COMMANDS = {"neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,6 +158,7 @@ def load_defense(
             path = train_defense(owner_name, dataset, device=device, progress=progress, announce=announce, options=options)
         card = load_checkpoint(model.checkpoint_module(), path)
         card["path"] = str(path)
+        model.load_card(card)
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -162,7 +162,8 @@ def sweep_data(results: dict[str, dict]) -> pd.DataFrame:
 def eps_sweep_curve(results: dict[str, dict], out_png: str | os.PathLike, *, title: str = "") -> pd.DataFrame:
     """Plot accuracy vs eps of every swept attack (one line per defense and attack, markers at the
     evaluated eps, shaded Wilson 95% band) to ``out_png`` deterministically, as in Yao et al.
-    Table 1 (FGM at eps 0-0.4). Returns the plotted data; ValueError when there is nothing to plot."""
+    Table 1 (FGM at eps 0-0.4); ``title`` is prefixed to "<attacks> eps sweep". Returns the
+    plotted data; ValueError when there is nothing to plot."""
     if not results:
         raise ValueError("no result files to plot")
     ordered = {d: results[d] for d in defense_order(results)}
@@ -190,7 +191,8 @@ def eps_sweep_curve(results: dict[str, dict], out_png: str | os.PathLike, *, tit
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.set_xlim(left=0)
-        ax.set_title(title or " / ".join(attack_label(a) for a in attacks) + " eps sweep")
+        sweep = " / ".join(attack_label(a) for a in attacks) + " eps sweep"
+        ax.set_title(f"{title} · {sweep}" if title else sweep)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize="small")
         fig.tight_layout()

@@ -88,9 +88,10 @@ def load_results(results_dir: str | os.PathLike, dataset: str, norm: str) -> dic
 
 
 def list_result_sets(results_dir: str | os.PathLike) -> list[tuple[str, str]]:
-    """Every (dataset, norm) pair that has at least one result file, sorted."""
+    """Every (dataset, norm) pair that has at least one result file, sorted (norm folders only:
+    ``results/<dataset>/neat/`` and other result kinds are skipped)."""
     root = Path(results_dir)
     if not root.is_dir():
         return []
-    pairs = {(p.parent.parent.name, p.parent.name) for p in root.glob("*/*/*.json")}
+    pairs = {(p.parent.parent.name, p.parent.name) for p in root.glob("*/*/*.json") if p.parent.name in ("linf", "l2")}
     return sorted(pairs)

@@ -207,8 +207,12 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
             gen = torch.Generator(device=device).manual_seed(_batch_seed(cfg.seed, "clean", bi))
             xb, yb = x_all[i : i + bs].to(device), y_all[i : i + bs].to(device)
             ok, abst = score(defense, xb, yb, generator=gen, draws=draws)
+            # thesis eq. 2.7: an L2 lower bound on the adversarial distance, for defenses that have one
+            cert = defense.certified_radius(xb, yb, generator=gen) if cfg.norm == "l2" and hasattr(defense, "certified_radius") else None
             for j in range(len(xb)):
                 recs.append({"index": ids[i + j], "label": int(yb[j]), "clean_correct": bool(ok[j]), "clean_abstained": bool(abst[j]), "attacks": {}})
+                if cert is not None:
+                    recs[-1]["certified_l2"] = float(cert[j])
         manifest["clean_wall_time_s"] = round(time.perf_counter() - t0, 3)
         manifest["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         data = {"schema": SCHEMA_VERSION, "manifest": manifest, "records": recs}

@@ -116,10 +116,11 @@ def header_line(results: dict[str, dict]) -> str:
     eps = _common(res, "eps_label") or _common(res, "eps")
     outcomes = {d: stats.per_sample_outcomes(data) for d, data in res.items()}
     ns = {d: len(o) for d, o in outcomes.items()}
+    swept = any("@" in name for data in res.values() for name in stats.attack_names(data))
     parts = [
         f"dataset {dataset if dataset is not None else 'mixed'}",
         f"norm {norm_label(norm) if norm else 'mixed'}",
-        f"eps {eps if eps is not None else 'mixed'}",
+        f"eps {eps if eps is not None else 'mixed'}" + (" (a row \"… ε=e\" uses eps e)" if swept else ""),
     ]
     if len(set(ns.values())) == 1:
         parts.append(f"n = {next(iter(ns.values()))}")
@@ -270,6 +271,19 @@ def render_distances(results: dict[str, dict], *, fmt: str = "github") -> str:
     return caption + "\n\n" + body + "\n"
 
 
+def render_certified(results: dict[str, dict], *, fmt: str = "github") -> str:
+    """Mean / median of the per-sample certified L2 bound (thesis eq. 2.7) for defenses that record it."""
+    rows = []
+    for d, data in ordered(results).items():
+        vals = [r["certified_l2"] for r in data["records"] if r.get("certified_l2") is not None]
+        if vals:
+            s = pd.Series(vals)
+            rows.append([defense_label(d), len(vals), f"{s.mean():.3f}", f"{s.median():.3f}"])
+    if not rows:
+        return ""
+    return "Certified L2 lower bound eps* (thesis eq. 2.7; 0 for misclassified samples; estimated from the inference's optimum)\n\n" + tabulate(rows, headers=["Defense", "n", "mean eps*", "median eps*"], tablefmt=_check_fmt(fmt))
+
+
 def format_report(results_dir: str | os.PathLike, dataset: str, norm: str, *, fmt: str = "github") -> str:
     """Full text report of one (dataset, norm): accuracy table, McNemar p-values on "All",
     minimum-distance table (when a minimization attack ran) and attack budgets. Raises
@@ -281,5 +295,8 @@ def format_report(results_dir: str | os.PathLike, dataset: str, norm: str, *, fm
     distances = render_distances(results, fmt=fmt)
     if distances:
         parts.append(distances)
+    certified = render_certified(results, fmt=fmt)
+    if certified:
+        parts.append(certified)
     parts.append(render_budget(results, fmt=fmt))
     return "\n".join(parts)

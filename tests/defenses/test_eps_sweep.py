@@ -2,8 +2,6 @@
 
 import json
 
-import torch
-
 from harness.checkpoints import save_checkpoint
 from harness.cli import main
 from harness.models import build_defense
