@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--thesis", default="docs/thesis_fmnist.toml")
     rp.add_argument("--out", default="docs/reproduction.md")
 
+    sw = sub.add_parser("sweep", help="run a sweep plan (defenses x datasets x norms x suites, sharded) locally or on Ray")
+    sw.add_argument("plan", help="plan TOML (see plans/fmnist-quick.toml)")
+    sw.add_argument("--dry-run", action="store_true", help="print the job table, job count and a cost estimate; run nothing")
+    sw.add_argument("--executor", choices=["local", "ray"], default="local")
+    sw.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT); default: start a local Ray instance")
+    sw.add_argument("--results-dir", default="results")
+    sw.add_argument("--max-retries", type=_nonneg_int, default=1, help="retries of a failed job before it is reported (default 1)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+
     ls = sub.add_parser("list", help="list defenses, attacks, datasets or suites")
     ls.add_argument("what", choices=["defenses", "attacks", "datasets", "suites"])
     return p
@@ -134,6 +143,16 @@ def _cmd_run(a) -> int:
     print()
     print(format_report(a.results_dir, a.dataset, a.norm))
     return 0
+
+
+def _cmd_sweep(a) -> int:
+    from harness.sweep import expand, format_job_table, load_plan, run_sweep
+
+    plan = load_plan(a.plan)
+    if a.dry_run:
+        print(format_job_table(expand(plan)))
+        return 0
+    return run_sweep(plan, results_dir=a.results_dir, executor=a.executor, address=a.address, max_retries=a.max_retries, progress=not a.quiet)
 
 
 def _cmd_train(a) -> int:
@@ -234,7 +253,7 @@ def _cmd_reproduction(a) -> int:
     return 0
 
 
-COMMANDS = {"neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
+COMMANDS = {"neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "sweep": _cmd_sweep, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(exc).split())
         print(f"bench: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` etc.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("bench: interrupted; finished work is saved and a rerun resumes it", file=sys.stderr)
         return 130

@@ -77,6 +77,27 @@ def curve_data(results: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["defense", "eps", "acc"])
 
 
+def _finish(fig, ax, out: Path, *, norm: set, title: str) -> None:
+    """Axes labels/limits, then save deterministically (no date/software metadata) and atomically."""
+    ax.set_xlabel(f"eps ({norm_label(next(iter(norm)))})" if len(norm) == 1 and None not in norm else "eps")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(left=0)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    suffix = out.suffix.lower()
+    metadata = {"Date": None} if suffix == ".svg" else {"Software": None} if suffix == ".png" else None
+    tmp = out.with_name(f".{out.name}.tmp{suffix}")
+    try:
+        fig.savefig(tmp, metadata=metadata)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def robustness_curve(results: dict[str, dict], out_png: str | os.PathLike, *, title: str) -> pd.DataFrame:
     """Plot accuracy vs eps per defense (see :func:`curve_data`) to ``out_png`` (``.png`` or
     ``.svg``) deterministically; returns the plotted curve data. Raises ValueError for no results."""
@@ -96,24 +117,7 @@ def robustness_curve(results: dict[str, dict], out_png: str | os.PathLike, *, ti
             if part.empty:
                 continue
             ax.plot(part["eps"], 100 * part["acc"], drawstyle="steps-post", label=defense_label(defense))
-        xlabel = f"eps ({norm_label(next(iter(norm)))})" if len(norm) == 1 and None not in norm else "eps"
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.set_xlim(left=0)
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
-        fig.tight_layout()
-        suffix = out.suffix.lower()
-        metadata = {"Date": None} if suffix == ".svg" else {"Software": None} if suffix == ".png" else None
-        tmp = out.with_name(f".{out.name}.tmp{suffix}")
-        try:
-            fig.savefig(tmp, metadata=metadata)
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        _finish(fig, ax, out, norm=norm, title=title)
     return data
 
 
@@ -186,23 +190,6 @@ def eps_sweep_curve(results: dict[str, dict], out_png: str | os.PathLike, *, tit
                 label = defense_label(defense) if len(attacks) == 1 else f"{defense_label(defense)} · {attack_label(attack)}"
                 (line,) = ax.plot(part["eps"], 100 * part["acc"], marker="o", label=label)
                 ax.fill_between(part["eps"], 100 * part["lo"], 100 * part["hi"], color=line.get_color(), alpha=0.15, linewidth=0)
-        xlabel = f"eps ({norm_label(next(iter(norm)))})" if len(norm) == 1 and None not in norm else "eps"
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.set_xlim(left=0)
         sweep = " / ".join(attack_label(a) for a in attacks) + " eps sweep"
-        ax.set_title(f"{title} · {sweep}" if title else sweep)
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
-        fig.tight_layout()
-        suffix = out.suffix.lower()
-        metadata = {"Date": None} if suffix == ".svg" else {"Software": None} if suffix == ".png" else None
-        tmp = out.with_name(f".{out.name}.tmp{suffix}")
-        try:
-            fig.savefig(tmp, metadata=metadata)
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        _finish(fig, ax, out, norm=norm, title=f"{title} · {sweep}" if title else sweep)
     return data
