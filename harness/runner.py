@@ -7,6 +7,11 @@ attack and a rerun resumes with the first unfinished one (``fresh=True`` recompu
 Eps sweeps: an attack of a suite may list ``eps = [0.0, 0.1, ...]`` (e.g. ``suites/fgm-sweep.toml``,
 Yao et al. Table 1). It then runs once per eps, each verified against a ThreatModel with that eps and
 recorded under its own attack key ``<name>@<eps>`` (``fgm@0.2``) whose manifest entry holds the eps.
+
+Batching and randomness: samples are processed in blocks of ``batch_size`` consecutive sample ids,
+each block seeded from (seed, attack hash, block index), so the records of a sample do not depend
+on how the samples are split into sweep shards (:mod:`harness.sweep` evaluates block-aligned
+ranges with :func:`evaluate_samples`, the same function ``bench run`` uses).
 """
 
 from __future__ import annotations
@@ -129,14 +134,44 @@ def _num(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
-def evaluate(cfg: RunConfig, *, log=print) -> Path:
-    """Run ``cfg`` and return the path of the result file."""
+@dataclass(frozen=True)
+class EvalContext:
+    """A prepared evaluation: the loaded defense, the samples, the attack jobs and the manifest skeleton.
+
+    Built by :func:`prepare`; shared by ``bench run`` (:func:`evaluate`) and sweep jobs
+    (:mod:`harness.sweep`), so both compute records with exactly the same code.
+    """
+
+    cfg: RunConfig
+    device: torch.device
+    threat: ThreatModel
+    ids: list[int]
+    x: torch.Tensor  # test images of ``ids`` (CPU)
+    y: torch.Tensor
+    defense: object
+    card: dict
+    draws: int
+    jobs: list[AttackJob]
+    manifest: dict  # everything but "clean_wall_time_s" and "created"; "attacks" is empty
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What :func:`evaluate_samples` computed for one block-aligned range of sample positions."""
+
+    records: list[dict]  # per-sample records in sample-id order, with the given attacks filled in
+    clean_wall_time_s: float
+    attacks: dict[str, dict]  # attack key -> manifest entry (spec, hash, eps, wall time, ...)
+
+
+def prepare(cfg: RunConfig, *, log=print) -> EvalContext:
+    """Validate ``cfg``, load data and defense and expand the suite into attack jobs."""
     if cfg.norm not in NORMS:
         raise BenchUserError(f"unknown norm {cfg.norm!r}; use one of {', '.join(NORMS)}")
     if cfg.batch_size < 1:
         raise BenchUserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     device = resolve_device(cfg.device)
-    info = datasets.get_info(cfg.dataset)
+    datasets.get_info(cfg.dataset)
     threat = default_threat(cfg.dataset, cfg.norm)
     if cfg.eps is not None:
         threat = ThreatModel(norm=cfg.norm, eps=float(cfg.eps))
@@ -156,8 +191,6 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
         sweeps = [e for e, k in zip(sweeps, keep) if k]
     jobs = attack_jobs(specs, sweeps, threat)
     draws = max((s.eot for s in specs), default=1) if defense.randomized else 1
-
-    path = result_path(cfg.results_dir, cfg.dataset, cfg.norm, variant_key(cfg.defense, cfg.options))
     dinfo = defense.info()
     manifest = {
         "defense": cfg.defense,
@@ -183,70 +216,84 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
         "defense_config": dinfo.extra,
         "attacks": {},
     }
-    data = None
-    if path.exists() and not cfg.fresh:
-        old = load_result(path)
-        om = old["manifest"]
-        same = om.get("sample_ids") == ids and om.get("eps") == threat.eps and om.get("checkpoint_sha256") == manifest["checkpoint_sha256"]
-        if not same:
-            raise BenchUserError(
-                f"{path} holds a different evaluation (n={om.get('n')}, seed={om.get('seed')}, eps={om.get('eps')}, or another checkpoint); "
-                "pass --fresh to overwrite it or --results-dir to write elsewhere"
-            )
-        data = old
-        data["manifest"].update({k: v for k, v in manifest.items() if k != "attacks"})
-        log(f"resuming {path}: {len(om.get('attacks', {}))} attack(s) already done")
-    x_all = test.x[ids]
-    y_all = test.y[ids]
-    bs = cfg.batch_size
+    return EvalContext(cfg=cfg, device=device, threat=threat, ids=ids, x=test.x[ids], y=test.y[ids], defense=defense, card=card, draws=draws, jobs=jobs, manifest=manifest)
 
-    if data is None:
+
+def evaluate_samples(
+    ctx: EvalContext,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    jobs: list[AttackJob] | None = None,
+    records: list[dict] | None = None,
+    on_clean=None,
+    on_attack=None,
+    log=None,
+) -> SampleResult:
+    """Clean pass plus ``jobs`` (default: all of ``ctx.jobs``) on sample positions ``[start, stop)`` of ``ctx.ids``.
+
+    Batching is by *blocks* of ``batch_size`` consecutive sample positions (block ``b`` holds
+    positions ``b*bs .. b*bs+bs-1``); an attack runs on the clean-correct samples of one block at a
+    time, with generator seeds from (seed, attack hash, block index). So a sample's record depends
+    only on ``(n, seed, batch_size)``, never on which range is evaluated: ``start`` must be a
+    multiple of ``batch_size``, and evaluating the blocks in several ranges (sweep shards) gives
+    exactly the records of one run over all of them.
+
+    ``records`` (clean records of the range from an earlier run) skips the clean pass. ``on_clean(records,
+    wall)`` and ``on_attack(key, entry, records)`` are called after the clean pass and after each attack
+    (``bench run`` rewrites its result file there).
+    """
+    cfg, device, bs, draws = ctx.cfg, ctx.device, ctx.cfg.batch_size, ctx.draws
+    stop = len(ctx.ids) if stop is None else stop
+    if start % bs or not 0 <= start <= stop <= len(ctx.ids):
+        raise BenchUserError(f"sample range [{start}, {stop}) is not block-aligned for batch size {bs} and n={len(ctx.ids)}")
+    jobs = ctx.jobs if jobs is None else jobs
+    blocks = [(b, min(b + bs, stop)) for b in range(start, stop, bs)]
+    clean_wall = 0.0
+    if records is None:
         t0 = time.perf_counter()
-        recs = []
-        for bi, i in enumerate(range(0, len(ids), bs)):
-            gen = torch.Generator(device=device).manual_seed(_batch_seed(cfg.seed, "clean", bi))
-            xb, yb = x_all[i : i + bs].to(device), y_all[i : i + bs].to(device)
-            ok, abst = score(defense, xb, yb, generator=gen, draws=draws)
+        records = []
+        for b0, b1 in blocks:
+            gen = torch.Generator(device=device).manual_seed(_batch_seed(cfg.seed, "clean", b0 // bs))
+            xb, yb = ctx.x[b0:b1].to(device), ctx.y[b0:b1].to(device)
+            ok, abst = score(ctx.defense, xb, yb, generator=gen, draws=draws)
             # thesis eq. 2.7: an L2 lower bound on the adversarial distance, for defenses that have one
-            cert = defense.certified_radius(xb, yb, generator=gen) if cfg.norm == "l2" and hasattr(defense, "certified_radius") else None
+            cert = ctx.defense.certified_radius(xb, yb, generator=gen) if cfg.norm == "l2" and hasattr(ctx.defense, "certified_radius") else None
             for j in range(len(xb)):
-                recs.append({"index": ids[i + j], "label": int(yb[j]), "clean_correct": bool(ok[j]), "clean_abstained": bool(abst[j]), "attacks": {}})
+                records.append({"index": ctx.ids[b0 + j], "label": int(yb[j]), "clean_correct": bool(ok[j]), "clean_abstained": bool(abst[j]), "attacks": {}})
                 if cert is not None:
-                    recs[-1]["certified_l2"] = float(cert[j])
-        manifest["clean_wall_time_s"] = round(time.perf_counter() - t0, 3)
-        manifest["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        data = {"schema": SCHEMA_VERSION, "manifest": manifest, "records": recs}
-        atomic_write_json(path, data)
-    recs = data["records"]
-    clean_ok = torch.tensor([r["clean_correct"] for r in recs], dtype=torch.bool)
-    log(f"{cfg.defense} on {cfg.dataset}: clean accuracy {clean_ok.float().mean():.3f} on {len(ids)} samples ({threat.norm} eps={threat.eps_label})")
-
+                    records[-1]["certified_l2"] = float(cert[j])
+        clean_wall = time.perf_counter() - t0
+        if on_clean is not None:
+            on_clean(records, clean_wall)
+    if len(records) != stop - start:
+        raise BenchUserError(f"{len(records)} clean records for {stop - start} samples; pass --fresh to recompute")
+    clean_ok = [r["clean_correct"] for r in records]
+    entries: dict[str, dict] = {}
     for job in jobs:
         spec, threat, h = job.spec, job.threat, job.hash
-        done = data["manifest"]["attacks"].get(job.key)
-        if done and done.get("spec_hash") == h:
-            continue
         ainfo = get_attack(spec.name)
-        model = EOTModel(defense, draws=spec.eot)
+        model = EOTModel(ctx.defense, draws=spec.eot)
         t0 = time.perf_counter()
-        attacked = clean_ok.nonzero().flatten().tolist()
         results = {}
-        bar = tqdm(total=len(attacked), desc=f"{job.key} ({budget_string(spec)})", unit="img", disable=not cfg.progress, dynamic_ncols=True)
-        for bi, s in enumerate(range(0, len(attacked), bs)):
-            idx = attacked[s : s + bs]
-            xb, yb = x_all[idx].to(device), y_all[idx].to(device)
-            seed = _batch_seed(cfg.seed, h, bi)
+        bar = tqdm(total=sum(clean_ok), desc=f"{job.key} ({budget_string(spec)})", unit="img", disable=not cfg.progress, dynamic_ncols=True)
+        for b0, b1 in blocks:
+            idx = [p for p in range(b0, b1) if clean_ok[p - start]]  # positions in ctx.ids
+            if not idx:
+                continue
+            xb, yb = ctx.x[idx].to(device), ctx.y[idx].to(device)
+            seed = _batch_seed(cfg.seed, h, b0 // bs)
             model.generator = torch.Generator(device=device).manual_seed(seed)
             cands = run_attack(model, xb, yb, threat, spec, seed=seed % (1 << 31))
             vgen = torch.Generator(device=device).manual_seed(seed ^ 0x5EED)
-            v = verify(defense, xb, yb, cands, threat, clean_correct=torch.ones(len(idx), dtype=torch.bool, device=device), generator=vgen, draws=draws, unbounded=ainfo.kind == "minimization")
-            for j, k in enumerate(idx):
-                results[k] = {"correct": bool(v.correct[j]), "abstained": bool(v.abstained[j]), "norm": _num(float(v.norm[j]))}
+            v = verify(ctx.defense, xb, yb, cands, threat, clean_correct=torch.ones(len(idx), dtype=torch.bool, device=device), generator=vgen, draws=draws, unbounded=ainfo.kind == "minimization")
+            for j, p in enumerate(idx):
+                results[p - start] = {"correct": bool(v.correct[j]), "abstained": bool(v.abstained[j]), "norm": _num(float(v.norm[j]))}
                 if ainfo.kind == "minimization":
-                    results[k]["min_norm"] = _num(float(v.min_norm[j]))
+                    results[p - start]["min_norm"] = _num(float(v.min_norm[j]))
             bar.update(len(idx))
         bar.close()
-        for k, r in enumerate(recs):
+        for k, r in enumerate(records):
             if k in results:
                 r["attacks"][job.key] = results[k]
             else:  # misclassified (or abstained on) before the attack: adversarial at distance 0
@@ -255,7 +302,7 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
                     entry["min_norm"] = 0.0
                 r["attacks"][job.key] = entry
         wall = time.perf_counter() - t0
-        data["manifest"]["attacks"][job.key] = {
+        entries[job.key] = {
             "spec": spec.to_dict(),
             "spec_hash": h,
             "eps": threat.eps,
@@ -265,9 +312,61 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
             "budget": budget_string(spec),
             "wall_time_s": round(wall, 3),
         }
-        atomic_write_json(path, data)
-        acc = sum(r["attacks"][job.key]["correct"] for r in recs) / len(recs)
-        log(f"  {job.key:<9} accuracy {acc:.3f}  ({budget_string(spec)}; {wall:.1f} s)")
+        if on_attack is not None:
+            on_attack(job.key, entries[job.key], records)
+        if log is not None and records:
+            acc = sum(r["attacks"][job.key]["correct"] for r in records) / len(records)
+            log(f"  {job.key:<9} accuracy {acc:.3f}  ({budget_string(spec)}; {wall:.1f} s)")
+    return SampleResult(records=records, clean_wall_time_s=round(clean_wall, 3), attacks=entries)
+
+
+def evaluate(cfg: RunConfig, *, log=print) -> Path:
+    """Run ``cfg`` and return the path of the result file."""
+    ctx = prepare(cfg, log=log)
+    manifest = dict(ctx.manifest, attacks={})
+    path = result_path(cfg.results_dir, cfg.dataset, cfg.norm, variant_key(cfg.defense, cfg.options))
+    data = None
+    if path.exists() and not cfg.fresh:
+        old = load_result(path)
+        om = old["manifest"]
+        same = om.get("sample_ids") == ctx.ids and om.get("eps") == ctx.threat.eps and om.get("checkpoint_sha256") == manifest["checkpoint_sha256"]
+        if not same:
+            raise BenchUserError(
+                f"{path} holds a different evaluation (n={om.get('n')}, seed={om.get('seed')}, eps={om.get('eps')}, or another checkpoint); "
+                "pass --fresh to overwrite it or --results-dir to write elsewhere"
+            )
+        data = old
+        data["manifest"].update({k: v for k, v in manifest.items() if k != "attacks"})
+        log(f"resuming {path}: {len(om.get('attacks', {}))} attack(s) already done")
+    holder: dict = {"data": data}
+
+    def on_clean(recs, wall):
+        m = dict(manifest)
+        m["clean_wall_time_s"] = round(wall, 3)
+        m["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        holder["data"] = {"schema": SCHEMA_VERSION, "manifest": m, "records": recs}
+        atomic_write_json(path, holder["data"])
+
+    def on_attack(key, entry, recs):
+        holder["data"]["manifest"]["attacks"][key] = entry
+        atomic_write_json(path, holder["data"])
+
+    todo = []
+    for job in ctx.jobs:
+        done = data["manifest"]["attacks"].get(job.key) if data is not None else None
+        if not (done and done.get("spec_hash") == job.hash):
+            todo.append(job)
+    existing = data["records"] if data is not None else None
+    if existing is not None:
+        ok = sum(r["clean_correct"] for r in existing)
+        log(f"{cfg.defense} on {cfg.dataset}: clean accuracy {ok / len(existing):.3f} on {len(ctx.ids)} samples ({ctx.threat.norm} eps={ctx.threat.eps_label})")
+
+    def on_clean_log(recs, wall):
+        on_clean(recs, wall)
+        ok = sum(r["clean_correct"] for r in recs)
+        log(f"{cfg.defense} on {cfg.dataset}: clean accuracy {ok / len(recs):.3f} on {len(ctx.ids)} samples ({ctx.threat.norm} eps={ctx.threat.eps_label})")
+
+    evaluate_samples(ctx, jobs=todo, records=existing, on_clean=on_clean_log, on_attack=on_attack, log=log)
     return path
 
 

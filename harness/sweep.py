@@ -1,0 +1,387 @@
+"""Sweep plans: defenses x datasets x norms x suites expanded into independent jobs, run by an executor, merged.
+
+One job = (defense, dataset, norm, suite, attack key, shard). A shard is a contiguous, block-aligned
+range of the run's sample positions (blocks of ``batch_size``; see :func:`harness.runner.evaluate_samples`),
+so the merged records equal those of ``bench run`` with the same n, seed, batch size and attacks.
+
+Every job recomputes the clean pass of its shard (deterministic, and cheap next to any attack)
+instead of depending on a separate clean job: jobs stay fully independent, so executors need no
+dependency graph and a retried or resumed job never waits on another one. The merge checks that
+all jobs of a shard agree on the clean records.
+
+Each job writes ``<results_dir>/.shards/<dataset>/<norm>/<defense>/<suite>/<attack>/shard-<k>-of-<S>.json``
+atomically, holding its spec hash; a rerun skips jobs whose file exists with a matching hash. When all
+jobs of a (dataset, norm, defense) are done, the merge writes ``<results_dir>/<dataset>/<norm>/<defense>.json``
+with the same manifest keys as ``bench run``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from harness import datasets
+from harness.errors import BenchUserError
+from harness.results import SCHEMA_VERSION, atomic_write_json, result_path
+from threat_models import NORMS, ThreatModel, default_threat, load_suite
+
+PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch"}
+CLEAN_KEY = "_clean"  # job key of a suite with no attacks for a norm: the clean pass only
+
+# Crude relative costs per attacked sample (FGM = 1 gradient step); unknown attacks count as 20.
+COST_FACTORS = {"fgm": 1, "pgd": 40, "deepfool": 50, "ddn": 40, "cw": 100, "noise": 20, "boundary": 2000, "espgd": 1000, "autoattack": 100, "square": 500, "clean": 0.2}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A parsed sweep plan (see ``plans/fmnist-quick.toml``)."""
+
+    defenses: tuple[str, ...]
+    datasets: tuple[str, ...]
+    norms: tuple[str, ...]
+    suites: tuple[str, ...] = ("quick",)
+    n: int = 200
+    seed: int = 0
+    shards: int = 1
+    device: str = "auto"
+    attacks: tuple[str, ...] | None = None
+    batch_size: int = 100
+    eps: float | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    arch: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One independent unit of work; executors pass it to :func:`run_job` (names only, no tensors)."""
+
+    defense: str
+    dataset: str
+    norm: str
+    suite: str
+    attack: str  # attack key ("pgd", "fgm@0.2") or CLEAN_KEY
+    shard: int
+    shards: int
+    start: int  # sample positions [start, stop) of the run's sorted sample ids
+    stop: int
+    n: int
+    seed: int
+    batch_size: int
+    device: str = "auto"
+    eps: float | None = None
+    arch: str | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    suite_sha: str = field(default="", compare=False)
+
+    @property
+    def name(self) -> str:
+        """Human-readable job id."""
+        return f"{self.dataset}/{self.norm}/{self.variant}/{self.suite}/{self.attack}/shard{self.shard}"
+
+    @property
+    def variant(self) -> str:
+        from harness.models import variant_key
+
+        return variant_key(self.defense, {"arch": self.arch} if self.arch else {})
+
+    @property
+    def spec_hash(self) -> str:
+        """Hash of everything that determines the job's output (resources and device excluded)."""
+        d = asdict(self)
+        for k in ("num_cpus", "num_gpus", "device"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def partial_path(self, results_dir: str | os.PathLike) -> Path:
+        """Where the job's partial result goes."""
+        return Path(results_dir) / ".shards" / self.dataset / self.norm / self.variant / self.suite / self.attack / f"shard-{self.shard}-of-{self.shards}.json"
+
+
+def _strs(raw: dict, key: str, *, required: bool) -> tuple[str, ...] | None:
+    v = raw.get(key)
+    if v is None:
+        if required:
+            raise BenchUserError(f"plan: missing key {key!r} (a list of names)")
+        return None
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(s, str) and s for s in v):
+        raise BenchUserError(f"plan: {key!r} must be a non-empty list of names, got {v!r}")
+    return tuple(v)
+
+
+def _int(raw: dict, key: str, default: int, lo: int) -> int:
+    v = raw.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise BenchUserError(f"plan: {key!r} must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def _float(raw: dict, key: str, default: float | None) -> float | None:
+    v = raw.get(key, default)
+    if v is None:
+        return None
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+        raise BenchUserError(f"plan: {key!r} must be a number >= 0, got {v!r}")
+    return float(v)
+
+
+def parse_plan(raw: dict) -> Plan:
+    """Validate a plan dict (from TOML); unknown keys, names or bad values raise BenchUserError."""
+    unknown = sorted(set(raw) - PLAN_KEYS)
+    if unknown:
+        raise BenchUserError(f"plan: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(PLAN_KEYS))}")
+    device = raw.get("device", "auto")
+    if not isinstance(device, str) or not device:
+        raise BenchUserError(f"plan: 'device' must be a string like \"auto\", \"cpu\" or \"cuda\", got {device!r}")
+    arch = raw.get("arch")
+    if arch is not None and not isinstance(arch, str):
+        raise BenchUserError(f"plan: 'arch' must be a string, got {arch!r}")
+    plan = Plan(
+        defenses=_strs(raw, "defenses", required=True),
+        datasets=_strs(raw, "datasets", required=True),
+        norms=_strs(raw, "norms", required=True),
+        suites=_strs(raw, "suites", required=False) or ("quick",),
+        n=_int(raw, "n", 200, 1),
+        seed=_int(raw, "seed", 0, 0),
+        shards=_int(raw, "shards", 1, 1),
+        device=device,
+        attacks=_strs(raw, "attacks", required=False),
+        batch_size=_int(raw, "batch_size", 100, 1),
+        eps=_float(raw, "eps", None),
+        num_cpus=_float(raw, "num_cpus", 1.0),
+        num_gpus=_float(raw, "num_gpus", 0.0),
+        arch=arch,
+    )
+    bad = [x for x in plan.norms if x not in NORMS]
+    if bad:
+        raise BenchUserError(f"plan: unknown norm(s) {', '.join(bad)}; use {', '.join(NORMS)}")
+    if plan.num_gpus > 1 and plan.num_gpus != int(plan.num_gpus):
+        raise BenchUserError(f"plan: num_gpus above 1 must be a whole number, got {plan.num_gpus}")
+    return plan
+
+
+def load_plan(path: str | os.PathLike) -> Plan:
+    """Read and validate a plan TOML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise BenchUserError(f"plan file {p} not found")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchUserError(f"plan {p}: invalid TOML ({exc})") from None
+    return parse_plan(raw)
+
+
+def shard_ranges(*, n: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
+    """Split positions ``0..n`` into ``shards`` contiguous ranges made of whole batch-size blocks."""
+    blocks = math.ceil(n / batch_size)
+    if shards > blocks:
+        raise BenchUserError(f"plan: shards={shards} but n={n} with batch_size={batch_size} gives only {blocks} batch(es); lower batch_size or shards")
+    edges = [k * blocks // shards for k in range(shards + 1)]
+    return [(edges[k] * batch_size, min(edges[k + 1] * batch_size, n)) for k in range(shards)]
+
+
+def _suite_sha(suite: str) -> str:
+    text = resources.files("threat_models").joinpath(f"suites/{suite}.toml").read_text(encoding="utf-8")
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def attack_keys(plan: Plan, *, dataset: str, norm: str, suite: str) -> list[str]:
+    """The attack keys ``bench run`` would record for this combination (plan's attack subset applied)."""
+    from harness.runner import attack_jobs, suite_eps_sweeps
+
+    specs = list(load_suite(suite, norm=norm, dataset=dataset).attacks)
+    sweeps = suite_eps_sweeps(suite, norm=norm, dataset=dataset)
+    if plan.attacks:
+        names = {s.name for s in specs}
+        keep = [s.name in plan.attacks for s in specs]
+        specs = [s for s, k in zip(specs, keep) if k]
+        sweeps = [e for e, k in zip(sweeps, keep) if k]
+        if not specs and not (set(plan.attacks) & names):
+            raise BenchUserError(f"plan: none of attacks {', '.join(plan.attacks)} is in suite {suite!r} for {norm}; available: {', '.join(sorted(names))}")
+    threat = default_threat(dataset, norm) if plan.eps is None else ThreatModel(norm=norm, eps=plan.eps)
+    return [j.key for j in attack_jobs(specs, sweeps, threat)]
+
+
+def expand(plan: Plan) -> list[SweepJob]:
+    """All jobs of ``plan``, in a stable order (dataset, norm, defense, suite, attack, shard)."""
+    from harness.models import build_defense
+
+    ranges = shard_ranges(n=plan.n, batch_size=plan.batch_size, shards=plan.shards)
+    jobs = []
+    for dataset in plan.datasets:
+        datasets.get_info(dataset)  # validates the name (n is checked against the test set in the jobs)
+        for norm in plan.norms:
+            for defense in plan.defenses:
+                build_defense(defense, dataset, **({"arch": plan.arch} if plan.arch else {}))  # validates name, dataset, options
+                seen: dict[str, str] = {}
+                for suite in plan.suites:
+                    sha = _suite_sha(suite)
+                    keys = attack_keys(plan, dataset=dataset, norm=norm, suite=suite) or [CLEAN_KEY]
+                    for key in keys:
+                        if key in seen and key != CLEAN_KEY:
+                            raise BenchUserError(f"plan: attack {key!r} is in suites {seen[key]!r} and {suite!r}; one result file holds it once, so list one of them")
+                        seen[key] = suite
+                        for k, (a, b) in enumerate(ranges):
+                            jobs.append(SweepJob(defense=defense, dataset=dataset, norm=norm, suite=suite, attack=key, shard=k, shards=plan.shards, start=a, stop=b, n=plan.n, seed=plan.seed, batch_size=plan.batch_size, device=plan.device, eps=plan.eps, arch=plan.arch, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, suite_sha=sha))
+    return jobs
+
+
+def estimate_cost(jobs: list[SweepJob]) -> float:
+    """A crude relative cost (FGM on one sample = 1): attack factor x samples in the shard, plus clean passes."""
+    total = 0.0
+    for j in jobs:
+        name = j.attack.split("@")[0]
+        factor = 0.0 if j.attack == CLEAN_KEY else COST_FACTORS.get(name, 20)
+        total += (j.stop - j.start) * (factor + COST_FACTORS["clean"])
+    return total
+
+
+def format_job_table(jobs: list[SweepJob]) -> str:
+    """The dry-run table: one row per job plus the count and the cost estimate."""
+    from tabulate import tabulate
+
+    rows = [[i, j.defense, j.dataset, j.norm, j.suite, j.attack, f"{j.shard + 1}/{j.shards}", f"{j.start}-{j.stop}"] for i, j in enumerate(jobs)]
+    table = tabulate(rows, headers=["#", "defense", "dataset", "norm", "suite", "attack", "shard", "samples"])
+    return f"{table}\n\n{len(jobs)} jobs; estimated cost {estimate_cost(jobs):,.0f} units (a rough estimate: per-attack relative cost factor x samples per shard; FGM on one sample = 1)"
+
+
+def _cfg(job: SweepJob, *, attacks: tuple[str, ...] | None):
+    from harness.runner import RunConfig
+
+    return RunConfig(defense=job.defense, dataset=job.dataset, norm=job.norm, suite=job.suite, n=job.n, seed=job.seed, device=job.device, batch_size=job.batch_size, eps=job.eps, attacks=attacks, progress=False, train_if_missing=False, arch=job.arch)
+
+
+def is_done(job: SweepJob, results_dir: str | os.PathLike) -> bool:
+    """True when the job's partial file exists and was written for this exact job spec."""
+    p = job.partial_path(results_dir)
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text(encoding="utf-8")).get("job_hash") == job.spec_hash
+    except (OSError, ValueError):
+        return False
+
+
+def run_job(job: SweepJob, results_dir: str) -> str:
+    """Evaluate one job (on the worker: checkpoint and data are resolved here) and write its partial file."""
+    from harness.runner import evaluate_samples, prepare
+
+    ctx = prepare(_cfg(job, attacks=None), log=lambda *_: None)
+    todo = [] if job.attack == CLEAN_KEY else [a for a in ctx.jobs if a.key == job.attack]
+    if job.attack != CLEAN_KEY and not todo:
+        raise BenchUserError(f"job {job.name}: attack {job.attack!r} not in suite {job.suite!r}")
+    res = evaluate_samples(ctx, start=job.start, stop=job.stop, jobs=todo)
+    manifest = dict(ctx.manifest)
+    manifest["clean_wall_time_s"] = res.clean_wall_time_s
+    manifest["attacks"] = res.attacks
+    path = job.partial_path(results_dir)
+    atomic_write_json(path, {"job": asdict(job), "job_hash": job.spec_hash, "manifest": manifest, "records": res.records})
+    _test_hooks(job)
+    return str(path)
+
+
+def _test_hooks(job: SweepJob) -> None:
+    """Test-only throttle: ``BENCH_SWEEP_JOB_SLEEP`` seconds after each job (lets tests kill a sweep mid-way)."""
+    delay = os.environ.get("BENCH_SWEEP_JOB_SLEEP")
+    if delay:
+        time.sleep(float(delay))
+
+
+def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None) -> list[Path]:
+    """Write the canonical result file of every (dataset, norm, defense) whose jobs are all done."""
+    from harness.provenance import command_line
+
+    groups: dict[tuple[str, str, str], list[SweepJob]] = {}
+    for j in jobs:
+        groups.setdefault((j.dataset, j.norm, j.variant), []).append(j)
+    written = []
+    for (dataset, norm, variant), gjobs in groups.items():
+        if not all(is_done(j, results_dir) for j in gjobs):
+            continue
+        parts = {(j.attack, j.shard): json.loads(j.partial_path(results_dir).read_text(encoding="utf-8")) for j in gjobs}
+        keys = list(dict.fromkeys(j.attack for j in gjobs))
+        shards = sorted({j.shard for j in gjobs})
+        first = parts[(keys[0], shards[0])]["manifest"]
+        manifest = {k: v for k, v in first.items() if k not in ("clean_wall_time_s", "attacks")}
+        manifest["attacks"] = {}
+        shas = {p["manifest"].get("checkpoint_sha256") for p in parts.values()}
+        if len(shas) > 1:
+            raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files come from different checkpoints; delete {Path(results_dir) / '.shards'} (or that part of it) and rerun")
+        records = []
+        clean_wall = 0.0
+        for s in shards:
+            base = parts[(keys[0], s)]
+            recs = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in base["records"]]
+            for key in keys:
+                other = parts[(key, s)]["records"]
+                if [{k: v for k, v in r.items() if k != "attacks"} for r in other] != [{k: v for k, v in r.items() if k != "attacks"} for r in recs]:
+                    raise BenchUserError(f"{dataset}/{norm}/{variant} shard {s}: jobs disagree on the clean pass (non-deterministic defense?); rerun with a fresh results dir")
+                if key != CLEAN_KEY:
+                    for r, o in zip(recs, other, strict=True):
+                        r["attacks"][key] = o["attacks"][key]
+            records.extend(recs)
+            clean_wall += base["manifest"].get("clean_wall_time_s") or 0.0
+        for key in keys:
+            if key == CLEAN_KEY:
+                continue
+            entry = dict(parts[(key, shards[0])]["manifest"]["attacks"][key])
+            entry["wall_time_s"] = round(sum(parts[(key, s)]["manifest"]["attacks"][key]["wall_time_s"] for s in shards), 3)
+            manifest["attacks"][key] = entry
+        if [r["index"] for r in records] != manifest["sample_ids"]:
+            raise BenchUserError(f"{dataset}/{norm}/{variant}: merged records do not cover the sample ids; delete {Path(results_dir) / '.shards'} and rerun")
+        manifest["suite"] = "+".join(dict.fromkeys(j.suite for j in gjobs))
+        manifest["command"] = command or command_line()
+        manifest["clean_wall_time_s"] = round(clean_wall, 3)
+        manifest["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        path = result_path(results_dir, dataset, norm, variant)
+        atomic_write_json(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
+        written.append(path)
+    return written
+
+
+def get_executor(name: str, *, address: str | None = None):
+    """The executor called ``name`` (``local`` or ``ray``)."""
+    if name == "local":
+        from harness.executors.local import LocalExecutor
+
+        return LocalExecutor()
+    if name == "ray":
+        from harness.executors.ray_executor import RayExecutor
+
+        return RayExecutor(address=address)
+    raise BenchUserError(f"unknown executor {name!r}; use local or ray")
+
+
+def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address: str | None = None, max_retries: int = 1, progress: bool = True, log=print) -> int:
+    """Run every unfinished job of ``plan``, merge, and return the exit status (1 when jobs failed)."""
+    from harness.provenance import command_line
+
+    jobs = expand(plan)
+    done = [j for j in jobs if is_done(j, results_dir)]
+    todo = [j for j in jobs if not is_done(j, results_dir)]
+    log(f"sweep: {len(jobs)} jobs; skipping {len(done)} finished jobs; running {len(todo)} on the {executor} executor")
+    failures: dict[str, str] = {}
+    if todo:
+        ex = get_executor(executor, address=address)
+        failures = ex.run(todo, results_dir=str(results_dir), max_retries=max_retries, progress=progress, log=log)
+    command = command_line()
+    for path in merge(jobs, results_dir, command=command):
+        log(f"wrote {path}")
+    if failures:
+        log(f"sweep: {len(failures)} job(s) failed after {max_retries} retr{'y' if max_retries == 1 else 'ies'}:")
+        for name, err in failures.items():
+            log(f"  FAILED {name}: {err}")
+        return 1
+    return 0

@@ -1,0 +1,192 @@
+"""`bench sweep`: plan expansion, local and Ray executors, merge equal to `bench run`, resume after a kill, retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import sweep
+from harness.cli import main
+from harness.runner import RunConfig, evaluate
+from tests.conftest import run_bench, write_learnable_idx
+
+PLAN = """
+defenses = ["cnn"]
+datasets = ["fmnist"]
+norms = ["linf"]
+suites = ["quick"]
+attacks = ["pgd", "fgm"]
+n = 40
+seed = 0
+shards = 2
+batch_size = 20
+device = "auto"
+"""
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    """Tiny learnable fmnist data and a cnn trained on it for 2 epochs, shared by this module's tests."""
+    root = tmp_path_factory.mktemp("sweep")
+    write_learnable_idx(root / "data" / "fmnist")
+    # one torch thread everywhere (Ray workers get OMP_NUM_THREADS=num_cpus=1 too): avoids
+    # oversubscription on a busy 2-core machine and keeps float reductions the same in every process
+    env = {"BENCH_DATA": str(root / "data"), "BENCH_CHECKPOINTS": str(root / "ckpt"), "BENCH_SKIP_CHECKSUM": "1", "XDG_CACHE_HOME": str(root / "cache"), "OMP_NUM_THREADS": "1"}
+    r = run_bench("train", "--defense", "cnn", "--dataset", "fmnist", "--epochs", "2", "--quiet", env_extra=env)
+    assert r.returncode == 0, r.stderr
+    return root, env
+
+
+@pytest.fixture
+def env(trained_dir, tmp_path, monkeypatch):
+    import torch
+
+    root, envs = trained_dir
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield from _env(envs, tmp_path, monkeypatch)
+    torch.set_num_threads(threads)
+
+
+def _env(envs, tmp_path, monkeypatch):
+    for k, v in envs.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    from harness import datasets
+
+    monkeypatch.setattr(datasets, "SYSTEM_DATA_ROOT", tmp_path / "no-system-data")
+    if hasattr(datasets, "clear_caches"):
+        datasets.clear_caches()
+    plan = tmp_path / "plan.toml"
+    plan.write_text(PLAN)
+    yield tmp_path, plan, envs
+
+
+def _reference(results_dir: Path) -> dict:
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", n=40, seed=0, batch_size=20, attacks=("pgd", "fgm"), results_dir=str(results_dir), progress=False, device="cpu", train_if_missing=False)
+    return json.loads(evaluate(cfg, log=lambda *_: None).read_text())
+
+
+def _merged(results_dir: Path) -> dict:
+    return json.loads((results_dir / "fmnist" / "linf" / "cnn.json").read_text())
+
+
+def test_plan_expansion_dry_run_and_bad_plans(env, capsys, tmp_path):
+    _, plan, _ = env
+    jobs = sweep.expand(sweep.load_plan(plan))
+    assert len(jobs) == 4 and {(j.attack, j.start, j.stop) for j in jobs} == {("pgd", 0, 20), ("pgd", 20, 40), ("fgm", 0, 20), ("fgm", 20, 40)}
+    assert sweep.shard_ranges(n=250, batch_size=100, shards=2) == [(0, 100), (100, 250)]
+    assert main(["sweep", str(plan), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 jobs" in out and "estimate" in out
+    for bad, msg in [("colour = 1", "unknown key"), ('norms = ["l3"]', "unknown norm"), ("shards = 5", "shards=5"), ('defenses = ["nope"]', "nope"), ("n = -1", "'n'")]:
+        p = tmp_path / "bad.toml"
+        lines = [line for line in PLAN.splitlines() if not line.startswith(bad.split(" ")[0] + " ")]
+        p.write_text("\n".join(lines + [bad]))
+        assert main(["sweep", str(p), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err
+
+
+def test_local_and_ray_sweeps_equal_bench_run(env):
+    tmp, plan, envs = env
+    ref = _reference(tmp / "ref")
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(tmp / "local"), executor="local", progress=False, log=lambda *_: None) == 0
+    local = _merged(tmp / "local")
+    assert local["records"] == ref["records"]
+    assert list(local["manifest"]) == list(ref["manifest"]) and list(local["manifest"]["attacks"]) == ["pgd", "fgm"]
+    for k in ("sample_ids", "n", "seed", "eps", "checkpoint_sha256", "score_draws", "device"):
+        assert local["manifest"][k] == ref["manifest"][k], k
+    assert any(not r["attacks"]["pgd"]["correct"] and r["clean_correct"] for r in ref["records"])  # attacks did something
+
+    # bench run's CLI (a separate process) gives the same records too
+    r = run_bench("run", "--defense", "cnn", "--dataset", "fmnist", "--norm", "linf", "--n", "40", "--batch-size", "20", "--attacks", "pgd,fgm", "--results-dir", str(tmp / "cli"), "--quiet", "--device", "cpu", env_extra=envs)
+    assert r.returncode == 0, r.stderr
+    assert _merged(tmp / "cli")["records"] == ref["records"]
+
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(tmp / "ray"), executor="ray", progress=False, log=lambda *_: None) == 0
+        # retries on Ray: a task that always raises is tried 1 + max_retries times, then reported
+        from harness.executors.ray_executor import RayExecutor
+
+        marks = tmp / "marks"
+        marks.mkdir()
+
+        def flaky(job, results_dir):
+            (marks / f"{job.name.replace('/', '_')}-{time.monotonic_ns()}").touch()
+            if job.attack == "fgm":
+                raise RuntimeError("boom")
+            return "ok"
+
+        jobs = sweep.expand(sweep.load_plan(plan))
+        failures = RayExecutor().run(jobs, results_dir=str(tmp / "unused"), max_retries=2, progress=False, log=lambda *_: None, fn=flaky)
+        assert sorted(failures) == sorted(j.name for j in jobs if j.attack == "fgm") and all("boom" in e for e in failures.values())
+        tries = [p.name.rsplit("-", 1)[0] for p in marks.iterdir()]
+        assert sorted(tries.count(j.name.replace("/", "_")) for j in jobs) == [1, 1, 3, 3]
+    finally:
+        ray.shutdown()
+    assert _merged(tmp / "ray")["records"] == ref["records"]
+
+
+def test_kill_and_resume_runs_only_remaining_jobs(env):
+    tmp, plan, envs = env
+    out = tmp / "res"
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(plan), "--results-dir", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, **envs, BENCH_SWEEP_JOB_SLEEP="4"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(out.glob(".shards/**/*.json")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    partials = {p: p.stat().st_mtime_ns for p in out.glob(".shards/**/*.json")}
+    assert 1 <= len(partials) < 4
+    assert not (out / "fmnist" / "linf" / "cnn.json").exists()
+
+    r = run_bench("sweep", str(plan), "--results-dir", str(out), "--quiet", env_extra=envs)
+    assert r.returncode == 0, r.stderr
+    assert f"skipping {len(partials)} finished jobs; running {4 - len(partials)}" in r.stdout
+    assert all(p.stat().st_mtime_ns == m for p, m in partials.items())  # finished jobs were not rerun
+    assert len(list(out.glob(".shards/**/*.json"))) == 4
+    assert _merged(out)["records"] == _reference(tmp / "ref")["records"]
+
+    r2 = run_bench("sweep", str(plan), "--results-dir", str(out), "--quiet", env_extra=envs)
+    assert r2.returncode == 0 and "skipping 4 finished jobs; running 0" in r2.stdout
+
+
+def test_failed_job_is_retried_then_reported(env, monkeypatch, capsys):
+    tmp, plan, _ = env
+    calls: dict[str, int] = {}
+    real = sweep.run_job
+
+    def flaky(job, results_dir):
+        calls[job.name] = calls.get(job.name, 0) + 1
+        if job.attack == "fgm" and job.shard == 0:
+            raise RuntimeError("boom")
+        if job.attack == "pgd" and job.shard == 1 and calls[job.name] == 1:
+            raise RuntimeError("transient")
+        return real(job, results_dir)
+
+    monkeypatch.setattr(sweep, "run_job", flaky)
+    rc = main(["sweep", str(plan), "--results-dir", str(tmp / "res"), "--max-retries", "2", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert calls == {"fmnist/linf/cnn/quick/pgd/shard0": 1, "fmnist/linf/cnn/quick/pgd/shard1": 2, "fmnist/linf/cnn/quick/fgm/shard0": 3, "fmnist/linf/cnn/quick/fgm/shard1": 1}
+    assert "FAILED fmnist/linf/cnn/quick/fgm/shard0: RuntimeError: boom" in out and out.count("FAILED") == 1
+    assert len(list((tmp / "res").glob(".shards/**/*.json"))) == 3  # the other jobs finished
+    assert not (tmp / "res" / "fmnist" / "linf" / "cnn.json").exists()  # incomplete: not merged
+
+    # rerun without the fault: only the failed job runs, then the merge happens
+    monkeypatch.setattr(sweep, "run_job", real)
+    assert main(["sweep", str(plan), "--results-dir", str(tmp / "res"), "--quiet"]) == 0
+    assert "skipping 3 finished jobs; running 1" in capsys.readouterr().out
+    assert (tmp / "res" / "fmnist" / "linf" / "cnn.json").exists()
