@@ -35,6 +35,7 @@ from harness.errors import BenchUserError
 from harness.models import load_defense, variant_key
 from harness.provenance import code_commit, command_line, device_name, package_versions, resolve_device
 from harness.results import SCHEMA_VERSION, atomic_write_json, load_result, result_path
+from harness.sanity import model_checks, outcome_checks
 from harness.verify import score, verify
 from threat_models import NORMS, AttackSpec, ThreatModel, default_threat, load_suite
 
@@ -367,6 +368,13 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
         log(f"{cfg.defense} on {cfg.dataset}: clean accuracy {ok / len(recs):.3f} on {len(ctx.ids)} samples ({ctx.threat.norm} eps={ctx.threat.eps_label})")
 
     evaluate_samples(ctx, jobs=todo, records=existing, on_clean=on_clean_log, on_attack=on_attack, log=log)
+    final = holder["data"]
+    n0 = min(len(ctx.ids), cfg.batch_size)
+    warnings = model_checks(ctx.defense, ctx.x[:n0].to(ctx.device), ctx.y[:n0].to(ctx.device), draws=ctx.draws, seed=cfg.seed) + outcome_checks(final)
+    final["manifest"]["warnings"] = warnings
+    atomic_write_json(path, final)
+    for w in warnings:
+        log(f"WARNING: {w}")
     return path
 
 

@@ -299,4 +299,7 @@ def format_report(results_dir: str | os.PathLike, dataset: str, norm: str, *, fm
     if certified:
         parts.append(certified)
     parts.append(render_budget(results, fmt=fmt))
+    warn = [f"- {defense_label(d)}: {w}" for d, data in ordered(results).items() for w in data["manifest"].get("warnings", [])]
+    if warn:
+        parts.append("Gradient-masking sanity checks (warnings, see harness/sanity.py)\n\n" + "\n".join(warn))
     return "\n".join(parts)

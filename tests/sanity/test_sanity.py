@@ -1,0 +1,80 @@
+"""Gradient-masking sanity checks: a zero-gradient defense, hidden randomness, gradient-free wins."""
+
+import torch
+from torch import nn
+
+from defenses.base import Defense, bpda_identity
+from harness.sanity import model_checks, outcome_checks
+from tests.stats.make_results import bools, fake_result
+
+
+class _Linear(Defense):
+    name = "t-linear"
+    trainable = False
+
+    def __init__(self, **kw):
+        super().__init__(num_classes=3, input_shape=(1, 4, 4), dataset="fmnist", **kw)
+        self.fc = nn.Linear(16, 3)
+
+    def predict(self, x, *, generator=None):
+        return self.fc(x.flatten(1))
+
+
+class _ZeroGrad(_Linear):
+    """Rounds its input with a straight zero gradient: the classic masked-gradient layer."""
+
+    name = "t-zero-grad"
+
+    def predict(self, x, *, generator=None):
+        return self.fc((x * 255).round().div(255).flatten(1))  # round() has zero gradient
+
+
+class _SecretlyRandom(_Linear):
+    name = "t-secret"
+
+    def predict(self, x, *, generator=None):
+        return self.fc(x.flatten(1)) + torch.randn(x.shape[0], 3, generator=generator)
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+
+def test_zero_gradient_layer_triggers_warning():
+    x, y = _data()
+    assert model_checks(_Linear().eval(), x, y, draws=1) == []
+    w = model_checks(_ZeroGrad().eval(), x, y, draws=1)
+    assert any("zero attack gradient on 8/8" in m for m in w)
+
+
+def test_bpda_fixes_the_zero_gradient():
+    class _Fixed(_Linear):
+        name = "t-fixed"
+
+        def predict(self, x, *, generator=None):
+            return self.fc(bpda_identity(lambda t: (t * 255).round() / 255, x).flatten(1))
+
+    x, y = _data()
+    assert model_checks(_Fixed().eval(), x, y, draws=1) == []
+
+
+def test_hidden_randomness_is_flagged():
+    x, y = _data()
+    assert any("randomized=True" in m for m in model_checks(_SecretlyRandom().eval(), x, y, draws=1))
+
+
+def test_gradient_free_beating_gradient_attacks_is_flagged():
+    n = 100
+    masked = fake_result("d", "fmnist", "linf", bools(90, n), {"pgd": bools(80, n), "noise": bools(40, n)})
+    fine = fake_result("d", "fmnist", "linf", bools(90, n), {"pgd": bools(10, n), "noise": bools(85, n)})
+    assert any("gradients may be masked" in m for m in outcome_checks(masked))
+    assert outcome_checks(fine) == []
+
+
+def test_accuracy_rising_with_eps_is_flagged():
+    n = 100
+    data = fake_result("d", "fmnist", "linf", bools(90, n), {"fgm@0.1": bools(50, n), "fgm@0.2": bools(70, n)})
+    data["manifest"]["attacks"]["fgm@0.1"]["eps"] = 0.1
+    data["manifest"]["attacks"]["fgm@0.2"]["eps"] = 0.2
+    assert any("accuracy rises" in m for m in outcome_checks(data))
