@@ -286,6 +286,11 @@ def run_job(job: SweepJob, results_dir: str) -> str:
     manifest = dict(ctx.manifest)
     manifest["clean_wall_time_s"] = res.clean_wall_time_s
     manifest["attacks"] = res.attacks
+    if job.start == 0:  # the gradient-masking model checks of `bench run`, on the same first block
+        from harness.sanity import model_checks
+
+        n0 = min(len(ctx.ids), ctx.cfg.batch_size)
+        manifest["model_warnings"] = model_checks(ctx.defense, ctx.x[:n0].to(ctx.device), ctx.y[:n0].to(ctx.device), draws=ctx.draws, seed=ctx.cfg.seed)
     path = job.partial_path(results_dir)
     atomic_write_json(path, {"job": asdict(job), "job_hash": job.spec_hash, "manifest": manifest, "records": res.records})
     _test_hooks(job)
@@ -314,7 +319,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         keys = list(dict.fromkeys(j.attack for j in gjobs))
         shards = sorted({j.shard for j in gjobs})
         first = parts[(keys[0], shards[0])]["manifest"]
-        manifest = {k: v for k, v in first.items() if k not in ("clean_wall_time_s", "attacks")}
+        manifest = {k: v for k, v in first.items() if k not in ("clean_wall_time_s", "attacks", "model_warnings")}
         manifest["attacks"] = {}
         shas = {p["manifest"].get("checkpoint_sha256") for p in parts.values()}
         if len(shas) > 1:
@@ -345,6 +350,9 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         manifest["command"] = command or command_line()
         manifest["clean_wall_time_s"] = round(clean_wall, 3)
         manifest["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        from harness.sanity import outcome_checks
+
+        manifest["warnings"] = list(first.get("model_warnings", [])) + outcome_checks({"manifest": manifest, "records": records})
         path = result_path(results_dir, dataset, norm, variant)
         atomic_write_json(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
         written.append(path)

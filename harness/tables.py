@@ -281,7 +281,7 @@ def render_certified(results: dict[str, dict], *, fmt: str = "github") -> str:
             rows.append([defense_label(d), len(vals), f"{s.mean():.3f}", f"{s.median():.3f}"])
     if not rows:
         return ""
-    return "Certified L2 lower bound eps* (thesis eq. 2.7; 0 for misclassified samples; estimated from the inference's optimum)\n\n" + tabulate(rows, headers=["Defense", "n", "mean eps*", "median eps*"], tablefmt=_check_fmt(fmt))
+    return "Certified L2 lower bound eps* (thesis eq. 2.7; 0 for misclassified samples; estimated from the inference's optimum)\n\n" + tabulate(rows, headers=["Defense", "n", "mean eps*", "median eps*"], tablefmt=_check_fmt(fmt)) + "\n"
 
 
 def format_report(results_dir: str | os.PathLike, dataset: str, norm: str, *, fmt: str = "github") -> str:
