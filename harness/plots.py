@@ -77,6 +77,16 @@ def curve_data(results: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["defense", "eps", "acc"])
 
 
+_RC = {"svg.hashsalt": "harness-plots", "svg.fonttype": "path", "path.simplify": True}  # deterministic output
+
+
+def _axes():
+    """A pyplot-free figure (no global backend switch) and its single axes."""
+    fig = Figure(figsize=(5.0, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
 def _finish(fig, ax, out: Path, *, norm: set, title: str) -> None:
     """Axes labels/limits, then save deterministically (no date/software metadata) and atomically."""
     ax.set_xlabel(f"eps ({norm_label(next(iter(norm)))})" if len(norm) == 1 and None not in norm else "eps")
@@ -108,10 +118,8 @@ def robustness_curve(results: dict[str, dict], out_png: str | os.PathLike, *, ti
     norm = {stats.manifest(d).get("norm") for d in ordered.values()}
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with rc_context({"svg.hashsalt": "harness-plots", "svg.fonttype": "path", "path.simplify": True}):
-        fig = Figure(figsize=(5.0, 3.5), dpi=100)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
+    with rc_context(_RC):
+        fig, ax = _axes()
         for defense in ordered:
             part = data[data["defense"] == defense]
             if part.empty:
@@ -178,10 +186,8 @@ def eps_sweep_curve(results: dict[str, dict], out_png: str | os.PathLike, *, tit
     attacks = list(dict.fromkeys(data["attack"]))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with rc_context({"svg.hashsalt": "harness-plots", "svg.fonttype": "path", "path.simplify": True}):
-        fig = Figure(figsize=(5.0, 3.5), dpi=100)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
+    with rc_context(_RC):
+        fig, ax = _axes()
         for defense in ordered:
             for attack in attacks:
                 part = data[(data["defense"] == defense) & (data["attack"] == attack)]
