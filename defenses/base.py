@@ -150,6 +150,14 @@ class Defense(torch.nn.Module):
     def load_card(self, card: dict) -> None:
         """Apply settings stored in the checkpoint's model card (e.g. a calibrated threshold). Default: none."""
 
+    def set_threat(self, norm: str, eps: float) -> None:
+        """The evaluation's threat model (norm and eps), told to the defense before any prediction.
+
+        Default: ignored. Defenses whose inference depends on the threat model (variational
+        smoothing optimises its noise mean inside the attack's ball) adopt it here unless the user
+        fixed their own setting through a defense option; what they use is recorded by ``extra_info``.
+        """
+
     def use_smoke_test_budget(self) -> None:
         """Shrink inference-time budgets (optimisation steps, candidates) for fast contract tests."""
 

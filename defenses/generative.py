@@ -84,18 +84,9 @@ class GenerativeClassifier(Defense):
         return (-scores.detach().amax(1)) > self.reject_threshold
 
     def load_card(self, card: dict) -> None:
-        """Apply the reject threshold calibrated on the validation set, when the model card has one."""
+        """Apply the reject threshold calibrated on the validation set (``bench calibrate``), when the model card has one."""
         t = card.get("reject_threshold")
         self.reject_threshold = None if t is None else float(t)
-
-    @torch.no_grad()
-    def calibrate_reject(self, x_val: torch.Tensor, *, quantile: float = 0.99, generator: torch.Generator | None = None, batch_size: int = 100) -> float:
-        """Set ``reject_threshold`` to the ``quantile`` of the best class loss on clean validation images."""
-        if not 0 < quantile <= 1:
-            raise ValueError(f"quantile must be in (0, 1], got {quantile}")
-        best = torch.cat([self.infer(x_val[i : i + batch_size], generator=generator)["loss"][0].amin(1).cpu() for i in range(0, len(x_val), batch_size)])
-        self.reject_threshold = float(torch.quantile(best, quantile))
-        return self.reject_threshold
 
     def use_smoke_test_budget(self) -> None:
         self.inference = InferenceConfig(steps=3, lr=self.inference.lr, candidates=64, beta=self.inference.beta)

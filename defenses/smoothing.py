@@ -21,12 +21,15 @@ using the average", section 4.2), and ``predict`` equals ``predict_draws(draws=1
 Attack gradient: autograd through the final noise draw ``x + eps`` into the base model (the base's
 own declared gradient), with ``mu*_y`` held fixed -- no gradient flows through its optimisation.
 
-Configuration (keyword options of the constructor; the harness does not pass the evaluation norm to
-defenses yet, so set them from Python when evaluating an L2 threat model)::
+Configuration (keyword options of the constructor, ``--norm``-independent defense options on the
+command line, e.g. ``bench run --defense vsmooth-cnn ... --option radius=0.05``)::
 
-    norm           "linf" (default) or "l2": the ball of the mu* optimisation
-    radius         d; default: the data set's default eps for ``norm`` (threat_models/eps.toml,
-                   e.g. Fashion-MNIST L∞ 0.1, L2 1.5), i.e. the attack's ball as in the thesis
+    norm           "linf" or "l2": the ball of the mu* optimisation. Default: the evaluation's norm
+                   (``bench run --norm``, told through :meth:`Defense.set_threat`); "linf" when
+                   built outside an evaluation
+    radius         d; default: the evaluation's eps (``--eps``, else the data set's default eps for
+                   the norm, threat_models/eps.toml, e.g. Fashion-MNIST L∞ 0.1, L2 1.5), i.e. the
+                   attack's ball as in the thesis
     steps          optimisation steps (default 1)
     sigma          std of the Gaussian noise (default 0.05)
     rel_stepsize   step / radius; default 1.25 for one step (FGSM with random start, Wong et al.
@@ -207,9 +210,23 @@ def smoothed(base_cls: type[Defense]) -> type[Defense]:
 
         def __init__(self, *, num_classes: int, input_shape: tuple[int, int, int], dataset: str, **options: Any):
             super().__init__(num_classes=num_classes, input_shape=input_shape, dataset=dataset)
+            self._explicit = {key for key in _OPTIONS if options.get(key) is not None}
             own = {key: options.pop(key, default) for key, default in _OPTIONS.items()}
             self.base = base_cls(num_classes=num_classes, input_shape=input_shape, dataset=dataset, **options)
+            self._own = own
             self._init_smoothing(dataset=dataset, **own)
+
+        def set_threat(self, norm: str, eps: float) -> None:
+            """Optimise mu* in the evaluation's ball (thesis 4.3), unless norm/radius were given as options."""
+            own = dict(self._own)
+            if "norm" not in self._explicit:
+                own["norm"] = norm
+                if "radius" not in self._explicit:
+                    own["radius"] = eps
+            elif "radius" not in self._explicit and own["norm"] == norm:
+                own["radius"] = eps
+            self._init_smoothing(dataset=self.dataset, **own)
+            self.base.set_threat(norm, eps)
 
         def use_smoke_test_budget(self) -> None:
             self.base.use_smoke_test_budget()

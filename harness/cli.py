@@ -40,6 +40,24 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> ``(key, value)``; the value is read as a TOML literal (``5``, ``0.05``,
+    ``true``, ``"l2"``) and kept as a string when it is not one (``norm=l2``)."""
+    import tomllib
+
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier() or not raw.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. steps=5), got {text!r}")
+    if key == "arch":
+        raise argparse.ArgumentTypeError("use --arch for the network, not --option arch=...")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
 def _eps(text: str) -> float:
     try:
         v = float(text)
@@ -70,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint exists")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default) or resnet18 (32x32 RGB data); results go to <defense>-<arch>.json")
+    r.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="a defense option (repeatable), e.g. --option steps=5 for vsmooth-*; results go to <defense>-<key><value>.json")
 
     t = sub.add_parser("train", help="train a defense and write a checkpoint + model card")
     t.add_argument("--defense", required=True)
@@ -123,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-retries", type=_nonneg_int, default=1, help="retries of a failed job before it is reported (default 1)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    c = sub.add_parser("calibrate", help="set a generative classifier's reject threshold on the validation split (stored in its model card)")
+    c.add_argument("--defense", required=True)
+    c.add_argument("--dataset", default="fmnist")
+    c.add_argument("--quantile", type=float, default=0.99, help="quantile of the clean best-class loss used as threshold (default 0.99: 1%% of clean images rejected)")
+    c.add_argument("--n", type=_positive_int, default=1000, help="validation images (default 1000)")
+    c.add_argument("--seed", type=_nonneg_int, default=0)
+    c.add_argument("--batch-size", type=_positive_int, default=100)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+
     ls = sub.add_parser("list", help="list defenses, attacks, datasets or suites")
     ls.add_argument("what", choices=["defenses", "attacks", "datasets", "suites"])
     return p
@@ -136,7 +165,7 @@ def _cmd_run(a) -> int:
     cfg = RunConfig(
         defense=a.defense, dataset=a.dataset, norm=a.norm, suite=a.suite, n=a.n, seed=a.seed, device=a.device,
         results_dir=a.results_dir, fresh=a.fresh, batch_size=a.batch_size, eps=a.eps, attacks=attacks,
-        progress=not a.quiet, train_if_missing=not a.no_train, arch=a.arch,
+        progress=not a.quiet, train_if_missing=not a.no_train, arch=a.arch, defense_options=tuple(a.option),
     )
     path = evaluate(cfg)
     print(f"wrote {path}")
@@ -243,6 +272,17 @@ def _cmd_neat(a) -> int:
     return 0
 
 
+def _cmd_calibrate(a) -> int:
+    from harness.calibrate import calibrate
+
+    out = calibrate(a.defense, a.dataset, quantile=a.quantile, n=a.n, seed=a.seed, batch_size=a.batch_size, device=a.device, progress=not a.quiet)
+    cal = out["reject_calibration"]
+    print(f"{a.defense} on {a.dataset}: reject threshold {out['reject_threshold']:.4f} (quantile {cal['quantile']} of the best class loss on {cal['n']} validation images); "
+          f"full-inference val accuracy {cal['val_acc_inference']:.3f}; {cal['wall_time_s']} s")
+    print(f"wrote {out['card']}")
+    return 0
+
+
 def _cmd_reproduction(a) -> int:
     from harness.reproduction import write_reproduction
 
@@ -253,7 +293,7 @@ def _cmd_reproduction(a) -> int:
     return 0
 
 
-COMMANDS = {"neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "sweep": _cmd_sweep, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
+COMMANDS = {"calibrate": _cmd_calibrate, "neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "sweep": _cmd_sweep, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,13 +26,15 @@ def clean_options(options: dict | None) -> dict:
 
 
 def option_flags(options: dict | None) -> str:
-    """``{"arch": "resnet18"}`` -> ``" --arch resnet18"`` (for messages naming a command)."""
-    return "".join(f" --{k.replace('_', '-')} {v}" for k, v in clean_options(options).items())
+    """``{"arch": "resnet18", "steps": 5}`` -> ``" --arch resnet18 --option steps=5"`` (for messages naming a command)."""
+    return "".join(f" --arch {v}" if k == "arch" else f" --option {k}={v}" for k, v in clean_options(options).items())
 
 
 def variant_key(name: str, options: dict | None) -> str:
-    """Result-file key of a defense with options: ``cnn`` or ``cnn-resnet18`` (option values appended)."""
-    return "-".join([name, *(str(v) for _, v in sorted(clean_options(options).items()))])
+    """Result-file key of a defense with options: ``cnn``, ``cnn-resnet18`` (the ``arch`` value appended)
+    or ``vsmooth-cnn-radius0.05-steps5`` (other options as key and value, sorted by key)."""
+    opts = sorted(clean_options(options).items())
+    return "-".join([name, *(str(v) if k == "arch" else f"{k}{v}" for k, v in opts)])
 
 
 def build_defense(name: str, dataset: str, **options):
@@ -46,8 +48,8 @@ def build_defense(name: str, dataset: str, **options):
         accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in _CONTRACT_ARGS]
         unknown = [k for k in options if k not in accepted]
         if unknown:
-            has = f"its options: {', '.join('--' + a for a in accepted)}" if accepted else "it has no options"
-            raise BenchUserError(f"defense {name!r} does not take {', '.join('--' + k.replace('_', '-') for k in unknown)} ({has}); drop it")
+            has = f"its options: {', '.join(accepted)}" if accepted else "it has no options"
+            raise BenchUserError(f"defense {name!r} does not take option(s) {', '.join(unknown)} ({has}); drop it")
     return cls(num_classes=info.num_classes, input_shape=info.shape, dataset=dataset, **options)
 
 

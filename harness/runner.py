@@ -16,6 +16,8 @@ ranges with :func:`evaluate_samples`, the same function ``bench run`` uses).
 
 from __future__ import annotations
 
+from typing import Any
+
 import datetime as _dt
 import hashlib
 import math
@@ -59,11 +61,14 @@ class RunConfig:
     progress: bool = True
     train_if_missing: bool = True
     arch: str | None = None  # network option of the CNN family (--arch); results go to <defense>-<arch>.json
+    defense_options: tuple[tuple[str, Any], ...] = ()  # other constructor options (--option KEY=VALUE)
 
     @property
     def options(self) -> dict:
         """Constructor options of the defense (unset ones left out)."""
-        return {"arch": self.arch} if self.arch is not None else {}
+        opts = {"arch": self.arch} if self.arch is not None else {}
+        opts.update(dict(self.defense_options))
+        return opts
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,7 @@ def prepare(cfg: RunConfig, *, log=print) -> EvalContext:
     ids = sample_ids(len(test.x), cfg.n, cfg.seed)
     sweeps = suite_eps_sweeps(cfg.suite, norm=cfg.norm, dataset=cfg.dataset)
     defense, card = load_defense(cfg.defense, cfg.dataset, device=device, train_if_missing=cfg.train_if_missing, progress=cfg.progress, announce=log, options=cfg.options)
+    defense.set_threat(threat.norm, threat.eps)
     suite = load_suite(cfg.suite, norm=cfg.norm, dataset=cfg.dataset, randomized=defense.randomized)
     specs = list(suite.attacks)
     if cfg.attacks:

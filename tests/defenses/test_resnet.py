@@ -39,7 +39,7 @@ def test_arch_option():
         build_defense("cnn", "fmnist", arch="resnet18")
     with pytest.raises(BenchUserError, match="unknown --arch"):
         build_defense("cnn", "cifar10", arch="vgg")
-    with pytest.raises(BenchUserError, match="does not take --arch"):
+    with pytest.raises(BenchUserError, match="does not take option.s. arch"):
         build_defense("abs", "cifar10", arch="resnet18")
 
 

@@ -129,3 +129,40 @@ def test_invalid_options():
             _d(**bad)
     with pytest.raises(ValueError):
         smoothed(int)
+
+
+def test_mu_ball_follows_the_evaluation_threat_unless_set_as_option():
+    d = build_defense("vsmooth-cnn", "fmnist")
+    d.set_threat("l2", 0.7)
+    assert (d.norm, d.radius) == ("l2", 0.7) and d.info().extra["radius"] == 0.7
+    d.set_threat("linf", 0.03)
+    assert (d.norm, d.radius) == ("linf", 0.03)
+    fixed = build_defense("vsmooth-cnn", "fmnist", radius=0.05)  # radius given: the norm still follows
+    fixed.set_threat("linf", 0.2)
+    assert (fixed.norm, fixed.radius) == ("linf", 0.05)
+    pinned = build_defense("vsmooth-cnn", "fmnist", norm="linf")  # norm given: radius follows only that norm's eps
+    pinned.set_threat("l2", 1.5)
+    assert (pinned.norm, pinned.radius) == ("linf", 0.1)
+    pinned.set_threat("linf", 0.05)
+    assert pinned.radius == 0.05
+
+
+def test_run_passes_threat_and_options_to_the_defense(bench_env):
+    """`bench run --norm l2 --eps E --option steps=2`: the manifest records the ball the defense used."""
+    import json
+
+    from tests.conftest import run_bench
+
+    r = run_bench("train", "--defense", "cnn-gauss", "--dataset", "fmnist", "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    res = bench_env / "res"
+    r = run_bench("run", "--defense", "vsmooth-cnn-gauss", "--norm", "l2", "--eps", "0.5", "--n", "8", "--suite", "smoke",
+                  "--attacks", "pgd", "--option", "steps=2", "--results-dir", str(res), "--quiet")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((res / "fmnist" / "l2" / "vsmooth-cnn-gauss-steps2.json").read_text())["manifest"]
+    assert m["defense_options"] == {"steps": 2}
+    assert (m["defense_config"]["norm"], m["defense_config"]["radius"], m["defense_config"]["steps"]) == ("l2", 0.5, 2)
+    r = run_bench("run", "--defense", "vsmooth-cnn-gauss", "--norm", "l2", "--option", "bogus", "--results-dir", str(res))
+    assert r.returncode == 2 and "KEY=VALUE" in r.stderr and "Traceback" not in r.stderr
+    r = run_bench("run", "--defense", "cnn", "--norm", "l2", "--option", "steps=2", "--results-dir", str(res))
+    assert r.returncode == 2 and "does not take option(s) steps" in r.stderr
