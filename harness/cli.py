@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--results-dir", default=DEFAULT_RESULTS)
     rp.add_argument("--thesis", default="docs/thesis_fmnist.toml")
     rp.add_argument("--out", default="docs/reproduction.md")
+    rp.add_argument("--smoothing-results", default="results/smoothing", help="per-eps result directories of the thesis Table 4.1/4.2 experiment")
+    rp.add_argument("--smoothing-thesis", default="docs/thesis_smoothing.toml")
+    rp.add_argument("--smoothing-out", default="docs/smoothing.md")
 
     sw = sub.add_parser("sweep", help="run a sweep plan (defenses x datasets x norms x suites, sharded) locally or on Ray")
     sw.add_argument("plan", help="plan TOML (see plans/fmnist-quick.toml)")
@@ -290,6 +293,13 @@ def _cmd_reproduction(a) -> int:
         raise BenchUserError(f"thesis table {a.thesis} not found; run from the repository root or pass --thesis")
     changed = write_reproduction(a.results_dir, a.thesis, a.out)
     print(f"{'wrote' if changed else 'unchanged'} {a.out}")
+    if os.path.isdir(a.smoothing_results):
+        from harness.smoothing_report import write_smoothing
+
+        if not os.path.isfile(a.smoothing_thesis):
+            raise BenchUserError(f"thesis table {a.smoothing_thesis} not found; run from the repository root or pass --smoothing-thesis")
+        changed = write_smoothing(a.smoothing_results, a.smoothing_thesis, a.smoothing_out)
+        print(f"{'wrote' if changed else 'unchanged'} {a.smoothing_out}")
     return 0
 
 
