@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="checkpoint directory (default: ~/.cache/bench/checkpoints)")
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--device", default="auto")
+    t.add_argument("--resume", action="store_true", help="continue training the existing checkpoint for --epochs more epochs (fresh optimiser)")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default) or resnet18 (32x32 RGB data); checkpoint <defense>-<arch>-<dataset>")
 
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     ne.add_argument("--population", type=_positive_int, default=None)
     ne.add_argument("--generations", type=_positive_int, default=None)
     ne.add_argument("--threshold", type=float, default=None, help="source confidence to reach (default 0.9)")
+    ne.add_argument("--runs-per-target", type=_positive_int, default=None, help="independent populations (images) per target class (default 1)")
     ne.add_argument("--seed", type=_nonneg_int, default=0)
     ne.add_argument("--device", default="auto")
     ne.add_argument("--out", default="results", help="writes <out>/<dataset>/neat/{fooling.png,fooling.safetensors,results.json}")
@@ -191,7 +193,7 @@ def _cmd_train(a) -> int:
     from harness.models import train_defense
     from harness.provenance import resolve_device
 
-    train_defense(a.defense, a.dataset, device=resolve_device(a.device), epochs=a.epochs, out_dir=a.out, seed=a.seed, progress=not a.quiet, options={"arch": a.arch})
+    train_defense(a.defense, a.dataset, device=resolve_device(a.device), epochs=a.epochs, out_dir=a.out, seed=a.seed, progress=not a.quiet, options={"arch": a.arch}, resume=a.resume)
     return 0
 
 
@@ -268,7 +270,7 @@ def _cmd_neat(a) -> int:
         raise BenchUserError(f"--threshold must be in (0, 1), got {a.threshold}")
     names = [d.strip() for d in a.defenses.split(",") if d.strip()]
     res = run_neat(source=a.source, dataset=a.dataset, defenses=names, out_dir=a.out, seed=a.seed, device=a.device,
-                   population=a.population, generations=a.generations, threshold=a.threshold, progress=not a.quiet)
+                   population=a.population, generations=a.generations, threshold=a.threshold, runs_per_target=a.runs_per_target, progress=not a.quiet)
     print(res["table"])
     for kind, path in res["paths"].items():
         print(f"wrote {path}")

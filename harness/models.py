@@ -78,16 +78,33 @@ def train_defense(
     announce=print,
     options: dict | None = None,
     config_overrides: dict | None = None,
+    resume: bool = False,
 ) -> Path:
     """Train ``name`` on ``dataset``'s train split (val split for monitoring), save checkpoint + card.
 
     ``options`` go to the defense's constructor (e.g. ``{"arch": "resnet18"}``) and into the card;
     ``config_overrides`` replace keys of the recipe (tests, experiments; recorded in the card's config).
+    ``resume``: start from the existing checkpoint (found like ``bench run`` finds it) and train
+    ``epochs`` *more* epochs; the card's ``epochs`` and ``history`` continue the old card's, and
+    ``resumed_from`` names the weights it started from. The optimiser state is not part of a
+    checkpoint, so the optimiser (Adam moments, learning-rate schedule) starts afresh.
     """
     options = clean_options(options)
     model = build_defense(name, dataset, **options)
     if not model.trainable:
         raise BenchUserError(f"defense {name!r} has no weights to train")
+    previous: dict = {}
+    if resume:
+        if hasattr(model, "init_checkpoint_name"):
+            raise BenchUserError(f"--resume: {name} fine-tunes {model.init_checkpoint_name()} from scratch in every run; train it without --resume")
+        start = find_checkpoint(model.checkpoint_name(), dataset)
+        if start is None:
+            raise BenchUserError(f"--resume: no checkpoint for {model.checkpoint_name()} on {dataset} to resume from; train without --resume")
+        previous = load_checkpoint(model.checkpoint_module(), start)
+        if previous.get("defense", name) != name:
+            raise BenchUserError(f"--resume: {start} was trained as {previous.get('defense')!r}, not {name!r}")
+        announce(f"resuming from {start} ({previous.get('epochs')} epochs)")
+        seed = seed + int(previous.get("epochs") or 0)  # new shuffles, still reproducible
     config = dict(model.default_train_config(dataset), **(config_overrides or {}))
     if epochs is not None:
         if epochs < 1:
@@ -125,6 +142,12 @@ def train_defense(
     }
     # further metrics of the defense's fit (e.g. val_pgd_acc, the checkpoint fine-tuning started from)
     card.update({k: v for k, v in metrics.items() if k not in card and k != "train_wall_time_s"})
+    if previous:
+        done = int(previous.get("epochs") or 0)
+        card["epochs"] = done + int(card["epochs"] or 0)
+        card["history"] = list(previous.get("history", [])) + [dict(h, epoch=done + h["epoch"]) if "epoch" in h else h for h in card["history"]]
+        card["wall_time_s"] = round(float(previous.get("wall_time_s") or 0) + wall, 1)
+        card["resumed_from"] = {"sha256": previous.get("sha256"), "epochs": done, "command": previous.get("command"), "resumed_from": previous.get("resumed_from")}
     save_checkpoint(model.checkpoint_module(), path, card)
     announce(f"saved {path} (val accuracy {metrics.get('val_acc', float('nan')):.4f}, {wall / 60:.1f} min)")
     return path

@@ -1,0 +1,33 @@
+"""`bench train --resume`: continue a checkpoint for more epochs; the card continues the old one."""
+
+import json
+
+import pytest
+import torch
+
+from harness.checkpoints import read_card
+from harness.errors import BenchUserError
+from harness.models import train_defense
+
+CPU = torch.device("cpu")
+QUIET = {"progress": False, "announce": lambda *_: None}
+
+
+def test_resume_continues_weights_and_card(bench_env):
+    first = train_defense("cnn", "fmnist", device=CPU, epochs=1, **QUIET)
+    card1 = read_card(first)
+    path = train_defense("cnn", "fmnist", device=CPU, epochs=2, resume=True, **QUIET)
+    card = read_card(path)
+    assert path == first and card["epochs"] == 3
+    assert [h["epoch"] for h in card["history"]] == [1, 2, 3]
+    assert card["history"][0] == card1["history"][0]
+    assert card["resumed_from"]["sha256"] == card1["sha256"] != card["sha256"]
+    assert card["wall_time_s"] >= card1["wall_time_s"]
+    json.dumps(card)
+
+
+def test_resume_errors(bench_env):
+    with pytest.raises(BenchUserError, match="no checkpoint for d-abs"):
+        train_defense("d-abs", "fmnist", device=CPU, epochs=1, resume=True, **QUIET)
+    with pytest.raises(BenchUserError, match="without --resume"):
+        train_defense("adv-linf", "fmnist", device=CPU, epochs=1, resume=True, **QUIET)
