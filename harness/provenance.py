@@ -59,4 +59,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 def command_line() -> str:
-    return " ".join(["bench", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("bench") else " ".join(sys.argv)
+    argv0 = sys.argv[0] if sys.argv else ""
+    is_bench = argv0.endswith("bench") or argv0.replace("\\", "/").endswith("harness/cli.py")  # console script or python -m harness.cli
+    return " ".join(["bench", *sys.argv[1:]]) if is_bench else " ".join(sys.argv)
