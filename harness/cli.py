@@ -259,7 +259,7 @@ def _cmd_list(a) -> int:
         from threat_models import list_suites, load_suite
 
         for s in list_suites():
-            print(f"{s:<8} {load_suite(s, norm='linf', dataset='fmnist').description}")
+            print(f"{s:<10} {load_suite(s, norm='linf', dataset='fmnist').description}")
     return 0
 
 

@@ -5,6 +5,9 @@ them). A warning is not a verdict; it says where the evaluation may over-report 
 
 * zero or non-finite attack gradients on clean inputs (gradient attacks are blind there),
 * randomness in a defense that declares itself deterministic (EOT would be needed),
+* for a randomized defense, how often its own randomness flips the verdict on a clean input (two
+  independent scorings disagree): the "All" row takes the worst case over every attack's fresh
+  re-scoring, so part of a gap between "All" and the best single attack can be this randomness,
 * gradient-free attacks beating gradient attacks by a margin (gradients are probably masked),
 * accuracy that increases with eps within an eps sweep (the attack is not working properly).
 """
@@ -18,11 +21,24 @@ from harness.eot import EOTModel
 GRADIENT_FREE = frozenset({"noise", "boundary", "es-pgd"})
 GRADIENT_BASED = frozenset({"pgd", "fgm", "deepfool", "ddn", "cw", "autoattack"})
 MARGIN = 0.05  # accuracy points (as a fraction) a gradient-free attack may beat the gradient ones by
+FLIP_WARN = 0.02  # fraction of clean inputs whose verdict two scorings of a randomized defense may disagree on silently
 
 
 def model_checks(defense, x: torch.Tensor, y: torch.Tensor, *, draws: int, seed: int = 0, max_samples: int = 16) -> list[str]:
-    """Gradient and determinism checks on a few clean inputs."""
+    """Gradient checks on ``max_samples`` clean inputs; determinism / randomness checks on all of ``x``."""
+    from harness.verify import score
+
     warnings = []
+    if defense.randomized and len(x) > 1:
+        a, _ = score(defense, x, y, generator=torch.Generator(device=x.device).manual_seed(seed + 1), draws=draws)
+        b, _ = score(defense, x, y, generator=torch.Generator(device=x.device).manual_seed(seed + 2), draws=draws)
+        flips = int((a != b).sum())
+        if flips / len(x) >= FLIP_WARN:
+            warnings.append(
+                f"randomized defense: two independent scorings ({draws} draw(s) each) of the same {len(x)} clean inputs disagree on "
+                f"{flips} ({flips / len(x):.0%}); every attack's verification is a fresh scoring, so the All row's worst case "
+                "includes flips from this randomness alone"
+            )
     x, y = x[:max_samples], y[:max_samples]
     xg = x.clone().requires_grad_(True)
     gen = torch.Generator(device=x.device).manual_seed(seed)

@@ -78,3 +78,25 @@ def test_accuracy_rising_with_eps_is_flagged():
     data["manifest"]["attacks"]["fgm@0.1"]["eps"] = 0.1
     data["manifest"]["attacks"]["fgm@0.2"]["eps"] = 0.2
     assert any("accuracy rises" in m for m in outcome_checks(data))
+
+
+def test_randomness_that_flips_verdicts_is_reported_for_randomized_defenses():
+    class _Noisy(_SecretlyRandom):
+        name = "t-noisy"
+        randomized = True
+
+    class _Calm(_Linear):
+        name = "t-calm"
+        randomized = True  # declared randomized, scores constant: nothing to report
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 1, 4, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
+    noisy = [m for m in model_checks(_Noisy().eval(), x, y, draws=1) if "disagree" in m]
+    assert len(noisy) == 1 and "of the same 64 clean inputs" in noisy[0]
+    assert not [m for m in model_checks(_Calm().eval(), x, y, draws=1) if "disagree" in m]
+    # averaging more draws shrinks the flips (the estimator the verification uses)
+    def flips(draws):
+        m = [w for w in model_checks(_Noisy().eval(), x, y, draws=draws) if "disagree" in w]
+        return int(m[0].split("disagree on ")[1].split(" ")[0]) if m else 0
+
+    assert flips(50) < flips(1)
