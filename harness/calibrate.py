@@ -9,7 +9,7 @@ validation images, computed with the defense's full inference (``predict``, not 
 ``bench calibrate --defense eabs --dataset fmnist`` writes into the checkpoint's model card::
 
     reject_threshold      the threshold (loaded by ``Defense.load_card``)
-    reject_calibration    {quantile, n, seed, val_acc_inference, val_rejected, wall_time_s, command}
+    reject_calibration    {quantile, n, seed, draws, val_acc_inference, val_rejected, wall_time_s, command}
 
 ``val_acc_inference`` is the validation accuracy of the full inference on the same images, the
 number to compare with the thesis's clean accuracy (the training card's ``val_acc`` is the
@@ -41,11 +41,16 @@ def calibrate(
     n: int = 1000,
     seed: int = 0,
     batch_size: int = 100,
+    draws: int = 5,
     device: str = "auto",
     progress: bool = True,
     announce=print,
 ) -> dict:
-    """Calibrate ``defense``'s reject threshold on ``n`` validation images; write and return the card fields."""
+    """Calibrate ``defense``'s reject threshold on ``n`` validation images; write and return the card fields.
+
+    A randomized defense (E-ABS) is scored like the harness verifies it: the mean score of ``draws``
+    independent inferences (``bench run``'s EOT 5), and the threshold applies to that mean.
+    """
     from harness import datasets
     from harness.models import load_defense
     from harness.provenance import command_line, resolve_device
@@ -53,6 +58,8 @@ def calibrate(
 
     if not 0 < quantile <= 1:
         raise BenchUserError(f"--quantile must be in (0, 1], got {quantile}")
+    if draws < 1:
+        raise BenchUserError(f"--draws must be >= 1, got {draws}")
     dev = resolve_device(device)
     model, card = load_defense(defense, dataset, device=dev, train_if_missing=False, progress=progress, announce=announce)
     if not hasattr(model, "reject_threshold"):
@@ -64,6 +71,7 @@ def calibrate(
     ids = sample_ids(len(val.x), n, seed)
     x, y = val.x[ids], val.y[ids]
     gen = torch.Generator(device=dev).manual_seed(seed)
+    draws = draws if model.randomized else 1
     model.reject_threshold = None
     losses, correct = [], []
     t0 = time.perf_counter()
@@ -74,7 +82,8 @@ def calibrate(
         batches = tqdm(batches, desc=f"calibrate {defense}", unit="batch")
     with torch.no_grad():
         for i in batches:
-            scores = model.predict(x[i : i + batch_size].to(dev), generator=gen).cpu()
+            xb = x[i : i + batch_size].to(dev)
+            scores = (model.predict_draws(xb, draws=draws, generator=gen).mean(0) if draws > 1 else model.predict(xb, generator=gen)).cpu()
             losses.append(best_class_loss(scores))
             correct.append(scores.argmax(1) == y[i : i + batch_size])
     loss = torch.cat(losses)
@@ -86,6 +95,7 @@ def calibrate(
             "n": len(ids),
             "seed": seed,
             "split": "val",
+            "draws": draws,
             "val_acc_inference": round(float(torch.cat(correct).float().mean()), 4),
             "val_rejected": round(float((loss > threshold).float().mean()), 4),
             "best_loss_median": round(float(loss.median()), 4),
