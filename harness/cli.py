@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--results-dir", default=DEFAULT_RESULTS)
     lb.add_argument("--out", default="leaderboard.md")
     lb.add_argument("--check", action="store_true", help="exit 1 if the file is not up to date")
+    lb.add_argument("--no-plots", action="store_true", help="do not redraw the robustness curves (<results-dir>/<dataset>/<norm>/robustness_curve.png)")
 
     ne = sub.add_parser("neat", help="evolve NEAT/CPPN fooling images against a source model and score defenses on them")
     ne.add_argument("--source", default="cnn")
@@ -231,7 +232,7 @@ def _cmd_leaderboard(a) -> int:
             return 0
         print(f"{a.out} is stale: run `bench leaderboard` to regenerate it from {a.results_dir}/", file=sys.stderr)
         return 1
-    changed = write_leaderboard(a.results_dir, a.out)
+    changed = write_leaderboard(a.results_dir, a.out, plots=not a.no_plots)
     print(f"{'wrote' if changed else 'unchanged'} {a.out}")
     return 0
 
