@@ -12,7 +12,13 @@ Prints, for the Fashion-MNIST E-ABS (default 50 inference steps, 10 classes, 800
 * attack overhead -- wall time of one EOT-5 attack-gradient evaluation (envelope gradient,
   eq. 2.9) divided by the time of 5 plain inferences on the same batch (goal <= 1.10).
 
-    python benchmarks/abs_inference.py [--batch 100] [--steps 50] [--device auto] [--untrained]
+    python benchmarks/abs_inference.py [--batch 100] [--steps 50] [--device auto] [--untrained] [--precision fp32|bf16]
+
+The last four lines start with ``efficiency:``, ``speed-up:``, ``max-diff:`` and ``attack-overhead:``.
+``--precision bf16`` times the inference with the decoder in bf16 inside the optimisation steps
+(the defense option ``precision=bf16``); its efficiency is still counted against the fp32 matmul
+peak (the bf16 peak of the same run is printed too), and the speed-up and max-diff compare it with
+the fp32 per-class loop.
 """
 
 from __future__ import annotations
@@ -47,9 +53,9 @@ def timed(fn, device, repeats):
     return best, out
 
 
-def matmul_gflops(device, n=2048, repeats=5) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_gflops(device, n=2048, repeats=5, dtype=torch.float32) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     t, _ = timed(lambda: a @ b, device, repeats)
     return 2 * n**3 / t / 1e9
@@ -156,6 +162,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--untrained", action="store_true", help="random weights (timing is weight-independent)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="decoder arithmetic inside the optimisation steps")
     a = ap.parse_args()
     device = resolve_device(a.device)
     if a.untrained:
@@ -166,11 +173,12 @@ def main() -> None:
     else:
         model, card = load_defense(a.defense, "fmnist", device=device, train_if_missing=False)
         src = f"checkpoint {card['sha256'][:12]}"
-    model.inference = InferenceConfig(steps=a.steps, candidates=a.candidates)
+    model.inference = InferenceConfig(steps=a.steps, candidates=a.candidates, precision=a.precision)
     x = datasets.load("fmnist", "test").x[: a.batch].to(device)
     model._prepare(device)  # candidate reconstructions: once per model, excluded from the timings
 
     peak = matmul_gflops(device)
+    peak_bf16 = matmul_gflops(device, dtype=torch.bfloat16) if a.precision == "bf16" else float("nan")
     gen = lambda: torch.Generator(device=device).manual_seed(0)  # noqa: E731
     t_fast, out = timed(lambda: model.infer(x, generator=gen())["loss"][0], device, a.repeats)
     flops = inference_flops(model, a.batch)
@@ -202,7 +210,13 @@ def main() -> None:
     print(f"per-class loop, weight grads on       : {t_ref_w:8.3f} s")
     print(f"speed-up over per-class loop          : {t_ref / t_fast:8.2f}x  (weight-grad loop: {t_ref_w / t_fast:.2f}x)")
     print(f"max |loss difference| vs loop         : {(out - ref).abs().max().item():.3e}  (losses ~{out.abs().mean().item():.1f})")
-    print(f"EOT-5 attack gradient                 : {t_att:8.3f} s; 5 plain inferences {t_plain:.3f} s; overhead {t_att / t_plain:.3f} (goal <= 1.10); grad finite: {bool(torch.isfinite(g).all())}")
+    print(f"EOT-5 attack gradient                 : {t_att:8.3f} s; 5 plain inferences {t_plain:.3f} s; grad finite: {bool(torch.isfinite(g).all())}")
+    if a.precision == "bf16":
+        print(f"bf16 matmul peak (2048^3, same run)   : {peak_bf16:8.1f} GFLOP/s; inference at {flops / t_fast / 1e9 / peak_bf16:6.1%} of it")
+    print(f"efficiency: {flops / t_fast / 1e9 / peak:.1%} of the fp32 matmul peak ({flops / t_fast / 1e9:.1f} of {peak:.1f} GFLOP/s; {a.precision} inference; goal >= 40%)")
+    print(f"speed-up: {t_ref / t_fast:.2f}x over the per-class fp32 loop ({t_ref_w / t_fast:.2f}x over the loop with weight gradients)")
+    print(f"max-diff: {(out - ref).abs().max().item():.3e} max |class loss difference| vs the loop (losses ~{out.abs().mean().item():.1f})")
+    print(f"attack-overhead: {t_att / t_plain:.3f} (EOT-5 attack gradient / 5 plain inferences; goal <= 1.10)")
 
 
 if __name__ == "__main__":

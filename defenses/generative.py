@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,9 @@ from defenses.base import Defense, straight_through
 from defenses.networks import layout_for
 from defenses.networks.grouped import GroupedDecoder, GroupedDiscriminator, GroupedEncoder, fold_batchnorm
 from defenses.training import NOISE_SIGMA
+from harness.errors import BenchUserError
 
+PRECISIONS = ("fp32", "bf16")
 CANDIDATE_SEED = 20210601  # the random candidate latents are a fixed function of the model, not of the run
 
 
@@ -51,6 +53,18 @@ class InferenceConfig:
     lr: float = 0.05
     candidates: int = 8000
     beta: float = 1.0
+    #: arithmetic of the decoder inside the optimisation steps: "fp32" (default) or "bf16" (autocast;
+    #: about 3x faster on CPUs with AMX, e.g. Sapphire Rapids). The candidate cache, the final class
+    #: losses at z* and the attack gradient are always fp32; only the path to z* is approximate.
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 0:
+            raise BenchUserError(f"inference steps must be an integer >= 0, got {self.steps!r}")
+        if isinstance(self.candidates, bool) or int(self.candidates) != self.candidates or self.candidates < 1:
+            raise BenchUserError(f"inference candidates must be an integer >= 1, got {self.candidates!r}")
+        if self.precision not in PRECISIONS:
+            raise BenchUserError(f"inference precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 class GenerativeClassifier(Defense):
@@ -63,7 +77,10 @@ class GenerativeClassifier(Defense):
     paper = "Ju 2021, thesis chapter 2 (E-ABS); Schott et al. 2019 (ABS)"
     gradient_policy = "envelope gradient of thesis equation 2.9: the optimised latent z* is held fixed, so d score_k / dx = 2 (G_k(z*) - x)"
 
-    def __init__(self, *, num_classes, input_shape, dataset, inference: InferenceConfig | None = None):
+    def __init__(self, *, num_classes, input_shape, dataset, inference: InferenceConfig | None = None,
+                 steps: int | None = None, candidates: int | None = None, precision: str | None = None):
+        """``steps`` / ``candidates`` / ``precision`` override the thesis's inference settings
+        (``bench run --option precision=bf16``; the result file is then a separate variant)."""
         super().__init__(num_classes=num_classes, input_shape=input_shape, dataset=dataset)
         self.layout = layout_for(dataset)
         k = num_classes
@@ -71,7 +88,8 @@ class GenerativeClassifier(Defense):
         self.decoder = GroupedDecoder(self.layout, self.input_shape, k)
         if self.aae:
             self.discriminator = GroupedDiscriminator(self.layout, 1 if self.discriminative else k)
-        self.inference = inference or InferenceConfig()
+        overrides = {k: v for k, v in {"steps": steps, "candidates": candidates, "precision": precision}.items() if v is not None}
+        self.inference = replace(inference or InferenceConfig(), **overrides)
         self._cache = None  # (folded decoder net, candidate latents, their reconstructions, their regulariser)
         #: reject (abstain) when the best class loss exceeds this (seed 000 section 3.2); None = never
         self.reject_threshold: float | None = None
@@ -89,7 +107,7 @@ class GenerativeClassifier(Defense):
         self.reject_threshold = None if t is None else float(t)
 
     def use_smoke_test_budget(self) -> None:
-        self.inference = InferenceConfig(steps=3, lr=self.inference.lr, candidates=64, beta=self.inference.beta)
+        self.inference = replace(self.inference, steps=3, candidates=64)
         self._cache = None
 
     def extra_info(self) -> dict:
@@ -191,6 +209,7 @@ class GenerativeClassifier(Defense):
             lv = lv0.repeat(draws, 1, 1).clone().requires_grad_(True)
         params = [mu, lv] if self.variational else [mu]
         opt = torch.optim.Adam(params, lr=cfg.lr)
+        amp = cfg.precision == "bf16"
         with torch.enable_grad():
             for _ in range(cfg.steps):
                 if self.variational:
@@ -198,7 +217,9 @@ class GenerativeClassifier(Defense):
                     z = mu + (0.5 * lv).exp() * eps
                 else:
                     z = mu
-                loss = self._loss(xr, self._decode_eval(z), z, mu, lv if self.variational else None)
+                with torch.autocast(device_type=mu.device.type, dtype=torch.bfloat16, enabled=amp):
+                    recon = self._decode_eval(z)
+                loss = self._loss(xr, recon.float(), z, mu, lv if self.variational else None)
                 opt.zero_grad(set_to_none=True)
                 loss.sum().backward()
                 opt.step()

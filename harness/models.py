@@ -30,10 +30,16 @@ def option_flags(options: dict | None) -> str:
     return "".join(f" --arch {v}" if k == "arch" else f" --option {k}={v}" for k, v in clean_options(options).items())
 
 
+#: options that change how a defense computes, not what: like the device, they are recorded in the
+#: manifest (``defense_options``, ``defense_config``) but do not make a separate result file
+EXECUTION_OPTIONS = frozenset({"precision"})
+
+
 def variant_key(name: str, options: dict | None) -> str:
     """Result-file key of a defense with options: ``cnn``, ``cnn-resnet18`` (the ``arch`` value appended)
-    or ``vsmooth-cnn-radius0.05-steps5`` (other options as key and value, sorted by key)."""
-    opts = sorted(clean_options(options).items())
+    or ``vsmooth-cnn-radius0.05-steps5`` (other options as key and value, sorted by key; execution
+    options such as ``precision`` are left out)."""
+    opts = sorted((k, v) for k, v in clean_options(options).items() if k not in EXECUTION_OPTIONS)
     return "-".join([name, *(str(v) if k == "arch" else f"{k}{v}" for k, v in opts)])
 
 

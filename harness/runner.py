@@ -342,6 +342,11 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
                 f"{path} holds a different evaluation (n={om.get('n')}, seed={om.get('seed')}, eps={om.get('eps')}, or another checkpoint); "
                 "pass --fresh to overwrite it or --results-dir to write elsewhere"
             )
+        if (om.get("defense_options") or {}) != manifest["defense_options"]:
+            raise BenchUserError(
+                f"{path} was computed with defense options {om.get('defense_options') or {}}, this run has {manifest['defense_options']}; "
+                "rerun with the same options, or pass --fresh / --results-dir"
+            )
         data = old
         data["manifest"].update({k: v for k, v in manifest.items() if k != "attacks"})
         log(f"resuming {path}: {len(om.get('attacks', {}))} attack(s) already done")

@@ -109,3 +109,26 @@ def test_training_runs_and_learns_on_tiny_data(bench_env, name):
     losses = [h["train_loss"] for h in metrics["history"]]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
+
+
+def test_bf16_inference_option_keeps_final_losses_fp32():
+    """--option precision=bf16: only the optimisation path is bf16; the scores at z* are fp32 decodes."""
+    from harness.errors import BenchUserError
+
+    fp = build_defense("abs", "fmnist", steps=6, candidates=40).eval()
+    bf = build_defense("abs", "fmnist", steps=6, candidates=40, precision="bf16").eval()
+    bf.load_state_dict(fp.state_dict())
+    assert bf.info().extra["inference"]["precision"] == "bf16" and fp.inference.precision == "fp32"
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    out = bf.infer(x)
+    z, loss = out["z"][0], out["loss"][0]
+    with torch.no_grad():
+        exact = bf._loss(x, bf._decode_eval(z), z, z, None)
+    assert loss.dtype == torch.float32 and torch.allclose(loss, exact, rtol=1e-5, atol=1e-4)
+    # the path to z* differs only by rounding: the class losses stay close to the fp32 inference
+    ref = fp.infer(x)["loss"][0]
+    assert torch.allclose(loss, ref, rtol=0.05)
+    with pytest.raises(BenchUserError, match="precision"):
+        build_defense("abs", "fmnist", precision="fp8")
+    with pytest.raises(BenchUserError, match="steps"):
+        build_defense("eabs", "fmnist", steps=-1)

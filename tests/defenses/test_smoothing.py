@@ -131,6 +131,14 @@ def test_invalid_options():
         smoothed(int)
 
 
+def test_execution_options_share_the_result_file():
+    from harness.models import variant_key
+
+    assert variant_key("eabs", {"precision": "bf16"}) == "eabs"
+    assert variant_key("eabs", {"precision": "bf16", "steps": 20}) == "eabs-steps20"
+    assert variant_key("cnn", {"arch": "resnet18"}) == "cnn-resnet18"
+
+
 def test_mu_ball_follows_the_evaluation_threat_unless_set_as_option():
     d = build_defense("vsmooth-cnn", "fmnist")
     d.set_threat("l2", 0.7)
@@ -162,6 +170,14 @@ def test_run_passes_threat_and_options_to_the_defense(bench_env):
     m = json.loads((res / "fmnist" / "l2" / "vsmooth-cnn-gauss-steps2.json").read_text())["manifest"]
     assert m["defense_options"] == {"steps": 2}
     assert (m["defense_config"]["norm"], m["defense_config"]["radius"], m["defense_config"]["steps"]) == ("l2", 0.5, 2)
+    # resuming a file computed with other (execution) options is refused instead of mixing them
+    f = res / "fmnist" / "l2" / "vsmooth-cnn-gauss-steps2.json"
+    data = json.loads(f.read_text())
+    data["manifest"]["defense_options"] = {"steps": 2, "precision": "bf16"}
+    f.write_text(json.dumps(data))
+    r = run_bench("run", "--defense", "vsmooth-cnn-gauss", "--norm", "l2", "--eps", "0.5", "--n", "8", "--suite", "smoke",
+                  "--attacks", "pgd", "--option", "steps=2", "--results-dir", str(res), "--quiet")
+    assert r.returncode == 2 and "defense options" in r.stderr
     r = run_bench("run", "--defense", "vsmooth-cnn-gauss", "--norm", "l2", "--option", "bogus", "--results-dir", str(res))
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr and "Traceback" not in r.stderr
     r = run_bench("run", "--defense", "cnn", "--norm", "l2", "--option", "steps=2", "--results-dir", str(res))
