@@ -43,6 +43,7 @@ def calibrate(
     batch_size: int = 100,
     draws: int = 5,
     device: str = "auto",
+    options: dict | None = None,
     progress: bool = True,
     announce=print,
 ) -> dict:
@@ -61,7 +62,7 @@ def calibrate(
     if draws < 1:
         raise BenchUserError(f"--draws must be >= 1, got {draws}")
     dev = resolve_device(device)
-    model, card = load_defense(defense, dataset, device=dev, train_if_missing=False, progress=progress, announce=announce)
+    model, card = load_defense(defense, dataset, device=dev, train_if_missing=False, progress=progress, announce=announce, options=options)
     if not hasattr(model, "reject_threshold"):
         raise BenchUserError(f"defense {defense!r} has no reject option (only generative classifiers such as abs and eabs abstain)")
     path = find_checkpoint(model.checkpoint_name(), dataset)
@@ -96,6 +97,7 @@ def calibrate(
             "seed": seed,
             "split": "val",
             "draws": draws,
+            "options": dict(options or {}),
             "val_acc_inference": round(float(torch.cat(correct).float().mean()), 4),
             "val_rejected": round(float((loss > threshold).float().mean()), 4),
             "best_loss_median": round(float(loss.median()), 4),

@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=_positive_int, default=100)
     c.add_argument("--draws", type=_positive_int, default=5, help="randomized defenses: mean score of this many inferences, as bench run verifies (default 5)")
     c.add_argument("--device", default="auto")
+    c.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="a defense option, e.g. precision=bf16")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ls = sub.add_parser("list", help="list defenses, attacks, datasets or suites")
@@ -282,7 +283,7 @@ def _cmd_neat(a) -> int:
 def _cmd_calibrate(a) -> int:
     from harness.calibrate import calibrate
 
-    out = calibrate(a.defense, a.dataset, quantile=a.quantile, n=a.n, seed=a.seed, batch_size=a.batch_size, draws=a.draws, device=a.device, progress=not a.quiet)
+    out = calibrate(a.defense, a.dataset, quantile=a.quantile, n=a.n, seed=a.seed, batch_size=a.batch_size, draws=a.draws, device=a.device, options=dict(a.option), progress=not a.quiet)
     cal = out["reject_calibration"]
     print(f"{a.defense} on {a.dataset}: reject threshold {out['reject_threshold']:.4f} (quantile {cal['quantile']} of the best class loss on {cal['n']} validation images); "
           f"full-inference val accuracy {cal['val_acc_inference']:.3f} ({cal['draws']} draw(s) averaged); {cal['wall_time_s']} s")
