@@ -78,6 +78,7 @@ def _budget(results: dict[str, dict]) -> list[str]:
         cfg = m.get("defense_config", {})
         smooth = f"; mu* ball {cfg.get('norm')} radius {cfg.get('radius')}, {cfg.get('steps')} step(s), sigma {cfg.get('sigma')}" if "radius" in cfg else ""
         lines.append(f"- `{d}`: n={m.get('n')}, seed {m.get('seed')}, suite {m.get('suite')}, {attack_label(ATTACK)}: {a.get('budget') if a else 'not run'}; score draws {m.get('score_draws')}{smooth}")
+        lines += [f"  - warning: {w}" for w in m.get("warnings", [])]
     return lines
 
 
