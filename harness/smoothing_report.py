@@ -21,10 +21,12 @@ from tabulate import tabulate
 
 from harness import stats
 from harness.results import load_results
-from harness.tables import attack_label, defense_label, format_cell, format_pvalue, norm_label
+from harness.tables import attack_label, format_cell, format_pvalue, norm_label
 
 PAIRS = (("cnn", "vsmooth-cnn"), ("cnn-gauss", "vsmooth-cnn-gauss"))
 ATTACK = "autoattack"
+TRANSFER = "transfer"
+LABELS = {"cnn": "CNN", "vsmooth-cnn": "CNN + smoothing", "cnn-gauss": "Gaussian CNN", "vsmooth-cnn-gauss": "Gaussian CNN + smoothing"}
 
 
 def load_runs(root: str | os.PathLike, dataset: str = "fmnist", norm: str = "linf") -> dict[float, dict[str, dict]]:
@@ -74,10 +76,10 @@ def _budget(results: dict[str, dict]) -> list[str]:
     lines = []
     for d in sorted(results):
         m = stats.manifest(results[d])
-        a = m.get("attacks", {}).get(ATTACK)
         cfg = m.get("defense_config", {})
         smooth = f"; mu* ball {cfg.get('norm')} radius {cfg.get('radius')}, {cfg.get('steps')} step(s), sigma {cfg.get('sigma')}" if "radius" in cfg else ""
-        lines.append(f"- `{d}`: n={m.get('n')}, seed {m.get('seed')}, suite {m.get('suite')}, {attack_label(ATTACK)}: {a.get('budget') if a else 'not run'}; score draws {m.get('score_draws')}{smooth}")
+        attacks = "; ".join(f"{attack_label(k)}: {v.get('budget')}" for k, v in m.get("attacks", {}).items())
+        lines.append(f"- `{d}`: n={m.get('n')}, seed {m.get('seed')}, suite {m.get('suite')}, score draws {m.get('score_draws')}{smooth}; {attacks or 'no attack run'}")
         lines += [f"  - warning: {w}" for w in m.get("warnings", [])]
     return lines
 
@@ -94,24 +96,33 @@ def render_smoothing(root: str | os.PathLike, thesis_path: str | os.PathLike, *,
         "Each cell: accuracy in percent (Wilson 95% interval). \"p\" is McNemar's test of the smoothed model",
         "against its base on the same samples (exact below 25 discordant pairs). A smoothed model's clean",
         "accuracy depends on eps: its noise mean is optimised inside the attack's ball (radius = eps).",
-        "Attack: AutoAttack, `standard` for the deterministic bases and `rand` (EOT) for the smoothed models.",
+        "Attack: AutoAttack, `standard` for the deterministic bases and `rand` (EOT) for the smoothed models;",
+        "\"Transfer\" (not in the thesis, a gradient-masking check): PGD on the smoothed model's base CNN, verified",
+        "on the smoothed model (for a base model it is PGD on itself). \"All\" is the per-sample worst case.",
         "",
     ]
     if not runs:
         return "\n".join(lines + ["No results yet.", ""])
+    transfer = any(TRANSFER in stats.manifest(d).get("attacks", {}) for r in runs.values() for d in r.values())
     for eps, results in runs.items():
         lines += [f"## Table 4.1 shape: {norm_label(norm)} eps = {eps:g}", ""]
         rows = []
         for base, smooth in PAIRS:
             a, b = results.get(base), results.get(smooth)
-            rows.append([defense_label(base), "N", _cell(a, stats.CLEAN), _cell(a, ATTACK), "", ""])
-            rows.append([defense_label(smooth), "Y (Algorithm 5)", _cell(b, stats.CLEAN), _cell(b, ATTACK), _p(a, b, stats.CLEAN), _p(a, b, ATTACK)])
-        lines.append(tabulate(rows, headers=["Model", "With inference?", "Natural", "AutoAttack", "p natural", "p AutoAttack"], tablefmt="github", disable_numparse=True))
+            for name, data, inference, other in ((base, a, "N", None), (smooth, b, "Y (Algorithm 5)", a)):
+                row = [LABELS.get(name, name), inference, _cell(data, stats.CLEAN), _cell(data, ATTACK)]
+                if transfer:
+                    row += [_cell(data, TRANSFER), _cell(data, stats.ALL)]
+                row += [_p(other, data, stats.CLEAN), _p(other, data, stats.ALL if transfer else ATTACK)] if other is not None else ["", ""]
+                rows.append(row)
+        heads = ["Model", "With inference?", "Natural", "AutoAttack"] + (["Transfer", "All"] if transfer else []) + ["p natural", "p All" if transfer else "p AutoAttack"]
+        lines.append(tabulate(rows, headers=heads, tablefmt="github", disable_numparse=True))
         lines += ["", "Budgets:", *_budget(results), ""]
-    lines += ["## Table 4.2 shape: AutoAttack accuracy as eps grows", ""]
+    lines += ["## Table 4.2 shape: accuracy as eps grows", ""]
     names = [d for pair in PAIRS for d in pair]
-    rows = [[defense_label(d), *(_cell(r.get(d), ATTACK) for r in runs.values())] for d in names]
-    lines.append(tabulate(rows, headers=["Model", *(f"eps {e:g}" for e in runs)], tablefmt="github", disable_numparse=True))
+    cols = [ATTACK, stats.ALL] if transfer else [ATTACK]
+    rows = [[LABELS.get(d, d), "AutoAttack" if c == ATTACK else "All (AutoAttack, transfer)", *(_cell(r.get(d), c) for r in runs.values())] for d in names for c in cols]
+    lines.append(tabulate(rows, headers=["Model", "Attack", *(f"eps {e:g}" for e in runs)], tablefmt="github", disable_numparse=True))
     t41, t42 = thesis["table41"], thesis["table42"]
     lines += [
         "",
@@ -119,9 +130,9 @@ def render_smoothing(root: str | os.PathLike, thesis_path: str | os.PathLike, *,
         "",
         "Different data set, network and eps: compare the shape (does smoothing help, does the gain vanish as eps grows), not the values.",
         "",
-        tabulate([[defense_label(d), *map(str, t41[d])] for d in names if d in t41], headers=["Model", f"Natural", f"AutoAttack eps {t41['eps']}"], tablefmt="github", disable_numparse=True),
+        tabulate([[LABELS.get(d, d), *map(str, t41[d])] for d in names if d in t41], headers=["Model", "Natural", f"AutoAttack eps {t41['eps']}"], tablefmt="github", disable_numparse=True),
         "",
-        tabulate([[defense_label(d), *map(str, v)] for d, v in t42.items() if d != "eps"], headers=["Model", *(f"eps {e}" for e in t42["eps"])], tablefmt="github", disable_numparse=True),
+        tabulate([[LABELS.get(d, d), *map(str, v)] for d, v in t42.items() if d != "eps"], headers=["Model", *(f"eps {e}" for e in t42["eps"])], tablefmt="github", disable_numparse=True),
         "",
     ]
     return "\n".join(lines).rstrip() + "\n"

@@ -13,7 +13,8 @@ candidate batch. ``spec_budget(spec)``, when set, gives the whole budget string 
 
 Gradient-free attacks of thesis section 2.3: ``boundary`` (:mod:`harness.attacks.boundary`) and
 ``es-pgd`` (:mod:`harness.attacks.estimation`); AutoAttack (thesis chapter 4):
-:mod:`harness.attacks.autoattack`.
+:mod:`harness.attacks.autoattack`; transfer from a source model (a gradient-masking check):
+:mod:`harness.attacks.transfer`.
 
 Foolbox draws its random starts from torch's global RNG; adapters run each restart inside
 ``torch.random.fork_rng`` seeded from the spec, so results are reproducible and the caller's global
@@ -31,6 +32,7 @@ import torch
 from harness.attacks import autoattack as _autoattack
 from harness.attacks import boundary as _boundary
 from harness.attacks import estimation as _estimation
+from harness.attacks import transfer as _transfer
 from harness.errors import BenchUserError
 
 
@@ -109,6 +111,11 @@ ATTACKS: dict[str, AttackInfo] = {
             "es-pgd", ("linf", "l2"), "bounded", "foolbox",
             "PGD with evolution-strategies gradient estimation (foolbox es_gradient_estimator), per-sample margin loss (thesis 2.3)",
             _estimation.make_config, _estimation.budget, run=_estimation.run,
+        ),
+        AttackInfo(
+            "transfer", ("linf", "l2"), "bounded", "foolbox",
+            "PGD on a source model (default: the wrapped base of a wrapper defense), verified on the defense: a gradient-masking check",
+            _transfer.make_config, _transfer.budget, run=_transfer.run, spec_budget=lambda spec: _transfer.budget(spec.kwargs, spec.restarts),
         ),
         AttackInfo(
             "autoattack", ("linf", "l2"), "bounded", "pyautoattack",

@@ -25,11 +25,11 @@ def test_tables_per_eps_with_mcnemar_and_growing_eps(tmp_path):
     assert "## Table 4.1 shape: L∞ eps = 0.02" in text and "## Table 4.1 shape: L∞ eps = 0.1" in text
     assert text.index("eps = 0.02") < text.index("eps = 0.1")
     # vsmooth-cnn at 0.02: 30/40 = 75.0 %, base 50.0 %: 10 discordant pairs, exact McNemar p = 2 * 0.5**10
-    line = next(l for l in text.splitlines() if l.startswith("| vsmooth-cnn ") and "75.0" in l)
+    line = next(l for l in text.splitlines() if l.startswith("| CNN + smoothing ") and "75.0" in l)
     assert "90.0" in line and "0.002" in line
     assert "not run" in text  # vsmooth-cnn-gauss at 0.02
     t42 = text[text.index("Table 4.2 shape"):]
-    row = next(l for l in t42.splitlines() if l.startswith("| vsmooth-cnn-gauss"))
+    row = next(l for l in t42.splitlines() if l.startswith("| Gaussian CNN + smoothing"))
     assert "not run" in row and "30.0" in row  # 12/40 at 0.1
     assert "72.3" in text and "2/255" in text  # thesis numbers quoted
     assert write_smoothing(tmp_path, THESIS, tmp_path / "s.md") and not write_smoothing(tmp_path, THESIS, tmp_path / "s.md")
@@ -40,3 +40,14 @@ def test_mixed_eps_in_one_directory_is_rejected(tmp_path):
     write_result(tmp_path / "a", fake_result("cnn-gauss", "fmnist", "linf", bools(3, 4), {"autoattack": bools(1, 4)}, eps=0.05))
     with pytest.raises(ValueError, match="mixes eps"):
         load_runs(tmp_path)
+
+
+def test_transfer_and_all_columns_when_a_run_has_transfer(tmp_path):
+    for d, clean, aa, tr in (("cnn", 36, 20, 18), ("vsmooth-cnn", 36, 30, 10)):
+        write_result(tmp_path / "e", fake_result(d, "fmnist", "linf", bools(clean, 40), {"autoattack": bools(aa, 40), "transfer": bools(tr, 40)}, eps=0.05))
+    text = render_smoothing(tmp_path, THESIS)
+    head = next(l for l in text.splitlines() if l.startswith("| Model") and "Transfer" in l)
+    assert "All" in head and "p All" in head
+    line = next(l for l in text.splitlines() if l.startswith("| CNN + smoothing "))
+    assert "75.0" in line and "25.0" in line  # AutoAttack 30/40, transfer (= All) 10/40
+    assert "All (AutoAttack, transfer)" in text
