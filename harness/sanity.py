@@ -9,6 +9,8 @@ them). A warning is not a verdict; it says where the evaluation may over-report 
   independent scorings disagree): the "All" row takes the worst case over every attack's fresh
   re-scoring, so part of a gap between "All" and the best single attack can be this randomness,
 * gradient-free attacks beating gradient attacks by a margin (gradients are probably masked),
+* a transfer attack (PGD on a source model such as the wrapped base) beating the white-box gradient
+  attacks on the defense itself by a margin (the defense's declared gradient misleads),
 * accuracy that increases with eps within an eps sweep (the attack is not working properly).
 """
 
@@ -20,6 +22,7 @@ from harness.eot import EOTModel
 
 GRADIENT_FREE = frozenset({"noise", "boundary", "es-pgd"})
 GRADIENT_BASED = frozenset({"pgd", "fgm", "deepfool", "ddn", "cw", "autoattack"})
+TRANSFER = frozenset({"transfer"})
 MARGIN = 0.05  # accuracy points (as a fraction) a gradient-free attack may beat the gradient ones by
 FLIP_WARN = 0.02  # fraction of clean inputs whose verdict two scorings of a randomized defense may disagree on silently
 
@@ -73,11 +76,17 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
     base = {k: k.split("@")[0] for k in acc}
     free = {k: a for k, a in acc.items() if base[k] in GRADIENT_FREE and "@" not in k}
     grad = {k: a for k, a in acc.items() if base[k] in GRADIENT_BASED and "@" not in k}
-    if free and grad:
-        kf, af = min(free.items(), key=lambda t: t[1])
+    transfer = {k: a for k, a in acc.items() if base[k] in TRANSFER and "@" not in k}
+    if grad:
         kg, ag = min(grad.items(), key=lambda t: t[1])
-        if af < ag - margin:
-            warnings.append(f"gradient-free {kf} ({af:.1%}) beats the best gradient attack {kg} ({ag:.1%}) by more than {margin:.0%}: gradients may be masked")
+        if free:
+            kf, af = min(free.items(), key=lambda t: t[1])
+            if af < ag - margin:
+                warnings.append(f"gradient-free {kf} ({af:.1%}) beats the best gradient attack {kg} ({ag:.1%}) by more than {margin:.0%}: gradients may be masked")
+        if transfer:
+            kt, at = min(transfer.items(), key=lambda t: t[1])
+            if at < ag - margin:
+                warnings.append(f"{kt} from a source model ({at:.1%}) beats the best white-box gradient attack {kg} ({ag:.1%}) by more than {margin:.0%}: the defense's attack gradient misleads (masked or obfuscated)")
     sweeps: dict[str, list[tuple[float, float]]] = {}
     for k, a in acc.items():
         if "@" in k and "eps" in attacks[k]:

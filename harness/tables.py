@@ -19,7 +19,7 @@ CANONICAL_DEFENSE_ORDER = ("cnn", "adv-linf", "adv-l2", "abs", "eabs")
 
 _DEFENSE_NAMES = {"cnn": "CNN", "adv-linf": "Adv-L∞", "adv-l2": "Adv-L2", "abs": "ABS", "eabs": "E-ABS"}
 _ATTACK_NAMES = {"pgd": "PGD", "deepfool": "DeepFool", "ddn": "DDN", "cw": "CW", "fgm": "FGM", "noise": "Noise",
-                 "boundary": "Boundary", "es-pgd": "ES-PGD", "autoattack": "AutoAttack"}
+                 "boundary": "Boundary", "es-pgd": "ES-PGD", "autoattack": "AutoAttack", "transfer": "Transfer"}
 _NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 _FORMATS = ("github", "plain")
 MISSING = "—"

@@ -100,3 +100,11 @@ def test_randomness_that_flips_verdicts_is_reported_for_randomized_defenses():
         return int(m[0].split("disagree on ")[1].split(" ")[0]) if m else 0
 
     assert flips(50) < flips(1)
+
+
+def test_transfer_beating_white_box_gradient_attacks_is_flagged():
+    n = 100
+    masked = fake_result("d", "fmnist", "linf", bools(90, n), {"autoattack": bools(27, n), "transfer": bools(10, n)})
+    fine = fake_result("d", "fmnist", "linf", bools(90, n), {"autoattack": bools(27, n), "transfer": bools(25, n)})
+    assert any("transfer from a source model (10.0%)" in m and "autoattack (27.0%)" in m for m in outcome_checks(masked))
+    assert outcome_checks(fine) == []
