@@ -16,8 +16,6 @@ ranges with :func:`evaluate_samples`, the same function ``bench run`` uses).
 
 from __future__ import annotations
 
-from typing import Any
-
 import datetime as _dt
 import hashlib
 import math
@@ -26,6 +24,7 @@ import tomllib
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
