@@ -27,13 +27,14 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from harness import datasets
 from harness.errors import BenchUserError
 from harness.results import SCHEMA_VERSION, atomic_write_json, result_path
 from threat_models import NORMS, ThreatModel, default_threat, load_suite
 
-PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch"}
+PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch", "options"}
 CLEAN_KEY = "_clean"  # job key of a suite with no attacks for a norm: the clean pass only
 
 # Crude relative costs per attacked sample (FGM = 1 gradient step); unknown attacks count as 20.
@@ -58,6 +59,7 @@ class Plan:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     arch: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # defense options, as `bench run --option KEY=VALUE`
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class SweepJob:
     device: str = "auto"
     eps: float | None = None
     arch: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     suite_sha: str = field(default="", compare=False)
@@ -92,7 +95,12 @@ class SweepJob:
     def variant(self) -> str:
         from harness.models import variant_key
 
-        return variant_key(self.defense, {"arch": self.arch} if self.arch else {})
+        return variant_key(self.defense, self.defense_options)
+
+    @property
+    def defense_options(self) -> dict:
+        """Constructor options of the defense (``arch`` plus the plan's ``options``)."""
+        return {**({"arch": self.arch} if self.arch else {}), **dict(self.options)}
 
     @property
     def spec_hash(self) -> str:
@@ -147,6 +155,9 @@ def parse_plan(raw: dict) -> Plan:
     arch = raw.get("arch")
     if arch is not None and not isinstance(arch, str):
         raise BenchUserError(f"plan: 'arch' must be a string, got {arch!r}")
+    options = raw.get("options", {})
+    if not isinstance(options, dict) or "arch" in options or not all(isinstance(k, str) and k.isidentifier() for k in options):
+        raise BenchUserError(f"plan: 'options' must be a table of defense options such as {{ precision = \"bf16\" }} (arch has its own key), got {options!r}")
     plan = Plan(
         defenses=_strs(raw, "defenses", required=True),
         datasets=_strs(raw, "datasets", required=True),
@@ -162,6 +173,7 @@ def parse_plan(raw: dict) -> Plan:
         num_cpus=_float(raw, "num_cpus", 1.0),
         num_gpus=_float(raw, "num_gpus", 0.0),
         arch=arch,
+        options=tuple(sorted(options.items())),
     )
     bad = [x for x in plan.norms if x not in NORMS]
     if bad:
@@ -224,7 +236,7 @@ def expand(plan: Plan) -> list[SweepJob]:
         datasets.get_info(dataset)  # validates the name (n is checked against the test set in the jobs)
         for norm in plan.norms:
             for defense in plan.defenses:
-                build_defense(defense, dataset, **({"arch": plan.arch} if plan.arch else {}))  # validates name, dataset, options
+                build_defense(defense, dataset, **({"arch": plan.arch} if plan.arch else {}), **dict(plan.options))  # validates name, dataset, options
                 seen: dict[str, str] = {}
                 for suite in plan.suites:
                     sha = _suite_sha(suite)
@@ -234,7 +246,7 @@ def expand(plan: Plan) -> list[SweepJob]:
                             raise BenchUserError(f"plan: attack {key!r} is in suites {seen[key]!r} and {suite!r}; one result file holds it once, so list one of them")
                         seen[key] = suite
                         for k, (a, b) in enumerate(ranges):
-                            jobs.append(SweepJob(defense=defense, dataset=dataset, norm=norm, suite=suite, attack=key, shard=k, shards=plan.shards, start=a, stop=b, n=plan.n, seed=plan.seed, batch_size=plan.batch_size, device=plan.device, eps=plan.eps, arch=plan.arch, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, suite_sha=sha))
+                            jobs.append(SweepJob(defense=defense, dataset=dataset, norm=norm, suite=suite, attack=key, shard=k, shards=plan.shards, start=a, stop=b, n=plan.n, seed=plan.seed, batch_size=plan.batch_size, device=plan.device, eps=plan.eps, arch=plan.arch, options=plan.options, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, suite_sha=sha))
     return jobs
 
 
@@ -260,7 +272,7 @@ def format_job_table(jobs: list[SweepJob]) -> str:
 def _cfg(job: SweepJob, *, attacks: tuple[str, ...] | None):
     from harness.runner import RunConfig
 
-    return RunConfig(defense=job.defense, dataset=job.dataset, norm=job.norm, suite=job.suite, n=job.n, seed=job.seed, device=job.device, batch_size=job.batch_size, eps=job.eps, attacks=attacks, progress=False, train_if_missing=False, arch=job.arch)
+    return RunConfig(defense=job.defense, dataset=job.dataset, norm=job.norm, suite=job.suite, n=job.n, seed=job.seed, device=job.device, batch_size=job.batch_size, eps=job.eps, attacks=attacks, progress=False, train_if_missing=False, arch=job.arch, defense_options=job.options)
 
 
 def is_done(job: SweepJob, results_dir: str | os.PathLike) -> bool:

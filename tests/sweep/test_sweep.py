@@ -87,13 +87,23 @@ def test_plan_expansion_dry_run_and_bad_plans(env, capsys, tmp_path):
     assert main(["sweep", str(plan), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 jobs" in out and "estimate" in out
-    for bad, msg in [("colour = 1", "unknown key"), ('norms = ["l3"]', "unknown norm"), ("shards = 5", "shards=5"), ('defenses = ["nope"]', "nope"), ("n = -1", "'n'")]:
+    for bad, msg in [("colour = 1", "unknown key"), ('norms = ["l3"]', "unknown norm"), ("shards = 5", "shards=5"), ('defenses = ["nope"]', "nope"), ("n = -1", "'n'"),
+                     ("options = 3", "'options'"), ("options = { steps = 2 }", "does not take option(s) steps")]:
         p = tmp_path / "bad.toml"
         lines = [line for line in PLAN.splitlines() if not line.startswith(bad.split(" ")[0] + " ")]
         p.write_text("\n".join(lines + [bad]))
         assert main(["sweep", str(p), "--dry-run"]) == 2
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err
+
+
+def test_plan_options_reach_the_defense_and_the_result_key(env, tmp_path):
+    _, plan, _ = env
+    p = tmp_path / "opts.toml"
+    p.write_text(plan.read_text().replace('defenses = ["cnn"]', 'defenses = ["vsmooth-cnn"]') + "\noptions = { steps = 2 }\n")
+    jobs = sweep.expand(sweep.load_plan(p))
+    assert jobs and all(j.variant == "vsmooth-cnn-steps2" and j.defense_options == {"steps": 2} for j in jobs)
+    assert sweep._cfg(jobs[0], attacks=None).options == {"steps": 2}
 
 
 def test_local_and_ray_sweeps_equal_bench_run(env):
