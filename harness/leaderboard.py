@@ -99,7 +99,15 @@ def render_section(results_dir: str | os.PathLike, dataset: str, norm: str, out_
     lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     plot = plot_path(results_dir, dataset, norm)
     if plot.is_file():
-        lines += ["", f"![{dataset} {norm_label(norm)} robustness curve]({_link_target(_rel(plot, out_dir))})"]
+        lines += [
+            "",
+            f"![{dataset} {norm_label(norm)} robustness curve]({_link_target(_rel(plot, out_dir))})",
+            "",
+            "Accuracy vs eps from each sample's smallest verified adversarial over all of a defense's attacks. "
+            "Minimization attacks (DeepFool, DDN, C&W, Boundary) trace the curve; bounded attacks only place "
+            "points up to the threat model's eps, so a defense evaluated with bounded attacks alone looks flat "
+            "until near eps. Every point is an upper bound on robustness at that eps.",
+        ]
     lines.append("")
     return "\n".join(lines)
 
