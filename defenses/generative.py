@@ -190,7 +190,7 @@ class GenerativeClassifier(Defense):
         input and is shared by all draws.
         """
         cache = self._prepare(x.device)
-        b, k, cfg = x.shape[0], self.num_classes, self.inference
+        b, k = x.shape[0], self.num_classes
         with torch.no_grad():
             flat = x.detach().flatten(1)
             # ||x - G_k(z_i)||^2 for all (b, k, i) as one matmul: ||x||^2 - 2 x.G + ||G||^2
@@ -206,7 +206,19 @@ class GenerativeClassifier(Defense):
                 enc_loss = self._loss(x.detach(), self._decode_eval(mu_e), mu_e, mu_e, lv_e)
                 use = (enc_loss < best)[..., None]
                 mu0, lv0 = torch.where(use, mu_e, mu0), torch.where(use, lv_e, lv0)
-            xr = x.detach().repeat(draws, *([1] * (x.dim() - 1)))
+        # EOT draws: one batched optimisation on a GPU; on a CPU the draws run one after another
+        # (still sharing the matching above): measured 1.6x faster than a 5x larger batch on 2 cores
+        chunk = draws if x.device.type == "cuda" else 1
+        parts = [self._optimise(x.detach(), mu0, lv0, min(chunk, draws - d), generator) for d in range(0, draws, chunk)]
+        loss, recon, z = (torch.cat(t) for t in zip(*parts))
+        return {"loss": loss.view(draws, b, k), "recon": recon.view(draws, b, k, *self.input_shape), "z": z.view(draws, b, k, -1)}
+
+    def _optimise(self, x: torch.Tensor, mu0: torch.Tensor, lv0: torch.Tensor, draws: int, generator: torch.Generator | None):
+        """``cfg.steps`` Adam steps from ``(mu0, lv0)`` for ``draws`` stacked copies of ``x``; returns
+        ``(loss, recon, z)`` at the final latent, rows ordered draw-major."""
+        cfg = self.inference
+        with torch.no_grad():
+            xr = x.repeat(draws, *([1] * (x.dim() - 1)))
             mu = mu0.repeat(draws, 1, 1).clone().requires_grad_(True)
             lv = lv0.repeat(draws, 1, 1).clone().requires_grad_(True)
         params = [mu, lv] if self.variational else [mu]
@@ -233,8 +245,7 @@ class GenerativeClassifier(Defense):
                 z = mu
             recon = self._decode_eval(z)
             loss = self._loss(xr, recon, z, mu, lv if self.variational else None)
-        n = draws
-        return {"loss": loss.view(n, b, k), "recon": recon.view(n, b, k, *self.input_shape), "z": z.view(n, b, k, -1)}
+        return loss, recon, z
 
     def predict_draws(self, x: torch.Tensor, *, draws: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scores ``(draws, B, K)`` of ``draws`` independent inferences (used by EOT and scoring)."""
