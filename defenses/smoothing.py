@@ -21,8 +21,8 @@ using the average", section 4.2), and ``predict`` equals ``predict_draws(draws=1
 Attack gradient: autograd through the final noise draw ``x + eps`` into the base model (the base's
 own declared gradient), with ``mu*_y`` held fixed -- no gradient flows through its optimisation.
 
-Configuration (keyword options of the constructor, ``--norm``-independent defense options on the
-command line, e.g. ``bench run --defense vsmooth-cnn ... --option radius=0.05``)::
+Configuration (keyword options of the constructor; on the command line
+``bench run --defense vsmooth-cnn ... --option radius=0.05``)::
 
     norm           "linf" or "l2": the ball of the mu* optimisation. Default: the evaluation's norm
                    (``bench run --norm``, told through :meth:`Defense.set_threat`); "linf" when
@@ -221,9 +221,7 @@ def smoothed(base_cls: type[Defense]) -> type[Defense]:
             own = dict(self._own)
             if "norm" not in self._explicit:
                 own["norm"] = norm
-                if "radius" not in self._explicit:
-                    own["radius"] = eps
-            elif "radius" not in self._explicit and own["norm"] == norm:
+            if "radius" not in self._explicit and own["norm"] == norm:
                 own["radius"] = eps
             self._init_smoothing(dataset=self.dataset, **own)
             self.base.set_threat(norm, eps)

@@ -56,6 +56,7 @@ def calibrate(
     from harness.models import load_defense
     from harness.provenance import command_line, resolve_device
     from harness.runner import sample_ids
+    from harness.verify import mean_scores
 
     if not 0 < quantile <= 1:
         raise BenchUserError(f"--quantile must be in (0, 1], got {quantile}")
@@ -72,7 +73,7 @@ def calibrate(
     ids = sample_ids(len(val.x), n, seed)
     x, y = val.x[ids], val.y[ids]
     gen = torch.Generator(device=dev).manual_seed(seed)
-    draws = draws if model.randomized else 1
+    draws = draws if model.randomized else 1  # as recorded in the card
     model.reject_threshold = None
     losses, correct = [], []
     t0 = time.perf_counter()
@@ -83,8 +84,7 @@ def calibrate(
         batches = tqdm(batches, desc=f"calibrate {defense}", unit="batch")
     with torch.no_grad():
         for i in batches:
-            xb = x[i : i + batch_size].to(dev)
-            scores = (model.predict_draws(xb, draws=draws, generator=gen).mean(0) if draws > 1 else model.predict(xb, generator=gen)).cpu()
+            scores = mean_scores(model, x[i : i + batch_size].to(dev), generator=gen, draws=draws).cpu()
             losses.append(best_class_loss(scores))
             correct.append(scores.argmax(1) == y[i : i + batch_size])
     loss = torch.cat(losses)

@@ -118,7 +118,11 @@ def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.Pa
 
 def write_reproduction(results_dir, thesis_path, out_path) -> bool:
     """Write the document; return whether it changed."""
-    text = render_reproduction(results_dir, thesis_path)
+    return write_if_changed(out_path, render_reproduction(results_dir, thesis_path))
+
+
+def write_if_changed(out_path, text: str) -> bool:
+    """Write ``text`` to ``out_path`` unless it already holds it; return whether it changed."""
     out = Path(out_path)
     old = out.read_text(encoding="utf-8") if out.exists() else None
     if old == text:

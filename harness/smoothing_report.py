@@ -1,9 +1,10 @@
 """Thesis Tables 4.1 / 4.2 on our data: bare and Gaussian-noise CNNs with and without variational
-smoothing (Algorithm 5), clean and under AutoAttack at several L∞ eps (``docs/smoothing.md``).
+smoothing (Algorithm 5), clean, under AutoAttack and under a transfer attack from the base model at
+several L∞ eps (``docs/smoothing.md``).
 
 Input: one result directory per eps, ``<root>/eps<E>/<dataset>/<norm>/<defense>.json``, written by
 
-    bench run --defense D --dataset fmnist --norm linf --eps E --attacks autoattack --results-dir results/smoothing/epsE
+    bench run --defense D --dataset fmnist --norm linf --eps E --suite smoothing --n 200 --results-dir results/smoothing/epsE
 
 for D in cnn, vsmooth-cnn, cnn-gauss, vsmooth-cnn-gauss. One run per eps because a smoothed
 defense optimises its noise mean inside the attack's ball (radius = eps, thesis section 4.3), so even
@@ -140,10 +141,6 @@ def render_smoothing(root: str | os.PathLike, thesis_path: str | os.PathLike, *,
 
 def write_smoothing(root, thesis_path, out_path) -> bool:
     """Write ``docs/smoothing.md``; return whether it changed."""
-    text = render_smoothing(root, thesis_path)
-    out = Path(out_path)
-    if out.exists() and out.read_text(encoding="utf-8") == text:
-        return False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    return True
+    from harness.reproduction import write_if_changed
+
+    return write_if_changed(out_path, render_smoothing(root, thesis_path))

@@ -16,6 +16,13 @@ import torch
 from harness.errors import BenchUserError
 
 
+def mean_scores(defense, x: torch.Tensor, *, generator: torch.Generator | None, draws: int = 1) -> torch.Tensor:
+    """The scores the harness judges by: ``predict``, or for a randomized defense the mean of ``draws``
+    independent draws (the estimator the EOT attack gradient uses)."""
+    n = draws if defense.randomized else 1
+    return defense.predict_draws(x, draws=n, generator=generator).mean(0) if n > 1 else defense.predict(x, generator=generator)
+
+
 @torch.no_grad()
 def score(defense, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None, draws: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """``(correct, abstained)`` per sample under the real ``predict``.
@@ -25,8 +32,7 @@ def score(defense, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generat
     """
     if not torch.isfinite(x).all():
         raise BenchUserError("inputs contain NaN or infinite values")
-    n = draws if defense.randomized else 1
-    s = defense.predict_draws(x, draws=n, generator=generator).mean(0) if n > 1 else defense.predict(x, generator=generator)
+    s = mean_scores(defense, x, generator=generator, draws=draws)
     if s.dim() != 2 or s.shape[0] != x.shape[0]:
         raise RuntimeError(f"defense {defense.name!r} returned scores of shape {tuple(s.shape)}, expected ({x.shape[0]}, K)")
     abst = defense.abstain(x, s).to(torch.bool)

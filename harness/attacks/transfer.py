@@ -61,8 +61,9 @@ def run(cfg: dict, *, model, fmodel, x, y, threat, params, seed) -> torch.Tensor
     """One restart: foolbox PGD (random start) against the source, returning the raw candidates."""
     defense = getattr(model, "defense", model)  # the runner passes an EOTModel around the defense
     source = source_model(defense, cfg["source"])
+    from harness.attacks import _pgd  # the harness's PGD (foolbox, random start)
+
     src = fb.PyTorchModel(source.eval(), bounds=threat.bounds, device=x.device)
-    cls = fb.attacks.LinfPGD if cfg["norm"] == "linf" else fb.attacks.L2PGD
-    attack = cls(steps=cfg["steps"], rel_stepsize=cfg["rel_stepsize"], random_start=True)
+    attack = _pgd(cfg["norm"], {"steps": cfg["steps"], "rel_stepsize": cfg["rel_stepsize"]})
     raw, _clipped, _success = attack(src, x, y, epsilons=threat.eps)
     return raw
