@@ -11,6 +11,7 @@ points, another library) set ``run``: it is called per restart, inside the same 
 ``fork_rng``, as ``run(made, model=, fmodel=, x=, y=, threat=, params=, seed=)`` and returns the
 candidate batch. ``spec_budget(spec)``, when set, gives the whole budget string of a spec.
 
+DeepFool runs foolbox's algorithm with one forward pass per step (:mod:`harness.attacks.deepfool`).
 Gradient-free attacks of thesis section 2.3: ``boundary`` (:mod:`harness.attacks.boundary`) and
 ``es-pgd`` (:mod:`harness.attacks.estimation`); AutoAttack (thesis chapter 4):
 :mod:`harness.attacks.autoattack`; transfer from a source model (a gradient-masking check):
@@ -31,6 +32,7 @@ import torch
 
 from harness.attacks import autoattack as _autoattack
 from harness.attacks import boundary as _boundary
+from harness.attacks import deepfool as _deepfool
 from harness.attacks import estimation as _estimation
 from harness.attacks import transfer as _transfer
 from harness.errors import BenchUserError
@@ -60,11 +62,6 @@ def _pgd(norm: str, p: dict):
 
 def _fgm(norm: str, p: dict):
     return fb.attacks.FGSM(random_start=bool(p.get("random_start", False))) if norm == "linf" else fb.attacks.FGM(random_start=bool(p.get("random_start", False)))
-
-
-def _deepfool(norm: str, p: dict):
-    cls = fb.attacks.LinfDeepFoolAttack if norm == "linf" else fb.attacks.L2DeepFoolAttack
-    return cls(steps=int(p.get("steps", 50)), candidates=p.get("candidates", 10), overshoot=float(p.get("overshoot", 0.02)), loss=p.get("loss", "logits"))
 
 
 def _ddn(norm: str, p: dict):
@@ -98,7 +95,11 @@ ATTACKS: dict[str, AttackInfo] = {
     for a in (
         AttackInfo("pgd", ("linf", "l2"), "bounded", "foolbox", "Projected gradient descent with random start (Madry et al. 2018)", _pgd, _steps_budget),
         AttackInfo("fgm", ("linf", "l2"), "bounded", "foolbox", "Fast gradient (sign) method, one step to the eps-ball boundary (FGSM for L∞, FGM for L2)", _fgm, lambda p, r: f"1 step x {r} restarts"),
-        AttackInfo("deepfool", ("linf", "l2"), "minimization", "foolbox", "DeepFool (Moosavi-Dezfooli et al. 2016), logits loss, overshoot 0.02", _deepfool, _steps_budget),
+        AttackInfo(
+            "deepfool", ("linf", "l2"), "minimization", "foolbox",
+            "DeepFool (Moosavi-Dezfooli et al. 2016), foolbox's algorithm, logits loss, overshoot 0.02; all candidate gradients from one forward pass per step",
+            _deepfool.make, _steps_budget, run=_deepfool.run,
+        ),
         AttackInfo("ddn", ("l2",), "minimization", "foolbox", "Decoupled direction and norm (Rony et al. 2019)", _ddn, _steps_budget),
         AttackInfo("cw", ("l2",), "minimization", "foolbox", "Carlini-Wagner L2 (2017) with binary search over the constant", _cw, lambda p, r: f"{p.get('binary_search_steps', 5)} binary searches x {p.get('steps', 100)} steps x {r} restarts"),
         AttackInfo("noise", ("linf", "l2"), "bounded", "foolbox", "Repeated additive noise at the eps-ball boundary (Gaussian for L2, uniform for L∞: foolbox has no L∞ Gaussian)", _noise, lambda p, r: f"{p.get('repeats', 100)} draws x {r} restarts"),
