@@ -132,3 +132,30 @@ def test_bf16_inference_option_keeps_final_losses_fp32():
         build_defense("abs", "fmnist", precision="fp8")
     with pytest.raises(BenchUserError, match="steps"):
         build_defense("eabs", "fmnist", steps=-1)
+
+
+def test_candidate_cache_survives_eval_but_not_weight_changes():
+    """The harness wraps the defense in a new EOTModel (which calls eval()) per attack: that must not
+    recompute the 8000-candidate cache; an optimiser step or a new state dict must."""
+    from harness.eot import EOTModel
+
+    m = _small("eabs").eval()
+    x = torch.rand(2, 1, 28, 28)
+    m.predict(x)
+    first = m._cache
+    EOTModel(m, draws=2)(x)
+    m.train().eval()
+    m.predict(x)
+    assert m._cache is first
+    with torch.no_grad():
+        m.decoder.fc.weight.add_(0.1)  # what an optimiser step does: in-place update
+    m.predict(x)
+    assert m._cache is not first
+    second = m._cache
+    m.load_state_dict(m.state_dict())
+    m.predict(x)
+    assert m._cache is not second
+    third = m._cache
+    m.inference = InferenceConfig(steps=4, candidates=20)
+    m.predict(x)
+    assert m._cache is not third and m._cache["recon"].shape[1] == 20
