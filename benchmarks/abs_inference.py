@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -34,7 +35,6 @@ from harness import datasets
 from harness.eot import EOTModel
 from harness.models import build_defense, load_defense
 from harness.provenance import device_name, resolve_device
-from defenses.generative import InferenceConfig
 from defenses.networks import Decoder
 
 
@@ -175,7 +175,7 @@ def main() -> None:
     else:
         model, card = load_defense(a.defense, "fmnist", device=device, train_if_missing=False)
         src = f"checkpoint {card['sha256'][:12]}"
-    model.inference = InferenceConfig(steps=a.steps, candidates=a.candidates, precision=a.precision)
+    model.inference = replace(model.inference, steps=a.steps, candidates=a.candidates, precision=a.precision)
     x = datasets.load("fmnist", "test").x[: a.batch].to(device)
     model._prepare(device)  # candidate reconstructions: once per model, excluded from the timings
 

@@ -159,3 +159,16 @@ def test_candidate_cache_survives_eval_but_not_weight_changes():
     m.inference = InferenceConfig(steps=4, candidates=20)
     m.predict(x)
     assert m._cache is not third and m._cache["recon"].shape[1] == 20
+
+
+def test_inference_step_size_defaults_and_option():
+    from defenses.generative import VARIATIONAL_LR
+    from harness.errors import BenchUserError
+
+    assert build_defense("eabs", "fmnist").inference.lr == VARIATIONAL_LR
+    assert build_defense("v-abs", "fmnist").inference.lr == VARIATIONAL_LR
+    assert build_defense("abs", "fmnist").inference.lr == 0.05
+    assert build_defense("eabs", "fmnist", lr=0.1).inference.lr == 0.1
+    for bad in (0, -0.1, float("nan"), "fast"):
+        with pytest.raises(BenchUserError, match="lr"):
+            build_defense("eabs", "fmnist", lr=bad)
