@@ -70,6 +70,10 @@ def deepfool(attack, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *
         xa = xs[idx].clone().requires_grad_(True)
         with torch.enable_grad():
             scores = _class_scores(model(xa), attack.loss)
+            adv = scores.detach().argmax(1) != y[idx]
+            active[idx[adv]] = False
+            if not active.any():
+                break  # no backward passes for a step that only confirms success
             rows = torch.arange(len(idx), device=x0.device)
             origin = scores[rows, classes[idx, 0]]
             losses, grads = [], []
@@ -78,10 +82,6 @@ def deepfool(attack, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *
                 (g,) = torch.autograd.grad(diff.sum(), xa, retain_graph=j < cand - 1)
                 losses.append(diff.detach())
                 grads.append(g)
-        adv = scores.detach().argmax(1) != y[idx]
-        active[idx[adv]] = False
-        if not active.any():
-            break
         keep = ~adv
         idx = idx[keep]
         losses_t = torch.stack(losses, 1)[keep]  # (A, cand-1)
