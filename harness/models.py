@@ -96,7 +96,17 @@ def train_defense(
     checkpoint, so the optimiser (Adam moments, learning-rate schedule) starts afresh.
     """
     options = clean_options(options)
-    model = build_defense(name, dataset, **options)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        # ``seed`` decides everything: weight initialisation (torch's global RNG, confined to this
+        # block) as well as the shuffles and noise ``fit`` draws from its generator
+        torch.manual_seed(seed)
+        return _train(name, dataset, model=build_defense(name, dataset, **options), device=device, epochs=epochs, out_dir=out_dir,
+                      seed=seed, progress=progress, announce=announce, options=options, config_overrides=config_overrides, resume=resume)
+
+
+def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, announce, options, config_overrides, resume) -> Path:
+    """:func:`train_defense` inside its seeded RNG block."""
     if not model.trainable:
         raise BenchUserError(f"defense {name!r} has no weights to train")
     previous: dict = {}
@@ -119,9 +129,11 @@ def train_defense(
     train = datasets.load(dataset, "train")
     val = datasets.load(dataset, "val")
     model.to(device)
-    per_epoch = _probe_seconds_per_epoch(model, train, config, device) if "epochs" in config else float("nan")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the probe leaves the RNG as it was
+        per_epoch = _probe_seconds_per_epoch(model, train, config, device) if "epochs" in config else float("nan")
     recipe = ", ".join(f"{k}={v}" for k, v in config.items())
     announce(f"training {name} on {dataset} ({len(train.x)} train / {len(val.x)} val images) with {recipe}; estimated {per_epoch * config.get('epochs', 1) / 60:.1f} min on {device_name(device)}")
+    torch.manual_seed(seed)  # any global-RNG use inside fit (e.g. dropout) is seeded too
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     metrics = model.fit(train, val, config=config, device=device, generator=gen, progress=progress)
