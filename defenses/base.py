@@ -19,12 +19,38 @@ seed or draw from the global RNG.
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 
 ALL_DATASETS = ("mnist", "fmnist", "svhn", "cifar10", "gtsrb", "supertraffic10")
+
+
+_TRACKERS: list[Counter] = []
+
+
+@contextlib.contextmanager
+def declared_gradients() -> Iterator[Counter]:
+    """Count the gradient helpers (``straight_through``, ``bpda_identity``) a ``predict`` call uses.
+
+    The harness reports a declared surrogate gradient as such (:mod:`harness.gradcheck`): finite
+    differences of the real decision are expected to disagree with BPDA / straight-through, so the
+    trust check then relies on the attacks that use no gradient.
+    """
+    seen: Counter = Counter()
+    _TRACKERS.append(seen)
+    try:
+        yield seen
+    finally:
+        _TRACKERS.remove(seen)
+
+
+def _note(helper: str) -> None:
+    for t in _TRACKERS:
+        t[helper] += 1
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -47,6 +73,7 @@ def straight_through(real: torch.Tensor, surrogate: torch.Tensor) -> torch.Tenso
     ``real`` may be computed without a graph (e.g. under ``torch.no_grad``); ``surrogate`` must be
     differentiable w.r.t. the input whose gradient the defense declares.
     """
+    _note("straight_through")
     return _StraightThrough.apply(real, surrogate)
 
 
@@ -66,6 +93,7 @@ class _BPDAIdentity(torch.autograd.Function):
 
 def bpda_identity(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Apply ``fn`` to ``x`` in the forward pass; pass gradients through unchanged (BPDA identity)."""
+    _note("bpda_identity")
     return _BPDAIdentity.apply(x, fn)
 
 

@@ -88,9 +88,14 @@ def read_card(path: str | os.PathLike) -> dict:
     if not card.is_file():
         return {}
     try:
-        return json.loads(card.read_text(encoding="utf-8"))
+        data = json.loads(card.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"model card {card} is not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"model card {card} cannot be read ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"model card {card} holds a JSON {type(data).__name__}, not an object; restore it or retrain with `bench train`")
+    return data
 
 
 def load_checkpoint(module: torch.nn.Module, path: str | os.PathLike) -> dict:

@@ -26,6 +26,9 @@ class EOTModel(nn.Module):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from harness.verify import check_inputs
+
+        check_inputs(self.defense, x)
         if self.draws == 1:
             return self.defense.predict(x, generator=self.generator)
         return self.defense.predict_draws(x, draws=self.draws, generator=self.generator).mean(0)

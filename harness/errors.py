@@ -19,3 +19,7 @@ class DataCorruptError(BenchUserError):
 
 class CheckpointError(BenchUserError):
     """A checkpoint is missing, corrupt, or does not match the model it is loaded into."""
+
+
+class InputError(BenchUserError, ValueError):
+    """Inputs handed to a defense through the harness are malformed (NaN/inf, out of bounds, wrong shape)."""

@@ -16,6 +16,7 @@ from tabulate import tabulate
 from harness import stats
 from harness.plots import plot_path, write_curves
 from harness.results import list_result_sets, load_results, result_path
+from harness.sanity import verdict
 from harness.tables import (
     MISSING, SIGNIFICANCE, attack_label, defense_label, defense_order, format_cell, format_pct,
     format_pvalue, header_line, norm_label,
@@ -54,10 +55,19 @@ def _sort_key(item: tuple[str, float]) -> tuple[float, str]:
 
 
 def ranked_defenses(results: dict[str, dict]) -> list[str]:
-    """Defenses sorted by "All" robust accuracy, descending; ties (and NaN, last) by name."""
+    """Defenses sorted by "All" robust accuracy, descending; ties (and NaN, last) by name. Rows whose
+    :func:`harness.sanity.verdict` is unreliable come after every reliable row, whatever their accuracy."""
     acc = stats.accuracy_table(results)
     all_acc = {r.defense: float(r.acc) for r in acc[acc["row"] == stats.ALL].itertuples(index=False)}
-    return [d for d, _ in sorted(((d, all_acc.get(d, math.nan)) for d in results), key=_sort_key)]
+    unreliable = {d: not verdict(data).reliable for d, data in results.items()}
+    return [d for d, _ in sorted(((d, all_acc.get(d, math.nan)) for d in results), key=lambda t: (unreliable[t[0]], *_sort_key(t)))]
+
+
+def verdict_cell(v) -> str:
+    """The leaderboard's verdict cell: ``reliable``, ``**unreliable**: reasons`` or ``unchecked``."""
+    if not v.reliable:
+        return "**unreliable**: " + "; ".join(v.reasons)
+    return "reliable" if v.checked else "unchecked"
 
 
 def render_section(results_dir: str | os.PathLike, dataset: str, norm: str, out_dir: str | os.PathLike) -> str:
@@ -71,11 +81,15 @@ def render_section(results_dir: str | os.PathLike, dataset: str, norm: str, out_
     eps_labels = sorted({str(stats.manifest(d).get("eps_label", stats.manifest(d).get("eps"))) for d in results.values()})
     lines = [f"## {dataset} · {norm_label(norm)} · eps = {' / '.join(eps_labels)}", "", _md(header_line(results)), ""]
 
-    headers = ["#", "Defense", "Clean [95% CI]", f"All {norm_label(norm)} [95% CI]",
+    headers = ["#", "Defense", "Clean [95% CI]", f"All {norm_label(norm)} [95% CI]", "Verdict", "Warnings",
                *[attack_label(a) for a in attacks], "n", "Suite: budget", "p vs next", "Result"]
     rows = []
+    notes = []
     for rank, defense in enumerate(ranked, start=1):
         data = results[defense]
+        v = verdict(data)
+        for w in v.warnings:
+            notes.append(f"- {_md(defense_label(defense))}: {_md(w)}")
 
         def cell(row: str, with_ci: bool) -> str:
             if (defense, row) not in acc.index:
@@ -93,10 +107,13 @@ def render_section(results_dir: str | os.PathLike, dataset: str, norm: str, out_
         link = _rel(result_path(results_dir, dataset, norm, defense), out_dir)
         rows.append([
             str(rank), _md(defense_label(defense)), cell(stats.CLEAN, True), cell(stats.ALL, True),
+            _md(verdict_cell(v)), str(len(v.warnings)) if v.warnings else "",
             *[cell(a, False) for a in attacks], str(len(data.get("records") or [])),
             _md(_budget_summary(data)), p_text, f"[json]({_link_target(link)})",
         ])
     lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    if notes:
+        lines += ["", "Warnings (trust checks recorded in the result files, see `harness/sanity.py`, `harness/gradcheck.py`):", "", *notes]
     plot = plot_path(results_dir, dataset, norm)
     if plot.is_file():
         lines += [
@@ -129,7 +146,11 @@ def render_leaderboard(results_dir: str | os.PathLike, *, out_path: str | os.Pat
         "\"All\" counts a sample as robust only if it is clean-correct and no attack run against that "
         "defense found a verified adversarial (abstaining counts as an error). \"p vs next\": McNemar's "
         f"test (exact binomial when discordant pairs < {stats.EXACT_THRESHOLD}) of \"All\" against the "
-        f"next row on the samples both share; `*` marks p < {SIGNIFICANCE}.", "",
+        f"next row on the samples both share; `*` marks p < {SIGNIFICANCE}. "
+        "\"Verdict\": **unreliable** when the declared attack gradient fails the finite-difference check or "
+        "attacks that do not use it (Square, Boundary, ES-PGD, transfer from another model) beat the gradient "
+        "attacks by more than the Wilson interval; unreliable rows are ranked below every reliable row. "
+        "\"unchecked\": no attack that does without the declared gradient ran.", "",
     ]
     sets = list_result_sets(results_dir)
     if not sets:

@@ -153,6 +153,7 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
         "val_acc": metrics.get("val_acc"),
         "history": metrics.get("history", []),
         "data_checksum": train.checksum,
+        "data_provenance": datasets.provenance(train),
         "train_size": len(train.x),
         "code_commit": code_commit(),
         "device": device_name(device),

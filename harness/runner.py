@@ -19,10 +19,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
+import os
+import tempfile
 import time
-import tomllib
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,16 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import datasets
-from harness.attacks import budget_string, get_attack, run_attack
+from harness.attacks import AttackReport, budget_string, get_attack, run_attack
 from harness.eot import EOTModel
 from harness.errors import BenchUserError
 from harness.models import load_defense, variant_key
 from harness.provenance import code_commit, command_line, device_name, package_versions, resolve_device
 from harness.results import SCHEMA_VERSION, atomic_write_json, load_result, result_path
+from harness.gradcheck import check_gradients, describe
 from harness.sanity import model_checks, outcome_checks
 from harness.verify import score, verify
-from threat_models import NORMS, AttackSpec, ThreatModel, default_threat, load_suite
+from threat_models import NORMS, AttackSpec, ThreatModel, default_threat, load_suite, suite_tables
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,9 @@ def suite_eps_sweeps(suite: str, *, norm: str, dataset: str) -> list[tuple[float
     ``load_suite`` ignores the ``eps`` key, so it is read here from the same TOML with the same norm
     filter; a per-dataset override ``[attack.dataset.<name>] eps = [...]`` wins.
     """
-    raw = tomllib.loads(resources.files("threat_models").joinpath(f"suites/{suite}.toml").read_text(encoding="utf-8"))
+    _raw, tables = suite_tables(suite)
     out: list[tuple[float, ...] | None] = []
-    for a in raw.get("attack", []):
+    for a in tables:
         if norm not in a.get("norms", NORMS):
             continue
         eps = a.get("dataset", {}).get(dataset, {}).get("eps", a.get("eps"))
@@ -176,10 +177,13 @@ def prepare(cfg: RunConfig, *, log=print) -> EvalContext:
     if cfg.batch_size < 1:
         raise BenchUserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     device = resolve_device(cfg.device)
-    datasets.get_info(cfg.dataset)
+    info = datasets.get_info(cfg.dataset)
     threat = default_threat(cfg.dataset, cfg.norm)
     if cfg.eps is not None:
         threat = ThreatModel(norm=cfg.norm, eps=float(cfg.eps))
+        diameter = math.prod(info.shape) ** 0.5 * (threat.bounds[1] - threat.bounds[0])
+        if cfg.norm == "l2" and threat.eps > diameter:
+            raise BenchUserError(f"L2 eps {threat.eps:g} exceeds the diameter of {cfg.dataset}'s input space ({diameter:.4g} for {'x'.join(map(str, info.shape))} images in {threat.bounds}): every image is in the ball; use a smaller eps")
     load_suite(cfg.suite, norm=cfg.norm, dataset=cfg.dataset)  # validate the name before any training
     test = datasets.load(cfg.dataset, "test")
     ids = sample_ids(len(test.x), cfg.n, cfg.seed)
@@ -213,6 +217,7 @@ def prepare(cfg: RunConfig, *, log=print) -> EvalContext:
         "versions": package_versions(),
         "commit": code_commit(),
         "command": command_line(),
+        "data": datasets.provenance(test),
         "checkpoint_sha256": card.get("sha256"),
         "checkpoint_epochs": card.get("epochs"),
         "randomized": dinfo.randomized,
@@ -282,6 +287,7 @@ def evaluate_samples(
         model = EOTModel(ctx.defense, draws=spec.eot)
         t0 = time.perf_counter()
         results = {}
+        report = AttackReport()
         bar = tqdm(total=sum(clean_ok), desc=f"{job.key} ({budget_string(spec)})", unit="img", disable=not cfg.progress, dynamic_ncols=True)
         for b0, b1 in blocks:
             idx = [p for p in range(b0, b1) if clean_ok[p - start]]  # positions in ctx.ids
@@ -290,13 +296,19 @@ def evaluate_samples(
             xb, yb = ctx.x[idx].to(device), ctx.y[idx].to(device)
             seed = _batch_seed(cfg.seed, h, b0 // bs)
             model.generator = torch.Generator(device=device).manual_seed(seed)
-            cands = run_attack(model, xb, yb, threat, spec, seed=seed % (1 << 31))
+            block = AttackReport()
+            cands = run_attack(model, xb, yb, threat, spec, seed=seed % (1 << 31), report=block)
+            for n in block.notes:
+                report.note(n)
             vgen = torch.Generator(device=device).manual_seed(seed ^ 0x5EED)
             v = verify(ctx.defense, xb, yb, cands, threat, clean_correct=torch.ones(len(idx), dtype=torch.bool, device=device), generator=vgen, draws=draws, unbounded=ainfo.kind == "minimization")
             for j, p in enumerate(idx):
                 results[p - start] = {"correct": bool(v.correct[j]), "abstained": bool(v.abstained[j]), "norm": _num(float(v.norm[j]))}
                 if ainfo.kind == "minimization":
                     results[p - start]["min_norm"] = _num(float(v.min_norm[j]))
+                r = int(v.kept[j])
+                if r >= 0 and r < len(block.found_by) and block.found_by[r] is not None and block.found_by[r][j] is not None:
+                    results[p - start]["by"] = block.found_by[r][j]  # the component that found the kept adversarial
             bar.update(len(idx))
         bar.close()
         for k, r in enumerate(records):
@@ -318,6 +330,8 @@ def evaluate_samples(
             "budget": budget_string(spec),
             "wall_time_s": round(wall, 3),
         }
+        if report.notes:
+            entries[job.key]["notes"] = list(report.notes)
         if on_attack is not None:
             on_attack(job.key, entries[job.key], records)
         if log is not None and records:
@@ -326,29 +340,91 @@ def evaluate_samples(
     return SampleResult(records=records, clean_wall_time_s=round(clean_wall, 3), attacks=entries)
 
 
+def check_results_dir(results_dir: str | os.PathLike, dataset: str, norm: str) -> Path:
+    """The folder a run writes to, created and proven writable *before* any expensive work.
+
+    A path that is a file, or a folder that cannot be written, is a :class:`BenchUserError`.
+    """
+    root = Path(results_dir)
+    for p in (root, *root.parents):
+        if p.exists() and not p.is_dir():
+            raise BenchUserError(f"--results-dir {results_dir}: {p} is a file, not a directory; pass a directory")
+    folder = root / dataset / norm
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise BenchUserError(f"--results-dir {results_dir}: cannot write to {folder} ({exc.strerror or exc}); pass a writable directory") from None
+    return folder
+
+
+def _check_same_evaluation(path: Path, old: dict, ctx: EvalContext, manifest: dict) -> None:
+    """Refuse to mix another evaluation into an existing result file (``--fresh`` overrides)."""
+    om = old["manifest"]
+    same = om.get("sample_ids") == ctx.ids and om.get("eps") == ctx.threat.eps and om.get("checkpoint_sha256") == manifest["checkpoint_sha256"]
+    if not same:
+        raise BenchUserError(
+            f"{path} holds a different evaluation (n={om.get('n')}, seed={om.get('seed')}, eps={om.get('eps')}, or another checkpoint); "
+            "pass --fresh to overwrite it or --results-dir to write elsewhere"
+        )
+    if (om.get("defense_options") or {}) != manifest["defense_options"]:
+        raise BenchUserError(
+            f"{path} was computed with defense options {om.get('defense_options') or {}}, this run has {manifest['defense_options']}; "
+            "rerun with the same options, or pass --fresh / --results-dir"
+        )
+    if om.get("suite") != manifest["suite"]:
+        raise BenchUserError(
+            f"{path} holds the {om.get('suite')!r} suite, this run asks for {manifest['suite']!r}: one file holds one evaluation; "
+            "pass --fresh to replace it or --results-dir to write elsewhere"
+        )
+    done = om.get("attacks") or {}
+    changed = [job for job in ctx.jobs if job.key in done and done[job.key].get("spec_hash") != job.hash]
+    if changed:
+        what = "; ".join(f"{j.key}: file has '{done[j.key].get('budget')}', this run '{budget_string(j.spec)}'" for j in changed)
+        raise BenchUserError(f"{path} holds other budgets for attacks this run would redo ({what}); pass --fresh to replace the file or --results-dir to write elsewhere")
+
+
+def model_trust(ctx: EvalContext) -> tuple[list[str], dict]:
+    """The checks of the defense itself on the first block of samples: the warnings of
+    :func:`harness.sanity.model_checks` and the gradient-consistency check (:mod:`harness.gradcheck`)."""
+    cfg = ctx.cfg
+    n0 = min(len(ctx.ids), cfg.batch_size)
+    x0, y0 = ctx.x[:n0].to(ctx.device), ctx.y[:n0].to(ctx.device)
+    warnings = model_checks(ctx.defense, x0, y0, draws=ctx.draws, seed=cfg.seed)
+    check = check_gradients(ctx.defense, x0, y0, norm=ctx.threat.norm, eps=ctx.threat.eps, bounds=ctx.threat.bounds, seed=cfg.seed).to_dict()
+    if check["verdict"] != "consistent":
+        warnings.append(describe(check))
+    return warnings, check
+
+
+def final_checks(ctx: EvalContext, data: dict, *, log=None) -> None:
+    """The trust checks recorded in every manifest: :func:`model_trust` and the outcome checks of
+    :mod:`harness.sanity` (``warnings``, ``gradient_check``)."""
+    warnings, check = model_trust(ctx)
+    data["manifest"]["gradient_check"] = check
+    data["manifest"]["warnings"] = warnings + outcome_checks(data)
+    if log is not None:
+        for w in data["manifest"]["warnings"]:
+            log(f"WARNING: {w}")
+
+
 def evaluate(cfg: RunConfig, *, log=print) -> Path:
     """Run ``cfg`` and return the path of the result file."""
+    if cfg.norm not in NORMS:
+        raise BenchUserError(f"unknown norm {cfg.norm!r}; use one of {', '.join(NORMS)}")
+    datasets.get_info(cfg.dataset)
+    check_results_dir(cfg.results_dir, cfg.dataset, cfg.norm)
     ctx = prepare(cfg, log=log)
     manifest = dict(ctx.manifest, attacks={})
     path = result_path(cfg.results_dir, cfg.dataset, cfg.norm, variant_key(cfg.defense, cfg.options))
     data = None
     if path.exists() and not cfg.fresh:
         old = load_result(path)
-        om = old["manifest"]
-        same = om.get("sample_ids") == ctx.ids and om.get("eps") == ctx.threat.eps and om.get("checkpoint_sha256") == manifest["checkpoint_sha256"]
-        if not same:
-            raise BenchUserError(
-                f"{path} holds a different evaluation (n={om.get('n')}, seed={om.get('seed')}, eps={om.get('eps')}, or another checkpoint); "
-                "pass --fresh to overwrite it or --results-dir to write elsewhere"
-            )
-        if (om.get("defense_options") or {}) != manifest["defense_options"]:
-            raise BenchUserError(
-                f"{path} was computed with defense options {om.get('defense_options') or {}}, this run has {manifest['defense_options']}; "
-                "rerun with the same options, or pass --fresh / --results-dir"
-            )
+        _check_same_evaluation(path, old, ctx, manifest)
         data = old
         data["manifest"].update({k: v for k, v in manifest.items() if k != "attacks"})
-        log(f"resuming {path}: {len(om.get('attacks', {}))} attack(s) already done")
+        log(f"resuming {path}: {len(old['manifest'].get('attacks', {}))} attack(s) already done")
     holder: dict = {"data": data}
 
     def on_clean(recs, wall):
@@ -379,12 +455,8 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
 
     evaluate_samples(ctx, jobs=todo, records=existing, on_clean=on_clean_log, on_attack=on_attack, log=log)
     final = holder["data"]
-    n0 = min(len(ctx.ids), cfg.batch_size)
-    warnings = model_checks(ctx.defense, ctx.x[:n0].to(ctx.device), ctx.y[:n0].to(ctx.device), draws=ctx.draws, seed=cfg.seed) + outcome_checks(final)
-    final["manifest"]["warnings"] = warnings
+    final_checks(ctx, final, log=log)
     atomic_write_json(path, final)
-    for w in warnings:
-        log(f"WARNING: {w}")
     return path
 
 

@@ -8,22 +8,27 @@ them). A warning is not a verdict; it says where the evaluation may over-report 
 * for a randomized defense, how often its own randomness flips the verdict on a clean input (two
   independent scorings disagree): the "All" row takes the worst case over every attack's fresh
   re-scoring, so part of a gap between "All" and the best single attack can be this randomness,
-* gradient-free attacks beating gradient attacks by a margin (gradients are probably masked),
-* a transfer attack (PGD on a source model such as the wrapped base) beating the white-box gradient
-  attacks on the defense itself by a margin (the defense's declared gradient misleads),
+* gradient-free attacks (Square, Boundary, ES-PGD, AutoAttack's Square component) or transfer attacks
+  (PGD on a source model: the wrapped base, the data set's reference CNN or a distilled surrogate)
+  beating the gradient attacks, combined per group, by more than the Wilson 95% interval of the
+  gradient attacks' accuracy (the declared gradient is masked or misleading),
+* no attack at all that does without the declared gradient (masking would go unnoticed),
 * accuracy that increases with eps within an eps sweep (the attack is not working properly).
+
+:func:`verdict` turns a result file into a :class:`Verdict` (reliable or not, and why) for
+``bench table`` and ``leaderboard.md``; the gradient-consistency check lives in :mod:`harness.gradcheck`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from harness.eot import EOTModel
 
-GRADIENT_FREE = frozenset({"noise", "boundary", "es-pgd"})
-GRADIENT_BASED = frozenset({"pgd", "fgm", "deepfool", "ddn", "cw", "autoattack"})
-TRANSFER = frozenset({"transfer"})
-MARGIN = 0.05  # accuracy points (as a fraction) a gradient-free attack may beat the gradient ones by
+MARGIN = 0.05  # accuracy points (as a fraction) an eps sweep may rise by before it is flagged
+UNDECLARED_RANDOMNESS = "declares itself deterministic but its scores change"
 FLIP_WARN = 0.02  # fraction of clean inputs whose verdict two scorings of a randomized defense may disagree on silently
 
 
@@ -62,8 +67,76 @@ def model_checks(defense, x: torch.Tensor, y: torch.Tensor, *, draws: int, seed:
             a = defense.predict(x, generator=torch.Generator(device=x.device).manual_seed(seed + 1))
             b = defense.predict(x, generator=torch.Generator(device=x.device).manual_seed(seed + 2))
         if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
-            warnings.append("defense declares itself deterministic but its scores change between calls: it should be randomized=True (EOT)")
+            warnings.append(f"defense {UNDECLARED_RANDOMNESS} between calls: it should be randomized=True (EOT)")
     return warnings
+
+
+def _uses(key: str):
+    """The AttackInfo of a result-file attack key (``fgm@0.2`` -> fgm), or None for unknown attacks."""
+    from harness.attacks import ATTACKS
+
+    return ATTACKS.get(key.split("@")[0])
+
+
+def group_accuracies(data: dict) -> dict[str, tuple[int, int]]:
+    """Per group of attacks (``gradient``, ``gradient-free``, ``transfer``): ``(robust, n)`` -- the
+    samples that are clean-correct and survived every attack of the group.
+
+    A find of AutoAttack counts for the group of the component that made it (``by``: its Square is
+    gradient-free). Noise does not count as a gradient-free *check* (random draws, not a search) but
+    is part of the group's accuracy. Eps-sweep attacks (``fgm@0.2``) are left out.
+    """
+    recs = data.get("records") or []
+    attacks = data["manifest"].get("attacks") or {}
+    n = len(recs)
+    broken = {u: [False] * n for u in ("gradient", "gradient-free", "transfer")}
+    ran = set()
+    for key in attacks:
+        info = _uses(key)
+        if info is None or "@" in key:
+            continue
+        ran.add(info.uses)
+        for i, r in enumerate(recs):
+            e = (r.get("attacks") or {}).get(key)
+            if e is None:
+                continue
+            if r["clean_correct"] and not e["correct"]:
+                use = info.uses_of(e.get("by"))
+                broken[use][i] = True
+                ran.add(use)
+    clean = [bool(r["clean_correct"]) for r in recs]
+    return {u: (sum(c and not b for c, b in zip(clean, broken[u])), n) for u in broken if u in ran}
+
+
+def masking_checked(data: dict) -> bool:
+    """True when an attack that does not use the declared gradient searched for adversarials:
+    a gradient-free attack other than random noise, a transfer attack, or AutoAttack standard's Square."""
+    for key, entry in (data["manifest"].get("attacks") or {}).items():
+        info = _uses(key)
+        if info is None or "@" in key:
+            continue
+        if info.uses == "transfer" or (info.uses == "gradient-free" and info.name != "noise"):
+            return True
+        if "gradient-free" in info.components.values() and "Square" in str((entry or {}).get("budget", "")):
+            return True
+    return False
+
+
+def beaten_by(data: dict) -> list[tuple[str, float, float, float]]:
+    """Groups that beat the gradient attacks: ``(group, its accuracy, gradient accuracy, Wilson lower
+    bound of the gradient accuracy)`` for every group whose accuracy lies below that bound."""
+    from harness.stats import wilson_interval
+
+    acc = group_accuracies(data)
+    if "gradient" not in acc or not acc["gradient"][1]:
+        return []
+    kg, n = acc["gradient"]
+    lo, _ = wilson_interval(kg, n)
+    out = []
+    for group in ("gradient-free", "transfer"):
+        if group in acc and acc[group][0] / n < lo:
+            out.append((group, acc[group][0] / n, kg / n, lo))
+    return out
 
 
 def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
@@ -71,22 +144,14 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
     recs, attacks = data["records"], data["manifest"].get("attacks", {})
     if not recs:
         return []
-    acc = {k: sum(r["attacks"][k]["correct"] for r in recs if k in r["attacks"]) / len(recs) for k in attacks}
     warnings = []
+    for group, a, ag, lo in beaten_by(data):
+        what = "gradient-free attacks (Square, Boundary, ES-PGD, noise, AutoAttack's Square)" if group == "gradient-free" else "transfer attacks from a source model"
+        warnings.append(f"{what} ({a:.1%}) beat the gradient attacks ({ag:.1%}, Wilson 95% lower bound {lo:.1%}): the declared gradient is masked or misleading; the result is unreliable")
+    if attacks and not masking_checked(data):
+        warnings.append("no gradient-free or transfer attack ran (only the declared gradient was used): masked gradients would go unnoticed")
+    acc = {k: sum(r["attacks"][k]["correct"] for r in recs if k in r["attacks"]) / len(recs) for k in attacks}
     base = {k: k.split("@")[0] for k in acc}
-    free = {k: a for k, a in acc.items() if base[k] in GRADIENT_FREE and "@" not in k}
-    grad = {k: a for k, a in acc.items() if base[k] in GRADIENT_BASED and "@" not in k}
-    transfer = {k: a for k, a in acc.items() if base[k] in TRANSFER and "@" not in k}
-    if grad:
-        kg, ag = min(grad.items(), key=lambda t: t[1])
-        if free:
-            kf, af = min(free.items(), key=lambda t: t[1])
-            if af < ag - margin:
-                warnings.append(f"gradient-free {kf} ({af:.1%}) beats the best gradient attack {kg} ({ag:.1%}) by more than {margin:.0%}: gradients may be masked")
-        if transfer:
-            kt, at = min(transfer.items(), key=lambda t: t[1])
-            if at < ag - margin:
-                warnings.append(f"{kt} from a source model ({at:.1%}) beats the best white-box gradient attack {kg} ({ag:.1%}) by more than {margin:.0%}: the defense's attack gradient misleads (masked or obfuscated)")
     sweeps: dict[str, list[tuple[float, float]]] = {}
     for k, a in acc.items():
         if "@" in k and "eps" in attacks[k]:
@@ -97,3 +162,41 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
             if a1 > a0 + margin:
                 warnings.append(f"{name}: accuracy rises from {a0:.1%} at eps {e0:g} to {a1:.1%} at eps {e1:g}: the attack is not working properly")
     return warnings
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a result can be trusted, judged from its result file alone (a pure function of it).
+
+    ``reliable`` is False when the gradient-consistency check failed (:mod:`harness.gradcheck`), when
+    gradient-free or transfer attacks beat the gradient attacks by more than the Wilson interval, or
+    when a defense that declares itself deterministic is not. ``reasons``: short tags for tables;
+    ``warnings``: every warning of the file (recorded at run time plus the outcome checks of now).
+    """
+
+    reliable: bool
+    reasons: tuple[str, ...]
+    warnings: tuple[str, ...]
+    checked: bool  # an attack that does not use the declared gradient ran
+
+    @property
+    def label(self) -> str:
+        if not self.reliable:
+            return "unreliable: " + "; ".join(self.reasons)
+        return "reliable" if self.checked else "unchecked (no gradient-free/transfer attack)"
+
+
+def verdict(data: dict) -> Verdict:
+    """The :class:`Verdict` of one loaded result file."""
+    man = data["manifest"]
+    reasons = []
+    check = man.get("gradient_check") or {}
+    if check.get("verdict") == "inconsistent":
+        reasons.append("gradient check failed")
+    for group, *_ in beaten_by(data):
+        reasons.append("Square/gradient-free beat gradient attacks" if group == "gradient-free" else "transfer beat gradient attacks")
+    recorded = [w for w in man.get("warnings") or [] if isinstance(w, str)]
+    if any(UNDECLARED_RANDOMNESS in w for w in recorded):
+        reasons.append("undeclared randomness")
+    fresh = [w for w in outcome_checks(data) if w not in recorded]
+    return Verdict(not reasons, tuple(reasons), tuple(recorded + fresh), masking_checked(data))

@@ -38,7 +38,7 @@ PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "
 CLEAN_KEY = "_clean"  # job key of a suite with no attacks for a norm: the clean pass only
 
 # Crude relative costs per attacked sample (FGM = 1 gradient step); unknown attacks count as 20.
-COST_FACTORS = {"fgm": 1, "pgd": 40, "deepfool": 50, "ddn": 40, "cw": 100, "noise": 20, "boundary": 2000, "espgd": 1000, "autoattack": 100, "square": 500, "clean": 0.2}
+COST_FACTORS = {"fgm": 1, "pgd": 40, "deepfool": 50, "ddn": 40, "cw": 100, "noise": 20, "boundary": 2000, "es-pgd": 1000, "autoattack": 100, "square": 2000, "transfer": 40, "clean": 0.2}
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,9 @@ def shard_ranges(*, n: int, batch_size: int, shards: int) -> list[tuple[int, int
 
 
 def _suite_sha(suite: str) -> str:
-    text = resources.files("threat_models").joinpath(f"suites/{suite}.toml").read_text(encoding="utf-8")
+    from threat_models import suite_text
+
+    text = suite_text(suite)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -298,11 +300,10 @@ def run_job(job: SweepJob, results_dir: str) -> str:
     manifest = dict(ctx.manifest)
     manifest["clean_wall_time_s"] = res.clean_wall_time_s
     manifest["attacks"] = res.attacks
-    if job.start == 0:  # the gradient-masking model checks of `bench run`, on the same first block
-        from harness.sanity import model_checks
+    if job.start == 0:  # the trust checks of `bench run` on the defense, on the same first block
+        from harness.runner import model_trust
 
-        n0 = min(len(ctx.ids), ctx.cfg.batch_size)
-        manifest["model_warnings"] = model_checks(ctx.defense, ctx.x[:n0].to(ctx.device), ctx.y[:n0].to(ctx.device), draws=ctx.draws, seed=ctx.cfg.seed)
+        manifest["model_warnings"], manifest["gradient_check"] = model_trust(ctx)
     path = job.partial_path(results_dir)
     atomic_write_json(path, {"job": asdict(job), "job_hash": job.spec_hash, "manifest": manifest, "records": res.records})
     _test_hooks(job)
@@ -355,6 +356,9 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
                 continue
             entry = dict(parts[(key, shards[0])]["manifest"]["attacks"][key])
             entry["wall_time_s"] = round(sum(parts[(key, s)]["manifest"]["attacks"][key]["wall_time_s"] for s in shards), 3)
+            notes = list(dict.fromkeys(n for s in shards for n in parts[(key, s)]["manifest"]["attacks"][key].get("notes", [])))
+            if notes:
+                entry["notes"] = notes
             manifest["attacks"][key] = entry
         if [r["index"] for r in records] != manifest["sample_ids"]:
             raise BenchUserError(f"{dataset}/{norm}/{variant}: merged records do not cover the sample ids; delete {Path(results_dir) / '.shards'} and rerun")

@@ -19,7 +19,7 @@ CANONICAL_DEFENSE_ORDER = ("cnn", "adv-linf", "adv-l2", "abs", "eabs")
 
 _DEFENSE_NAMES = {"cnn": "CNN", "adv-linf": "Adv-L∞", "adv-l2": "Adv-L2", "abs": "ABS", "eabs": "E-ABS"}
 _ATTACK_NAMES = {"pgd": "PGD", "deepfool": "DeepFool", "ddn": "DDN", "cw": "CW", "fgm": "FGM", "noise": "Noise",
-                 "boundary": "Boundary", "es-pgd": "ES-PGD", "autoattack": "AutoAttack", "transfer": "Transfer"}
+                 "boundary": "Boundary", "es-pgd": "ES-PGD", "autoattack": "AutoAttack", "transfer": "Transfer", "square": "Square"}
 _NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 _FORMATS = ("github", "plain")
 MISSING = "—"
@@ -299,7 +299,23 @@ def format_report(results_dir: str | os.PathLike, dataset: str, norm: str, *, fm
     if certified:
         parts.append(certified)
     parts.append(render_budget(results, fmt=fmt))
-    warn = [f"- {defense_label(d)}: {w}" for d, data in ordered(results).items() for w in data["manifest"].get("warnings", [])]
-    if warn:
-        parts.append("Gradient-masking sanity checks (warnings, see harness/sanity.py)\n\n" + "\n".join(warn))
+    parts.append(render_trust(results, fmt=fmt))
     return "\n".join(parts)
+
+
+def render_trust(results: dict[str, dict], *, fmt: str = "github") -> str:
+    """Per defense: the verdict (reliable / unreliable and why / unchecked), the gradient check and
+    the number of warnings, then every warning (:func:`harness.sanity.verdict`)."""
+    from harness.sanity import verdict
+
+    rows, warn = [], []
+    for d, data in ordered(results).items():
+        v = verdict(data)
+        check = stats.manifest(data).get("gradient_check")
+        rows.append([defense_label(d), v.label, check.get("verdict", "?") if check else "not run", str(len(v.warnings))])
+        warn += [f"- {defense_label(d)}: {w}" for w in v.warnings]
+    body = tabulate(rows, headers=["Defense", "Verdict", "Gradient check", "Warnings"], tablefmt=_check_fmt(fmt), disable_numparse=True)
+    out = "Trust checks (harness/sanity.py, harness/gradcheck.py): an unreliable row over-reports robustness\n\n" + body + "\n"
+    if warn:
+        out += "\nWarnings\n\n" + "\n".join(warn) + "\n"
+    return out

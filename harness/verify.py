@@ -13,7 +13,27 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import BenchUserError
+from harness.errors import InputError
+
+#: how far outside the input bounds a value may lie before it is an error (float rounding of attacks)
+BOUNDS_TOL = 1e-4
+
+
+def check_inputs(defense, x: torch.Tensor, *, bounds: tuple[float, float] = (0.0, 1.0), tol: float = BOUNDS_TOL) -> None:
+    """Raise :class:`InputError` unless ``x`` is a finite ``(B, C, H, W)`` batch of the defense's input
+    shape with values in ``bounds`` (up to ``tol``): the harness boundary every input to a defense crosses."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise InputError(f"inputs must be a floating-point tensor, got {type(x).__name__}{'' if not isinstance(x, torch.Tensor) else ' of ' + str(x.dtype)}")
+    shape = tuple(getattr(defense, "input_shape", ()) or ())
+    if x.dim() != 4 or (shape and tuple(x.shape[1:]) != shape):
+        want = f"(B, {', '.join(map(str, shape))})" if shape else "(B, C, H, W)"
+        raise InputError(f"inputs of shape {tuple(x.shape)} do not fit defense {getattr(defense, 'name', '?')!r}, which takes {want}")
+    if not torch.isfinite(x.detach()).all():
+        raise InputError("inputs contain NaN or infinite values")
+    lo, hi = bounds
+    xmin, xmax = (float(v) for v in torch.aminmax(x.detach())) if x.numel() else (lo, hi)
+    if xmin < lo - tol or xmax > hi + tol:
+        raise InputError(f"inputs range over [{xmin:.4g}, {xmax:.4g}], outside the bounds [{lo:g}, {hi:g}]; scale images to [{lo:g}, {hi:g}] (e.g. divide 8-bit pixels by 255)")
 
 
 def mean_scores(defense, x: torch.Tensor, *, generator: torch.Generator | None, draws: int = 1) -> torch.Tensor:
@@ -30,8 +50,7 @@ def score(defense, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generat
     For a randomized defense the scores of ``draws`` independent draws are averaged before the
     argmax (the same estimator the EOT attack gradient uses). Abstaining counts as incorrect.
     """
-    if not torch.isfinite(x).all():
-        raise BenchUserError("inputs contain NaN or infinite values")
+    check_inputs(defense, x)
     s = mean_scores(defense, x, generator=generator, draws=draws)
     if s.dim() != 2 or s.shape[0] != x.shape[0]:
         raise RuntimeError(f"defense {defense.name!r} returned scores of shape {tuple(s.shape)}, expected ({x.shape[0]}, K)")
@@ -48,6 +67,7 @@ class Verified:
     abstained: torch.Tensor  # bool (B,): the kept adversarial was an abstention
     norm: torch.Tensor  # float (B,): norm of the kept adversarial inside the ball; nan if none
     min_norm: torch.Tensor  # float (B,): smallest verified adversarial at any distance (minimization attacks); nan if none
+    kept: torch.Tensor | None = None  # long (B,): restart whose candidate is the kept adversarial; -1 if none
 
 
 @torch.no_grad()
@@ -57,12 +77,14 @@ def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, clean_corre
     ``unbounded=True`` (minimization attacks) additionally re-scores each candidate *without*
     projection to record the smallest adversarial distance found at any size.
     """
+    check_inputs(defense, x, bounds=threat.bounds)
     b = x.shape[0]
     nan = torch.full((b,), float("nan"), device=x.device)
     best = nan.clone()
     best_abst = torch.zeros(b, dtype=torch.bool, device=x.device)
     best_min = nan.clone()
-    for cand in candidates:
+    kept = torch.full((b,), -1, dtype=torch.long, device=x.device)
+    for r, cand in enumerate(candidates):
         if cand.shape != x.shape:
             raise RuntimeError(f"attack returned candidates of shape {tuple(cand.shape)} for inputs {tuple(x.shape)}")
         cand = torch.nan_to_num(cand.to(x.dtype), nan=0.0)
@@ -74,6 +96,7 @@ def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, clean_corre
         d = threat.distance(proj, x)
         better = adv & (torch.isnan(best) | (d < best))
         best = torch.where(better, d, best)
+        kept = torch.where(better, torch.full_like(kept, r), kept)
         best_abst = torch.where(better, abst, best_abst)
         if unbounded:
             lo, hi = threat.bounds
@@ -90,4 +113,4 @@ def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, clean_corre
     best = torch.where(clean_correct, best, zero)
     best_min = torch.where(clean_correct, best_min, zero) if unbounded else nan
     correct = clean_correct & torch.isnan(best)
-    return Verified(correct=correct, abstained=best_abst & ~correct, norm=best, min_norm=best_min)
+    return Verified(correct=correct, abstained=best_abst & ~correct, norm=best, min_norm=best_min, kept=torch.where(correct, torch.full_like(kept, -1), kept))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -124,6 +125,47 @@ def list_suites() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("threat_models").joinpath("suites").iterdir() if p.name.endswith(".toml"))
 
 
+def is_suite_file(name: str) -> bool:
+    """True when ``--suite`` names a TOML file of the user's rather than a shipped suite."""
+    return name.endswith(".toml") or "/" in name or os.sep in name
+
+
+def suite_text(name: str) -> str:
+    """The TOML text of a shipped suite (``quick``) or of a suite file (``my-suite.toml``)."""
+    if is_suite_file(name):
+        try:
+            with open(name, encoding="utf-8") as fh:
+                return fh.read()
+        except OSError as exc:
+            raise BenchUserError(f"suite file {name}: cannot read it ({exc.strerror or exc})") from None
+    if name not in list_suites():
+        raise BenchUserError(f"unknown suite {name!r}; known: {', '.join(list_suites())} (or the path of a suite .toml file)")
+    return resources.files("threat_models").joinpath(f"suites/{name}.toml").read_text(encoding="utf-8")
+
+
+def suite_tables(name: str) -> tuple[dict, list[dict]]:
+    """``(raw TOML, attack tables)`` of a suite, with the default masking checks appended.
+
+    Unless the suite says ``masking_checks = false``, every attack of ``masking.toml`` (Square and
+    a transfer attack: attacks that do not use the defense's declared gradient) that the suite does
+    not list by name is appended, so that a gradient-masked defense cannot pass any suite unnoticed.
+    """
+    try:
+        raw = tomllib.loads(suite_text(name))
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchUserError(f"suite {name!r} is not valid TOML ({exc})") from None
+    tables = list(raw.get("attack", []))
+    if not isinstance(tables, list) or not all(isinstance(a, dict) and isinstance(a.get("name"), str) for a in tables):
+        raise BenchUserError(f"suite {name!r}: every [[attack]] needs a name")
+    checks = raw.get("masking_checks", True)
+    if not isinstance(checks, bool):
+        raise BenchUserError(f"suite {name!r}: masking_checks must be true or false, got {checks!r}")
+    if checks:
+        listed = {a["name"] for a in tables}
+        tables += [dict(a, appended=True) for a in _read_toml("masking.toml").get("attack", []) if a["name"] not in listed]
+    return raw, tables
+
+
 @dataclass(frozen=True)
 class Suite:
     """A named list of attack specs for one norm and dataset (eps comes from the threat model)."""
@@ -148,14 +190,12 @@ def load_suite(name: str, *, norm: str, dataset: str, randomized: bool = False) 
         [attack.dataset.svhn]    # optional per-dataset overrides
         restarts = 20
     """
-    if name not in list_suites():
-        raise BenchUserError(f"unknown suite {name!r}; known: {', '.join(list_suites())}")
     if norm not in NORMS:
         raise BenchUserError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
-    raw = _read_toml(f"suites/{name}.toml")
+    raw, tables = suite_tables(name)
     eot = int(raw.get("eot_randomized", 1)) if randomized else 1
     specs = []
-    for a in raw.get("attack", []):
+    for a in tables:
         if norm not in a.get("norms", NORMS):
             continue
         over = a.get("dataset", {}).get(dataset, {})

@@ -24,7 +24,7 @@ RNG state is untouched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import foolbox as fb
@@ -34,8 +34,13 @@ from harness.attacks import autoattack as _autoattack
 from harness.attacks import boundary as _boundary
 from harness.attacks import deepfool as _deepfool
 from harness.attacks import estimation as _estimation
+from harness.attacks import square as _square
 from harness.attacks import transfer as _transfer
 from harness.errors import BenchUserError
+
+
+#: what an attack relies on (the trust checks of :mod:`harness.sanity` compare these groups)
+USES = ("gradient", "gradient-free", "transfer")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,33 @@ class AttackInfo:
     run: Callable[..., torch.Tensor] | None = None
     #: whole budget string of an AttackSpec (overrides ``budget`` + ", EOT n")
     spec_budget: Callable[[Any], str] | None = None
+    #: "gradient" (uses the defense's declared gradient), "gradient-free" (scores or decisions only)
+    #: or "transfer" (gradients of another model); attacks made of components say per component
+    #: which one found an adversarial (``AttackReport.found_by``, e.g. AutoAttack's Square)
+    uses: str = "gradient"
+    #: component name -> what it uses, for attacks that report ``found_by``
+    components: dict[str, str] = field(default_factory=dict)
+
+    def uses_of(self, component: str | None) -> str:
+        """What the component that found an adversarial relies on (the attack's own ``uses`` if unknown)."""
+        return self.components.get(component, self.uses) if component else self.uses
+
+
+@dataclass
+class AttackReport:
+    """What an adapter reports besides its candidates; the runner records it in the result file.
+
+    ``notes``: messages for the manifest (the attacked library's warnings, the transfer source used).
+    ``found_by``: per restart, per input, the component that found the candidate (None: not found
+    or not known), for attacks made of components (AutoAttack).
+    """
+
+    notes: list[str] = field(default_factory=list)
+    found_by: list[list[str | None] | None] = field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
 
 
 def _pgd(norm: str, p: dict):
@@ -102,26 +134,33 @@ ATTACKS: dict[str, AttackInfo] = {
         ),
         AttackInfo("ddn", ("l2",), "minimization", "foolbox", "Decoupled direction and norm (Rony et al. 2019)", _ddn, _steps_budget),
         AttackInfo("cw", ("l2",), "minimization", "foolbox", "Carlini-Wagner L2 (2017) with binary search over the constant", _cw, lambda p, r: f"{p.get('binary_search_steps', 5)} binary searches x {p.get('steps', 100)} steps x {r} restarts"),
-        AttackInfo("noise", ("linf", "l2"), "bounded", "foolbox", "Repeated additive noise at the eps-ball boundary (Gaussian for L2, uniform for L∞: foolbox has no L∞ Gaussian)", _noise, lambda p, r: f"{p.get('repeats', 100)} draws x {r} restarts"),
+        AttackInfo("noise", ("linf", "l2"), "bounded", "foolbox", "Repeated additive noise at the eps-ball boundary (Gaussian for L2, uniform for L∞: foolbox has no L∞ Gaussian)", _noise, lambda p, r: f"{p.get('repeats', 100)} draws x {r} restarts", uses="gradient-free"),
         AttackInfo(
             "boundary", ("l2",), "minimization", "foolbox",
             "Boundary attack (Brendel et al. 2018), decision-based, L2; started from a random batch image the defense assigns another class (thesis 2.3)",
-            _boundary.make, _boundary.budget, run=_boundary.run,
+            _boundary.make, _boundary.budget, run=_boundary.run, uses="gradient-free",
         ),
         AttackInfo(
             "es-pgd", ("linf", "l2"), "bounded", "foolbox",
             "PGD with evolution-strategies gradient estimation (foolbox es_gradient_estimator), per-sample margin loss (thesis 2.3)",
-            _estimation.make_config, _estimation.budget, run=_estimation.run,
+            _estimation.make_config, _estimation.budget, run=_estimation.run, uses="gradient-free",
+        ),
+        AttackInfo(
+            "square", ("linf", "l2"), "bounded", "pyautoattack",
+            "Square Attack (Andriushchenko et al. 2020), score-based random search on every clean-correct sample: a check against masked gradients",
+            _square.make_config, _square.budget, run=_square.run, uses="gradient-free",
         ),
         AttackInfo(
             "transfer", ("linf", "l2"), "bounded", "foolbox",
-            "PGD on a source model (default: the wrapped base of a wrapper defense), verified on the defense: a gradient-masking check",
+            "PGD on a source model (the wrapped base, the data set's reference CNN or a surrogate distilled from the defense), verified on the defense: a gradient-masking check",
             _transfer.make_config, _transfer.budget, run=_transfer.run, spec_budget=lambda spec: _transfer.budget(spec.kwargs, spec.restarts),
+            uses="transfer",
         ),
         AttackInfo(
             "autoattack", ("linf", "l2"), "bounded", "pyautoattack",
             "AutoAttack (Croce & Hein 2020): standard for deterministic defenses, rand (own EOT) for randomized ones (thesis ch. 4)",
             _autoattack.make_config, lambda p, r: f"AutoAttack x {r} restarts", run=_autoattack.run, spec_budget=_autoattack.budget_for,
+            components=dict(_autoattack.COMPONENT_USES),
         ),
     )
 }
@@ -142,8 +181,11 @@ def budget_string(spec) -> str:
     return f"{info.budget(spec.kwargs, spec.restarts)}, EOT {spec.eot}"
 
 
-def run_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat, spec, *, seed: int) -> list[torch.Tensor]:
-    """Run ``spec`` against ``model`` on one batch; one candidate batch per restart (unverified)."""
+def run_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat, spec, *, seed: int, report: AttackReport | None = None) -> list[torch.Tensor]:
+    """Run ``spec`` against ``model`` on one batch; one candidate batch per restart (unverified).
+
+    ``report``, when given, collects what the adapter reports besides candidates (:class:`AttackReport`).
+    """
     info = get_attack(spec.name)
     if threat.norm not in info.norms:
         raise BenchUserError(f"attack {spec.name!r} does not support norm {threat.norm} (supports {', '.join(info.norms)})")
@@ -154,11 +196,16 @@ def run_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat,
     out = []
     for r in range(spec.restarts):
         restart_seed = seed * 1_000_003 + r
+        sub = AttackReport()
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(restart_seed)
             if info.run is None:
                 raw, _clipped, _success = attack(fmodel, x, y, epsilons=eps)
             else:
-                raw = info.run(attack, model=model, fmodel=fmodel, x=x, y=y, threat=threat, params=spec.kwargs, seed=restart_seed)
+                raw = info.run(attack, model=model, fmodel=fmodel, x=x, y=y, threat=threat, params=spec.kwargs, seed=restart_seed, report=sub)
         out.append(raw.detach())
+        if report is not None:
+            for n in sub.notes:
+                report.note(n)
+            report.found_by.append(sub.found_by[0] if sub.found_by else None)
     return out

@@ -14,8 +14,17 @@ Parameters (suite ``params``, all optional): ``version`` (force ``standard``/``r
 whole batch). Smaller ``n_iter`` keeps APGD's step-size checkpoints proportional (0.22 / 0.06 /
 0.03 of the iterations, Croce & Hein 2020 section 3.2).
 
-AutoAttack's messages go to the ``auto-attack`` logger; anything its sub-attacks print is captured
-and logged at DEBUG level. It seeds torch's global RNG itself, which :func:`harness.attacks.run_attack`
+Components: the adapter runs AutoAttack's components in AutoAttack's order (``attacks_to_run`` of
+the version), each through pyautoattack's own ``run_standard_evaluation`` on the inputs the earlier
+components left robust -- what ``run_standard_evaluation`` does for the whole list -- so it knows per
+input which component found the adversarial (``AttackReport.found_by``: ``apgd-ce``, ``apgd-t``,
+``fab-t``, ``square``, ...). The trust checks count Square's finds as gradient-free
+(:data:`COMPONENT_USES`): in AutoAttack ``standard`` Square only runs where the gradient components
+failed, so a defense whose gradients are masked shows up as "Square did the work".
+
+AutoAttack's warnings (``auto-attack`` logger: zero gradients, randomness, output range) are captured
+into the report and land in the result manifest; anything its sub-attacks print is captured and
+logged at DEBUG level. It seeds torch's global RNG itself, which :func:`harness.attacks.run_attack`
 confines with ``fork_rng``. Candidates are AutoAttack's adversarials where it found one and the
 clean inputs elsewhere; the harness verifies them like every other attack's.
 """
@@ -38,6 +47,21 @@ VERSIONS = ("standard", "rand", "plus")
 DEFAULT_N_ITER = 100
 DEFAULT_N_QUERIES = 5000
 DEFAULT_EOT_ITER = 20
+#: what each AutoAttack component relies on (harness.sanity groups attacks by it)
+COMPONENT_USES = {"apgd-ce": "gradient", "apgd-dlr": "gradient", "apgd-t": "gradient", "fab": "gradient", "fab-t": "gradient", "square": "gradient-free"}
+
+
+class _Capture(logging.Handler):
+    """Collects AutoAttack's warning messages (one line each, deduplicated)."""
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = " ".join(record.getMessage().split())
+        if msg not in self.messages:
+            self.messages.append(msg)
 
 
 @dataclass(frozen=True)
@@ -122,8 +146,12 @@ def build(cfg: AAConfig, model: torch.nn.Module, *, norm: str, eps: float, versi
     return aa
 
 
-def run(cfg: AAConfig, *, model, fmodel, x, y, threat, params, seed) -> torch.Tensor:
-    """One restart of AutoAttack on the batch; returns its adversarials (clean inputs where it found none)."""
+def run(cfg: AAConfig, *, model, fmodel, x, y, threat, params, seed, report=None) -> torch.Tensor:
+    """One restart of AutoAttack on the batch; returns its adversarials (clean inputs where it found none).
+
+    Components run one after another on the inputs still robust (AutoAttack's own order and rule);
+    ``report.found_by`` gets the component that found each adversarial, ``report.notes`` AutoAttack's warnings.
+    """
     if tuple(threat.bounds) != (0.0, 1.0):
         raise BenchUserError(f"autoattack assumes inputs in [0, 1], the threat model has bounds {threat.bounds}; use another attack")
     version = resolve_version(cfg, model)
@@ -131,12 +159,43 @@ def run(cfg: AAConfig, *, model, fmodel, x, y, threat, params, seed) -> torch.Te
     with torch.no_grad():
         num_classes = int(target(x[:1]).shape[1])
     aa = build(cfg, target, norm=threat.norm, eps=threat.eps, version=version, num_classes=num_classes, device=x.device, seed=int(seed % (2**31)))
+    components = list(aa.attacks_to_run)
+    out = x.clone()
+    found_by: list[str | None] = [None] * len(x)
+    robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    capture = _Capture()
+    aa_log = logging.getLogger("auto-attack")
+    aa_log.addHandler(capture)
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        x_adv, _y_adv = aa.run_standard_evaluation(x, y, batch_size=cfg.batch_size or len(x))
+    found = {}
+    try:
+        for comp in components:
+            idx = robust.nonzero().flatten()
+            if idx.numel() == 0:
+                break
+            aa.attacks_to_run = [comp]
+            with contextlib.redirect_stdout(printed):
+                adv, _y_adv = aa.run_standard_evaluation(x[idx], y[idx], batch_size=cfg.batch_size or len(idx))
+            changed = (adv != x[idx]).flatten(1).any(1)  # AutoAttack returns the clean input where it failed
+            hit = idx[changed]
+            out[hit] = adv[changed].to(out.dtype)
+            robust[hit] = False
+            for i in hit.tolist():
+                found_by[i] = comp
+            found[comp] = int(changed.sum())
+    finally:
+        aa_log.removeHandler(capture)
+        aa.attacks_to_run = components
     if printed.getvalue().strip():
         log.debug("autoattack output:\n%s", printed.getvalue().rstrip())
-    return x_adv.detach()
+    if report is not None:
+        for m in capture.messages:
+            report.note(f"AutoAttack: {m}")
+        free = sum(n for c, n in found.items() if COMPONENT_USES.get(c) == "gradient-free")
+        if free:
+            report.note(f"AutoAttack: its gradient-free Square component found adversarials the gradient components missed ({free} in one batch)")
+        report.found_by.append(found_by)
+    return out.detach()
 
 
 def budget_for(spec) -> str:

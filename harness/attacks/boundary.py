@@ -64,7 +64,7 @@ def starting_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return starts, found
 
 
-def run(attack, *, model, fmodel, x, y, threat, params, seed) -> torch.Tensor:
+def run(attack, *, model, fmodel, x, y, threat, params, seed, report=None) -> torch.Tensor:
     """One restart: starting points from the batch, then foolbox's BoundaryAttack on the inputs that have one."""
     gen = torch.Generator(device=x.device if x.device.type == "cuda" else "cpu").manual_seed(seed)
     out = x.clone()

@@ -95,6 +95,6 @@ def deepfool(attack, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *
     return xs
 
 
-def run(attack, *, model, fmodel, x, y, threat, params, seed) -> torch.Tensor:
+def run(attack, *, model, fmodel, x, y, threat, params, seed, report=None) -> torch.Tensor:
     """Adapter hook (see :mod:`harness.attacks`): one DeepFool run per restart."""
     return deepfool(attack, model, x, y, bounds=threat.bounds)

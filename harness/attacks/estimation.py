@@ -110,7 +110,7 @@ def build(cfg: ESConfig, bounds: tuple[float, float]):
     return cls(steps=cfg.steps, rel_stepsize=cfg.rel_stepsize, random_start=cfg.random_start)
 
 
-def run(cfg: ESConfig, *, model, fmodel, x, y, threat, params, seed) -> torch.Tensor:
+def run(cfg: ESConfig, *, model, fmodel, x, y, threat, params, seed, report=None) -> torch.Tensor:
     """One restart of ``es-pgd`` (inside the caller's seeded ``fork_rng``: foolbox draws the probes)."""
     attack = build(cfg, tuple(threat.bounds))
     raw, _clipped, _success = attack(fmodel, x, y, epsilons=threat.eps)

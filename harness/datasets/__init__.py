@@ -112,6 +112,7 @@ class Split:
     checksum: str  # sha256 over the source files used (see the module docstring)
     source: str  # directory loaded from, or "embedded"
     class_names: tuple[str, ...] = ()
+    checksum_verified: bool = True  # False when the publishers' checksums were not checked (BENCH_SKIP_CHECKSUM=1)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -553,4 +554,28 @@ def load(
         x, y = x[idx], y[idx]
     xt = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(255.0)
     yt = torch.from_numpy(np.array(y, dtype=np.int64, copy=True))
-    return Split(name, split, xt, yt, info.num_classes, checksum, source, tuple(class_names))
+    return Split(name, split, xt, yt, info.num_classes, checksum, source, tuple(class_names), checksum_verified=verify)
+
+
+def provenance(split: Split) -> dict:
+    """Where a split came from, for result manifests and model cards: source directory (or the
+    embedded copy), its files with sizes and content sha256, the combined checksum and whether the
+    publishers' checksums were verified (``BENCH_SKIP_CHECKSUM=1`` turns that off)."""
+    from . import _checksums
+
+    part = "test" if split.split == "test" else "train"
+    d = EMBEDDED_DIR if split.source == "embedded" else Path(split.source)
+    files = []
+    for rel in _PART_FILES.get(split.name, {}).get(part, ()):
+        path = d / rel
+        if path.is_file():
+            files.append({"name": rel, "size_bytes": path.stat().st_size, "sha256": _checksums.content_digest(path)})
+    return {
+        "dataset": split.name,
+        "split": split.split,
+        "size": len(split),
+        "source": split.source if split.source == "embedded" else str(Path(split.source).resolve()),
+        "files": files,
+        "checksum": split.checksum,
+        "checksum_verified": bool(split.checksum_verified),
+    }

@@ -73,3 +73,45 @@ def test_prints_do_not_reach_stdout(capsys, caplog):
     with caplog.at_level(logging.DEBUG):
         run_attack(d, x, y, ThreatModel(norm="linf", eps=0.1), AttackSpec("autoattack", params=CHEAP), seed=0)
     assert capsys.readouterr().out == ""
+
+
+def test_components_and_warnings_are_reported_for_a_masked_defense():
+    """Zero gradients blind APGD and FAB; Square does the work, and the report says so."""
+    from harness.attacks import AttackReport
+    from tests.attacks.test_transfer import MaskedWrapper
+
+    d = MaskedWrapper().eval()
+    x, y = batch(d.base.net, n=16)
+    x = (x * 8).round() / 8
+    with torch.no_grad():
+        y = d.predict(x).argmax(1)
+    report = AttackReport()
+    threat = ThreatModel(norm="linf", eps=0.25)
+    cands = run_attack(EOTModel(d), x, y, threat, AttackSpec("autoattack", params=(("n_iter", 5), ("n_queries", 300))), seed=0, report=report)
+    (found,) = report.found_by
+    v = verify(d, x, y, cands, threat, clean_correct=torch.ones(len(x), dtype=torch.bool), generator=None)
+    assert (~v.correct).sum() >= 4
+    assert {found[i] for i in range(len(x)) if not v.correct[i]} == {"square"}
+    assert all(f is None for i, f in enumerate(found) if v.correct[i])
+    assert any("zero gradient" in n for n in report.notes), report.notes
+    assert any("Square component found adversarials" in n for n in report.notes)
+    assert ATTACKS["autoattack"].uses_of("square") == "gradient-free" and ATTACKS["autoattack"].uses_of("apgd-ce") == "gradient"
+
+
+def test_square_alone_breaks_a_masked_defense():
+    from tests.attacks.test_transfer import MaskedWrapper
+
+    d = MaskedWrapper().eval()
+    x, y = batch(d.base.net, n=16)
+    x = (x * 8).round() / 8
+    with torch.no_grad():
+        y = d.predict(x).argmax(1)
+    threat = ThreatModel(norm="linf", eps=0.25)
+    spec = AttackSpec("square", params=(("n_queries", 300),))
+    cands = run_attack(EOTModel(d), x, y, threat, spec, seed=0)
+    v = verify(d, x, y, cands, threat, clean_correct=torch.ones(len(x), dtype=torch.bool), generator=None)
+    assert (~v.correct).sum() >= 8
+    torch.testing.assert_close(run_attack(EOTModel(d), x, y, threat, spec, seed=0)[0], cands[0])  # seeded
+    assert budget_string(spec).startswith("300 queries") and ATTACKS["square"].uses == "gradient-free"
+    with pytest.raises(BenchUserError, match="n_queries"):
+        run_attack(EOTModel(d), x, y, threat, AttackSpec("square", params=(("n_queries", 0),)), seed=0)

@@ -1,0 +1,94 @@
+"""The gradient-consistency check (harness/gradcheck.py) on tiny linear defenses."""
+
+import torch
+
+from defenses.base import bpda_identity, straight_through
+from harness.gradcheck import check_gradients, describe
+from tests.attacks.helpers import LinearDefense, batch
+
+
+class _Quantized(LinearDefense):
+    name = "t-gc-quantized"
+
+    def predict(self, x, *, generator=None):
+        return super().predict(torch.round(x * 8) / 8)
+
+
+class _QuantizedBPDA(LinearDefense):
+    name = "t-gc-bpda"
+
+    def predict(self, x, *, generator=None):
+        return super().predict(bpda_identity(lambda t: torch.round(t * 8) / 8, x))
+
+
+class _Shattered(LinearDefense):
+    name = "t-gc-shattered"
+
+    def predict(self, x, *, generator=None):
+        return super().predict(x + 0.02 * torch.sin(1000 * x))
+
+
+class _Exploding(LinearDefense):
+    """Adds a term worth zero whose gradient is a million times the real one (undeclared)."""
+
+    name = "t-gc-exploding"
+
+    def predict(self, x, *, generator=None):
+        s = super().predict(x)
+        return s + 1e6 * (s - s.detach())
+
+
+class _DeclaredSurrogate(_Exploding):
+    name = "t-gc-declared"
+
+    def predict(self, x, *, generator=None):
+        s = LinearDefense.predict(self, x)
+        return straight_through(s, 1e6 * s)
+
+
+class _Noisy(LinearDefense):
+    """Draws from the generator it is given: a randomized defense checked with common random numbers."""
+
+    name = "t-gc-noisy"
+    randomized = True
+
+    def predict(self, x, *, generator=None):
+        return super().predict((x + 0.1 * torch.randn(x.shape, generator=generator)).clamp(0, 1))
+
+
+def _check(defense, norm="linf", eps=0.1):
+    d = defense().eval()
+    x, y = batch(LinearDefense().net, n=8)
+    return check_gradients(d, x, y, norm=norm, eps=eps)
+
+
+def test_honest_gradient_is_consistent_in_both_norms():
+    for norm, eps in (("linf", 0.1), ("l2", 1.0)):
+        c = _check(LinearDefense, norm, eps)
+        assert c.verdict == "consistent" and c.declared == {} and not c.problems, c
+        assert all(s.agree for s in c.scales[:3])
+        assert "matches finite differences" in describe(c.to_dict())
+
+
+def test_zero_gradient_where_the_decision_changes_fails():
+    c = _check(_Quantized)
+    assert c.verdict == "inconsistent" and c.zero_gradient == 8
+    assert any("zero where the decision changes" in p for p in c.problems)
+    assert describe(c.to_dict()).startswith("gradient check FAILED")
+
+
+def test_shattered_and_exploding_gradients_fail():
+    assert _check(_Shattered).verdict == "inconsistent"
+    c = _check(_Exploding)
+    assert c.verdict == "inconsistent" and any("exploding" in p for p in c.problems), c.problems
+
+
+def test_declared_surrogates_are_reported_as_such():
+    for cls, helper in ((_QuantizedBPDA, "bpda_identity"), (_DeclaredSurrogate, "straight_through")):
+        c = _check(cls)
+        assert c.verdict == "surrogate" and helper in c.declared and not c.failed
+
+
+def test_randomized_defense_is_checked_with_common_random_numbers():
+    c = _check(_Noisy)
+    assert c.verdict == "consistent", c
