@@ -251,7 +251,7 @@ def _cmd_list(a) -> int:
         from harness.attacks import ATTACKS
 
         for name, info in ATTACKS.items():
-            print(f"{name:<11} {','.join(info.norms):<8} {info.kind:<12} {info.library:<13} {info.description}")
+            print(f"{name:<11} {','.join(info.norms):<8} {info.kind:<12} {info.uses:<13} {info.library:<13} {info.description}")
     elif a.what == "datasets":
         from harness import datasets
 

@@ -332,7 +332,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         keys = list(dict.fromkeys(j.attack for j in gjobs))
         shards = sorted({j.shard for j in gjobs})
         first = parts[(keys[0], shards[0])]["manifest"]
-        manifest = {k: v for k, v in first.items() if k not in ("clean_wall_time_s", "attacks", "model_warnings")}
+        manifest = {k: v for k, v in first.items() if k not in ("clean_wall_time_s", "attacks", "model_warnings", "gradient_check")}
         manifest["attacks"] = {}
         shas = {p["manifest"].get("checkpoint_sha256") for p in parts.values()}
         if len(shas) > 1:
@@ -368,6 +368,8 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         manifest["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         from harness.sanity import outcome_checks
 
+        if "gradient_check" in first:
+            manifest["gradient_check"] = first["gradient_check"]
         manifest["warnings"] = list(first.get("model_warnings", [])) + outcome_checks({"manifest": manifest, "records": records})
         path = result_path(results_dir, dataset, norm, variant)
         atomic_write_json(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})

@@ -76,7 +76,7 @@ def test_prints_do_not_reach_stdout(capsys, caplog):
 
 
 def test_components_and_warnings_are_reported_for_a_masked_defense():
-    """Zero gradients blind APGD and FAB; Square does the work, and the report says so."""
+    """Zero gradients blind APGD and FAB (beyond their random starts); Square finds more, and the report says which found what."""
     from harness.attacks import AttackReport
     from tests.attacks.test_transfer import MaskedWrapper
 
@@ -91,7 +91,8 @@ def test_components_and_warnings_are_reported_for_a_masked_defense():
     (found,) = report.found_by
     v = verify(d, x, y, cands, threat, clean_correct=torch.ones(len(x), dtype=torch.bool), generator=None)
     assert (~v.correct).sum() >= 4
-    assert {found[i] for i in range(len(x)) if not v.correct[i]} == {"square"}
+    by = [found[i] for i in range(len(x)) if not v.correct[i]]
+    assert set(by) <= {"apgd-ce", "apgd-t", "fab-t", "square"} and "square" in by, by
     assert all(f is None for i, f in enumerate(found) if v.correct[i])
     assert any("zero gradient" in n for n in report.notes), report.notes
     assert any("Square component found adversarials" in n for n in report.notes)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from defenses.base import Defense, bpda_identity
-from harness.sanity import model_checks, outcome_checks
+from harness.sanity import group_accuracies, model_checks, outcome_checks, verdict
 from tests.stats.make_results import bools, fake_result
 
 
@@ -66,10 +66,37 @@ def test_hidden_randomness_is_flagged():
 
 def test_gradient_free_beating_gradient_attacks_is_flagged():
     n = 100
-    masked = fake_result("d", "fmnist", "linf", bools(90, n), {"pgd": bools(80, n), "noise": bools(40, n)})
-    fine = fake_result("d", "fmnist", "linf", bools(90, n), {"pgd": bools(10, n), "noise": bools(85, n)})
-    assert any("gradients may be masked" in m for m in outcome_checks(masked))
+    masked = fake_result("d", "fmnist", "linf", bools(90, n), {"pgd": bools(80, n), "square": bools(40, n)})
+    fine = fake_result("d", "fmnist", "linf", bools(90, n), {"pgd": bools(10, n), "square": bools(85, n)})
+    assert any("(40.0%) beat the gradient attacks (80.0%" in m for m in outcome_checks(masked))
     assert outcome_checks(fine) == []
+    assert not verdict(masked).reliable and verdict(masked).reasons == ("Square/gradient-free beat gradient attacks",)
+    assert verdict(fine).reliable and verdict(fine).checked
+    # within the Wilson interval of the gradient attacks' accuracy: not flagged
+    close = fake_result("d", "fmnist", "linf", bools(90, n), {"pgd": bools(30, n), "square": bools(24, n)})
+    assert verdict(close).reliable
+
+
+def test_only_gradient_attacks_and_noise_is_unchecked():
+    n = 100
+    data = fake_result("d", "fmnist", "linf", bools(90, n), {"pgd": bools(10, n), "noise": bools(85, n)})
+    v = verdict(data)
+    assert v.reliable and not v.checked and "unchecked" in v.label
+    assert any("no gradient-free or transfer attack ran" in m for m in outcome_checks(data))
+
+
+def test_autoattack_square_finds_count_as_gradient_free():
+    n = 100
+    data = fake_result("d", "fmnist", "linf", bools(90, n), {"pgd": bools(88, n), "autoattack": bools(45, n)})
+    data["manifest"]["attacks"]["autoattack"]["budget"] = "AutoAttack standard: APGD-CE + APGD-T + FAB-T 20 iterations + Square 500 queries"
+    for r in data["records"]:
+        if r["clean_correct"] and not r["attacks"]["autoattack"]["correct"]:
+            r["attacks"]["autoattack"]["by"] = "square"
+    assert group_accuracies(data)["gradient"][0] == 88 and group_accuracies(data)["gradient-free"][0] == 45
+    assert verdict(data).reasons == ("Square/gradient-free beat gradient attacks",)
+    for r in data["records"]:  # the same outcomes found by APGD: nothing wrong with the gradient
+        r["attacks"]["autoattack"].pop("by", None)
+    assert verdict(data).reliable
 
 
 def test_accuracy_rising_with_eps_is_flagged():
@@ -106,5 +133,19 @@ def test_transfer_beating_white_box_gradient_attacks_is_flagged():
     n = 100
     masked = fake_result("d", "fmnist", "linf", bools(90, n), {"autoattack": bools(27, n), "transfer": bools(10, n)})
     fine = fake_result("d", "fmnist", "linf", bools(90, n), {"autoattack": bools(27, n), "transfer": bools(25, n)})
-    assert any("transfer from a source model (10.0%)" in m and "autoattack (27.0%)" in m for m in outcome_checks(masked))
+    assert any("transfer attacks from a source model (10.0%) beat the gradient attacks (27.0%" in m for m in outcome_checks(masked))
     assert outcome_checks(fine) == []
+    assert verdict(masked).reasons == ("transfer beat gradient attacks",)
+
+
+def test_failed_gradient_check_or_undeclared_randomness_is_unreliable():
+    n = 100
+    data = fake_result("d", "fmnist", "linf", bools(90, n), {"pgd": bools(10, n), "transfer": bools(12, n)})
+    assert verdict(data).reliable
+    data["manifest"]["gradient_check"] = {"verdict": "surrogate", "declared": {"bpda_identity": 1}}
+    assert verdict(data).reliable
+    data["manifest"]["gradient_check"] = {"verdict": "inconsistent", "declared": {}}
+    assert verdict(data).reasons == ("gradient check failed",)
+    data["manifest"]["gradient_check"] = {"verdict": "consistent"}
+    data["manifest"]["warnings"] = model_checks(_SecretlyRandom().eval(), *_data(), draws=1)
+    assert verdict(data).reasons == ("undeclared randomness",)
