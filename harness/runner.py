@@ -33,10 +33,10 @@ from harness import datasets
 from harness.attacks import AttackReport, budget_string, get_attack, run_attack
 from harness.eot import EOTModel
 from harness.errors import BenchUserError
+from harness.gradcheck import check_gradients, describe
 from harness.models import load_defense, variant_key
 from harness.provenance import code_commit, command_line, device_name, package_versions, resolve_device
 from harness.results import SCHEMA_VERSION, atomic_write_json, load_result, result_path
-from harness.gradcheck import check_gradients, describe
 from harness.sanity import model_checks, outcome_checks
 from harness.verify import score, verify
 from threat_models import NORMS, AttackSpec, ThreatModel, default_threat, load_suite, suite_tables
