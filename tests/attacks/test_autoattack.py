@@ -75,9 +75,8 @@ def test_prints_do_not_reach_stdout(capsys, caplog):
     assert capsys.readouterr().out == ""
 
 
-def test_components_and_warnings_are_reported_for_a_masked_defense():
-    """Zero gradients blind APGD and FAB (beyond their random starts); Square finds more, and the report says which found what."""
-    from harness.attacks import AttackReport
+def _masked():
+    """A zero-gradient (quantised) linear defense and 16 inputs on its quantisation grid, labelled by it."""
     from tests.attacks.test_transfer import MaskedWrapper
 
     d = MaskedWrapper().eval()
@@ -85,6 +84,14 @@ def test_components_and_warnings_are_reported_for_a_masked_defense():
     x = (x * 8).round() / 8
     with torch.no_grad():
         y = d.predict(x).argmax(1)
+    return d, x, y
+
+
+def test_components_and_warnings_are_reported_for_a_masked_defense():
+    """Zero gradients blind APGD and FAB (beyond their random starts); Square finds more, and the report says which found what."""
+    from harness.attacks import AttackReport
+
+    d, x, y = _masked()
     report = AttackReport()
     threat = ThreatModel(norm="linf", eps=0.25)
     cands = run_attack(EOTModel(d), x, y, threat, AttackSpec("autoattack", params=(("n_iter", 5), ("n_queries", 300))), seed=0, report=report)
@@ -100,13 +107,7 @@ def test_components_and_warnings_are_reported_for_a_masked_defense():
 
 
 def test_square_alone_breaks_a_masked_defense():
-    from tests.attacks.test_transfer import MaskedWrapper
-
-    d = MaskedWrapper().eval()
-    x, y = batch(d.base.net, n=16)
-    x = (x * 8).round() / 8
-    with torch.no_grad():
-        y = d.predict(x).argmax(1)
+    d, x, y = _masked()
     threat = ThreatModel(norm="linf", eps=0.25)
     spec = AttackSpec("square", params=(("n_queries", 300),))
     cands = run_attack(EOTModel(d), x, y, threat, spec, seed=0)
