@@ -327,6 +327,36 @@ class GenerativeClassifier(Defense):
             reg = beta * 0.5 * (lv.exp() + mu * mu - 1 - lv).sum(-1)
         return cost, reg, z
 
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor | None, *, opt, dopt, generator: torch.Generator, beta: float, gamma: float, sigma: float) -> torch.Tensor:
+        """One step of Algorithm 1 (E-ABS) / of per-class VAE training (ABS) on one batch; returns the
+        (detached) generator loss.
+
+        Noisy input ``x + N(0, sigma^2)`` (clamped), encoder, reparameterised latent, the K decoders and
+        the loss ``l_y + beta R(z) + gamma CE(-c, y)`` (eq. 2.3-2.5; ABS: the per-class VAE losses of
+        eq. 2.1 summed over classes), one Adam step of encoder + decoders; with A (``aae``) one Adam
+        step of the latent discriminator on prior samples (real) vs encoded latents (fake). ``xb`` is
+        ``(B, C, H, W)`` with labels ``yb`` (D) or class-balanced ``(n, K, C, H, W)`` (no D).
+        All random draws come from ``generator`` (dropout: torch's global RNG), in a fixed order.
+        """
+        device = xb.device
+        x_in = (xb + sigma * torch.randn(xb.shape, generator=generator).to(device)).clamp(0, 1) if sigma > 0 else xb
+        cost, reg, z = self._recon_losses(xb, x_in, generator, beta)
+        if self.discriminative:
+            own = cost.gather(1, yb[:, None]).squeeze(1)
+            loss = (own + reg.squeeze(-1) + gamma * F.cross_entropy(-cost, yb, reduction="none")).mean()
+        else:
+            loss = (cost + reg).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if self.aae:  # discriminator step: prior samples are real, encoded latents fake
+            prior = torch.randn(z.shape, generator=generator).to(device)
+            d_loss = beta * (F.softplus(-self.discriminator(prior)) + F.softplus(self.discriminator(z.detach()))).mean()
+            dopt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            dopt.step()
+        return loss.detach()
+
     def fit(self, train, val, *, config, device, generator, progress=True) -> dict:
         """Algorithm 1 (E-ABS) / per-class VAE training (ABS), interleaved discriminator updates."""
         epochs, bs = int(config["epochs"]), int(config["batch_size"])
@@ -361,22 +391,7 @@ class GenerativeClassifier(Defense):
                 else:  # class-balanced batch: slot k holds images of class k for encoder/decoder k
                     idx = torch.stack([p[s * per_class : (s + 1) * per_class] for p in perms], 1)  # (n, K)
                     xb, yb = x_all[idx].to(device), None  # (n, K, C, H, W)
-                x_in = (xb + sigma * torch.randn(xb.shape, generator=generator).to(device)).clamp(0, 1) if sigma > 0 else xb
-                cost, reg, z = self._recon_losses(xb, x_in, generator, beta)
-                if self.discriminative:
-                    own = cost.gather(1, yb[:, None]).squeeze(1)
-                    loss = (own + reg.squeeze(-1) + gamma * F.cross_entropy(-cost, yb, reduction="none")).mean()
-                else:
-                    loss = (cost + reg).sum(1).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if self.aae:  # discriminator step: prior samples are real, encoded latents fake
-                    prior = torch.randn(z.shape, generator=generator).to(device)
-                    d_loss = beta * (F.softplus(-self.discriminator(prior)) + F.softplus(self.discriminator(z.detach()))).mean()
-                    dopt.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    dopt.step()
+                loss = self.train_step(xb, yb, opt=opt, dopt=dopt, generator=generator, beta=beta, gamma=gamma, sigma=sigma)
                 tot += loss.item()
                 bar.update(1)
             sched.step()
