@@ -83,15 +83,15 @@ def forward_flops(model) -> dict:
     return {"encoder": enc, "decoder": dec, "discriminator": disc}
 
 
-def step_flops(model, batch: int) -> float:
-    """Forward + input gradient + weight gradient ~ 3x forward, for the generator pass (encoder, K
-    decoders, discriminator on the latents) and the discriminator step (prior + encoded latents)."""
+def step_flops(model, images: int) -> float:
+    """Forward + input gradient + weight gradient ~ 3x forward, for the generator pass and the
+    discriminator step (prior + encoded latents). With D (shared encoder) every image is decoded by
+    all K decoders; without D (ABS) an image of class k only meets encoder / decoder k."""
     f = forward_flops(model)
-    k = model.num_classes
-    enc_copies = 1 if model.discriminative else k
-    gen = enc_copies * f["encoder"] + k * f["decoder"] + (f["discriminator"] if model.aae else 0)
+    decoders = model.num_classes if model.discriminative else 1
+    gen = f["encoder"] + decoders * f["decoder"] + (f["discriminator"] if model.aae else 0)
     disc = 2 * f["discriminator"] if model.aae else 0
-    return 3 * batch * (gen + disc)
+    return 3 * images * (gen + disc)
 
 
 # -- today's implementation (before issue 13), kept verbatim as the reference ------------------
@@ -222,7 +222,6 @@ def main() -> None:
     base = build_defense(a.defense, "fmnist").to(device)
     config = base.default_train_config("fmnist")
     xb, yb, which = batch_of(base, a.batch, device)
-    b = len(xb) * (1 if base.discriminative else 1)
     images = xb.shape[0] * (1 if base.discriminative else base.num_classes)
     flops = step_flops(base, images)
     from defenses.generative import GenerativeClassifier
@@ -266,7 +265,7 @@ def main() -> None:
     sync(device)
     t_alt = time.perf_counter() - t0
 
-    steps = -(-FMNIST_TRAIN // a.batch)
+    steps = -(-FMNIST_TRAIN // a.batch) if base.discriminative else FMNIST_TRAIN // base.num_classes // (a.batch // base.num_classes)
     med = {k: statistics.median(v) for k, v in times.items()}
     gfs = flops / med["new"] / 1e9
     print(f"device {device_name(device)}, {torch.get_num_threads()} threads; {a.defense} fmnist (Table 2.1 layout), batch {a.batch} ({which}); load average {os.getloadavg()[0]:.2f}")

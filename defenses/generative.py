@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from defenses.base import Defense, straight_through
 from defenses.networks import layout_for
 from defenses.networks.grouped import GroupedDecoder, GroupedDiscriminator, GroupedEncoder, fold_batchnorm
-from defenses.training import NOISE_SIGMA
+from defenses.training import NOISE_SIGMA, EpochEnd, TrainProgress, report_progress, restore_progress
 from harness.errors import BenchUserError
 
 PRECISIONS = ("fp32", "bf16")
@@ -357,8 +357,12 @@ class GenerativeClassifier(Defense):
             dopt.step()
         return loss.detach()
 
-    def fit(self, train, val, *, config, device, generator, progress=True) -> dict:
-        """Algorithm 1 (E-ABS) / per-class VAE training (ABS), interleaved discriminator updates."""
+    def fit(self, train, val, *, config, device, generator, progress=True, resume: TrainProgress | None = None, on_epoch_end: EpochEnd | None = None) -> dict:
+        """Algorithm 1 (E-ABS) / per-class VAE training (ABS), interleaved discriminator updates.
+
+        ``resume`` continues after ``resume.epoch`` of ``config["epochs"]`` epochs with the optimisers
+        and schedule as they were; ``on_epoch_end`` receives the progress after every epoch
+        (:mod:`defenses.training`, used by ``bench train`` for its per-epoch checkpoints)."""
         epochs, bs = int(config["epochs"]), int(config["batch_size"])
         beta, gamma, sigma = float(config["beta"]), float(config["gamma"]), float(config["noise_sigma"])
         k = self.num_classes
@@ -367,16 +371,17 @@ class GenerativeClassifier(Defense):
         opt = torch.optim.Adam(gen_params, lr=float(config["lr"]))
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(config.get("lr_halve_every", 200)), gamma=0.5)
         dopt = torch.optim.Adam(self.discriminator.parameters(), lr=float(config["lr"])) if self.aae else None
+        optimizers = {"model": opt, **({"discriminator": dopt} if self.aae else {})}
+        start, history = restore_progress(resume, optimizers, sched)
         x_all, y_all = train.x, train.y
         by_class = [torch.nonzero(y_all == c).flatten() for c in range(k)]
         per_class = max(1, bs // k)
         steps = math.ceil(len(x_all) / bs) if self.discriminative else min(len(ix) for ix in by_class) // per_class
         if steps < 1:
             raise ValueError("training set too small for one batch")
-        history = []
         t0 = time.perf_counter()
-        bar = tqdm(total=epochs * steps, desc=f"train {self.name}", unit="batch", disable=not progress, dynamic_ncols=True)
-        for epoch in range(epochs):
+        bar = tqdm(total=(epochs - start) * steps, desc=f"train {self.name}", unit="batch", disable=not progress, dynamic_ncols=True)
+        for epoch in range(start, epochs):
             super().train(True)
             self._cache = None
             if self.discriminative:
@@ -398,6 +403,7 @@ class GenerativeClassifier(Defense):
             val_acc = self.encoder_accuracy(val, device=device) if val is not None and len(val.x) else float("nan")
             history.append({"epoch": epoch + 1, "train_loss": tot / steps, "val_acc_encoder": val_acc})
             bar.set_postfix(loss=f"{tot / steps:.2f}", val_acc_enc=f"{val_acc:.3f}")
+            report_progress(on_epoch_end, epoch + 1, history, optimizers, sched)
         bar.close()
         super().train(False)
         self._cache = None
