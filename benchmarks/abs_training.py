@@ -17,7 +17,11 @@ the latent discriminator's Adam step), Fashion-MNIST layout, batch 512, on the g
   draws: the loss and every gradient (encoder, decoders; discriminator after its step).
 
 Steps of the two paths are interleaved (reference, new, reference, new, ...) so that load from
-other processes hits both alike.
+other processes hits both alike. On a machine where other processes use the cores, run with
+``OMP_WAIT_POLICY=PASSIVE`` (or fewer ``--threads``): the copy-by-copy CPU path runs ~10x more
+(shorter) parallel regions than the packed one, and OpenMP's spinning barriers then wait for
+descheduled threads (measured, 2 threads, load average ~4.4: 9.5 s a step by default, 1.47 s with
+``OMP_WAIT_POLICY=PASSIVE``).
 
     python benchmarks/abs_training.py [--batch 512] [--repeats 3] [--threads N] [--device auto]
 """
@@ -268,7 +272,7 @@ def main() -> None:
     steps = -(-FMNIST_TRAIN // a.batch) if base.discriminative else FMNIST_TRAIN // base.num_classes // (a.batch // base.num_classes)
     med = {k: statistics.median(v) for k, v in times.items()}
     gfs = flops / med["new"] / 1e9
-    print(f"device {device_name(device)}, {torch.get_num_threads()} threads; {a.defense} fmnist (Table 2.1 layout), batch {a.batch} ({which}); load average {os.getloadavg()[0]:.2f}")
+    print(f"device {device_name(device)}, {torch.get_num_threads()} threads; {a.defense} fmnist (Table 2.1 layout), batch {a.batch} ({which}); load average {os.getloadavg()[0]:.2f}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     print(f"fp32 matmul peak (2048^3, same run)   : {peak:8.1f} GFLOP/s (before {peak0:.1f})")
     print(f"analytic step cost                    : {flops / 1e9:8.1f} GFLOP ({forward_flops(base)})")
     for k, v in times.items():
