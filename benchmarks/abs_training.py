@@ -211,6 +211,37 @@ def grad_diffs(a: nn.Module, b: nn.Module) -> tuple[float, float, str]:
     return glob, worst, name
 
 
+def fp64_report(base, config, xb, yb) -> None:
+    """One step of the new path, the reference path and a float64 copy, all without dropout (its
+    masks depend on the dtype), from the same weights and noise: distances of both fp32 paths to fp64."""
+    from defenses.generative import GenerativeClassifier
+
+    def nodrop(m):
+        for d in m.modules():
+            if isinstance(d, nn.Dropout):
+                d.p = 0.0
+        return m
+
+    runs = {"new": Runner(nodrop(copy.deepcopy(base)), GenerativeClassifier.train_step, config),
+            "reference": Runner(nodrop(as_reference(copy.deepcopy(base))), reference_step, config),
+            "fp64": Runner(nodrop(as_reference(copy.deepcopy(base))).double(), reference_step, config)}
+    losses = {k: r.step(xb, yb, 1).item() for k, r in runs.items() if k != "fp64"}
+    randn = torch.randn
+    try:  # the same float32 draws, promoted
+        torch.randn = lambda *args, **kw: randn(*args, **kw).double()
+        losses["fp64"] = runs["fp64"].step(xb.double(), yb, 1).item()
+    finally:
+        torch.randn = randn
+    for k in ("new", "reference"):
+        parts = []
+        for n in ("encoder", "decoder", "discriminator"):
+            if hasattr(runs[k].model, n):
+                g, w, wn = grad_diffs(getattr(runs["fp64"].model, n), getattr(runs[k].model, n))
+                parts.append(f"{n} {g:.1e} (worst tensor {w:.1e})")
+        print(f"fp64 check, {k:9s}: loss {abs(losses[k] - losses['fp64']):.2e}; grads vs fp64: {'; '.join(parts)}")
+    print(f"fp64 check, new vs reference (no dropout): loss {abs(losses['new'] - losses['reference']):.2e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--defense", default="eabs")
@@ -219,6 +250,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-reference", action="store_true", help="time only the new path (no speed-up / max-diff)")
+    ap.add_argument("--fp64-check", action="store_true", help="also compare both paths with a float64 step (dropout off in all three): is max-diff rounding?")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
@@ -242,6 +274,9 @@ def main() -> None:
         enc_dec = [(m, getattr(ref.model, n), getattr(new.model, n)) for n in ("encoder", "decoder", "discriminator") if hasattr(new.model, n) for m in [n]]
         diffs = {n: grad_diffs(ra, na) for n, ra, na in enc_dec}
         loss_ref = l_ref.item()
+
+    if a.fp64_check and ref is not None:
+        fp64_report(base, config, xb, yb)
 
     peak0 = matmul_gflops(device)
     times = {k: [] for k in paths}
