@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the harness (issue 13): one script, one call, on a machine with a CUDA build of torch.
 #
-#   bash benchmarks/gpu_check.sh [LOG]          # run from the repository root
+#   [PYTHON=python-with-cuda-torch] [WHEELS=dir] bash benchmarks/gpu_check.sh [LOG]   # from the repository root
 #
 # What it does, all output into one log (default: $OUT/gpu_check.log when $OUT is set, else
 # ./gpu_check.log), continuing after a failed step and printing a summary of every step's exit code:
@@ -72,8 +72,12 @@ install() {
 step install 300 install
 PYV="$VENV/bin/python"
 [ -x "$PYV" ] || PYV="$PY"
+# the repository root on the path too: everything below runs even if the editable install failed
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+XDIST=""
+"$PYV" -c "import xdist" 2>/dev/null && XDIST="-n 4"
 
-step tests 900 "$PYV" -m pytest -q -x -n 4 tests
+step tests 900 "$PYV" -m pytest -q $XDIST tests
 step abs-inference-fp32 300 "$PYV" benchmarks/abs_inference.py --device cuda --repeats 2
 step abs-inference-bf16 300 "$PYV" benchmarks/abs_inference.py --device cuda --repeats 2 --precision bf16
 step abs-training 300 "$PYV" benchmarks/abs_training.py --device cuda --repeats 5

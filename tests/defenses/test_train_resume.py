@@ -126,3 +126,28 @@ def test_resume_without_training_state_starts_a_fresh_optimiser(bench_env):
     assert any("fresh optimiser" in m for m in msgs)
     card = read_card(path)
     assert card["epochs"] == 2 and [h["epoch"] for h in card["history"]] == [1, 2]
+
+
+def test_stop_between_state_file_and_checkpoint_pair_resumes_from_the_state(bench_env, monkeypatch):
+    """Stopped after epoch 2's training state was written but before its weights / card: the card
+    still says epoch 1, the (newer, complete) state file wins and the run continues exactly."""
+    import harness.models as models
+
+    whole = train_defense("eabs", "fmnist", device=CPU, epochs=3, seed=7, out_dir=bench_env / "whole", config_overrides=TINY, **QUIET)
+    real_save, calls = models.save_checkpoint, []
+
+    def dying_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(models, "save_checkpoint", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_defense("eabs", "fmnist", device=CPU, epochs=3, seed=7, out_dir=bench_env / "ckpt", config_overrides=TINY, **QUIET)
+    monkeypatch.setattr(models, "save_checkpoint", real_save)
+    assert read_card(bench_env / "ckpt" / "eabs-fmnist.safetensors")["epochs"] == 1
+    msgs = []
+    resumed = train_defense("eabs", "fmnist", device=CPU, out_dir=bench_env / "ckpt", resume=True, config_overrides=TINY, progress=False, announce=msgs.append)
+    assert any("after epoch 2" in m for m in msgs)
+    _assert_bit_identical(_weights(whole), _weights(resumed))
