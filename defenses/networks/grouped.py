@@ -38,6 +38,8 @@ def per_group_default(device: torch.device, groups: int) -> bool:
 def _group_layer(m: nn.Module, x: torch.Tensor, g: int, groups: int) -> torch.Tensor:
     """Apply copy ``g`` of the packed layer ``m`` to ``x`` (that copy's channels only), using views
     of ``m``'s parameters and running statistics (BatchNorm updates its slice in place)."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.groups != groups:
+        raise ValueError(f"{type(m).__name__} has groups={m.groups}, expected the packed module's {groups}")
     if isinstance(m, nn.Conv2d):  # weight (out, in/G, kh, kw): copy g owns rows [g*out/G, (g+1)*out/G)
         o = m.out_channels // groups
         w = m.weight.view(groups, o, *m.weight.shape[1:])[g]
