@@ -13,7 +13,7 @@ Prints, for the Fashion-MNIST E-ABS (default 50 inference steps, 10 classes, 800
 * attack overhead -- wall time of one EOT-5 attack-gradient evaluation (envelope gradient,
   eq. 2.9) divided by the time of 5 plain inferences on the same batch (goal <= 1.10).
 
-    python benchmarks/abs_inference.py [--batch 100] [--steps 50] [--device auto] [--untrained] [--precision fp32|bf16]
+    python benchmarks/abs_inference.py [--batch 100] [--steps 50] [--device auto] [--untrained] [--precision fp32|bf16] [--threads N]
 
 The last four lines start with ``efficiency:``, ``speed-up:``, ``max-diff:`` and ``attack-overhead:``.
 ``--precision bf16`` times the inference with the decoder in bf16 inside the optimisation steps
@@ -25,6 +25,7 @@ the fp32 per-class loop.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import replace
 
@@ -165,7 +166,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--untrained", action="store_true", help="random weights (timing is weight-independent)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="decoder arithmetic inside the optimisation steps")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
     if a.untrained:
         model = build_defense(a.defense, "fmnist").to(device).eval()
@@ -205,7 +209,7 @@ def main() -> None:
     t_att, g = timed(attack_grad, device, a.repeats)
     t_plain, _ = timed(five_plain, device, a.repeats)
 
-    print(f"device {device_name(device)}; {a.defense} fmnist ({src}); batch {a.batch}, {model.inference.steps} steps, "
+    print(f"device {device_name(device)}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}; {a.defense} fmnist ({src}); batch {a.batch}, {model.inference.steps} steps, "
           f"{model.num_classes} classes, {model.inference.candidates}+{int(model.variational)} candidates")
     print(f"fp32 matmul peak (2048^3, same run)   : {peak:8.1f} GFLOP/s")
     print(f"batched inference                     : {t_fast:8.3f} s  {flops / t_fast / 1e9:8.1f} GFLOP/s  efficiency {flops / t_fast / 1e9 / peak:6.1%}  (goal >= 40%)")

@@ -12,12 +12,87 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 NOISE_SIGMA = {"mnist": 0.2, "fmnist": 0.2, "svhn": 0.01, "supertraffic10": 0.01, "gtsrb": 0.01, "cifar10": 0.01}
+
+
+@dataclass
+class TrainProgress:
+    """Where a training stands after ``epoch`` finished epochs: what a resumable ``fit`` hands to its
+    ``on_epoch_end`` callback and takes back as ``resume`` to continue bit for bit.
+
+    The caller (:func:`harness.models.train_defense`) owns the random generators: it saves their
+    states with this and restores them before calling ``fit(resume=...)``.
+    """
+
+    epoch: int
+    history: list[dict] = field(default_factory=list)
+    #: optimiser state dicts by name (``"model"``; E-ABS also ``"discriminator"``)
+    optimizers: dict[str, dict] = field(default_factory=dict)
+    scheduler: dict | None = None
+
+
+EpochEnd = Callable[[TrainProgress], None]
+
+
+def restore_progress(resume: TrainProgress | None, optimizers: dict[str, torch.optim.Optimizer], scheduler) -> tuple[int, list[dict]]:
+    """Load ``resume``'s optimiser / scheduler states; returns (first epoch to run, history so far)."""
+    if resume is None:
+        return 0, []
+    if set(resume.optimizers) != set(optimizers):
+        raise ValueError(f"training state has optimisers {sorted(resume.optimizers)}, this training uses {sorted(optimizers)}")
+    for name, opt in optimizers.items():
+        opt.load_state_dict(resume.optimizers[name])
+    if scheduler is not None and resume.scheduler is not None:
+        scheduler.load_state_dict(resume.scheduler)
+    return int(resume.epoch), [dict(h) for h in resume.history]
+
+
+def report_progress(on_epoch_end: EpochEnd | None, epoch: int, history: list[dict], optimizers: dict[str, torch.optim.Optimizer], scheduler) -> None:
+    if on_epoch_end is not None:
+        on_epoch_end(TrainProgress(epoch, [dict(h) for h in history], {k: o.state_dict() for k, o in optimizers.items()}, None if scheduler is None else scheduler.state_dict()))
+
+
+def encode_state(state, tensors: dict[str, torch.Tensor], prefix: str):
+    """JSON-able copy of a state dict (optimiser, scheduler) with every tensor moved into
+    ``tensors`` under ``prefix/...`` (for safetensors) and replaced by ``{"__tensor__": name}``.
+    Dicts with non-string keys (optimiser states keyed by parameter index) and tuples keep their types."""
+    if isinstance(state, torch.Tensor):
+        name = f"{prefix}#{len(tensors)}"
+        tensors[name] = state
+        return {"__tensor__": name}
+    if isinstance(state, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in state):
+            return {k: encode_state(v, tensors, prefix) for k, v in state.items()}
+        return {"__items__": [[encode_state(k, tensors, prefix), encode_state(v, tensors, prefix)] for k, v in state.items()]}
+    if isinstance(state, tuple):
+        return {"__tuple__": [encode_state(v, tensors, prefix) for v in state]}
+    if isinstance(state, list):
+        return [encode_state(v, tensors, prefix) for v in state]
+    if state is None or isinstance(state, (bool, int, float, str)):
+        return state
+    raise TypeError(f"cannot store a {type(state).__name__} in a training state")
+
+
+def decode_state(obj, tensors: dict[str, torch.Tensor]):
+    """Inverse of :func:`encode_state`."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__items__" in obj:
+            return {decode_state(k, tensors): decode_state(v, tensors) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(decode_state(v, tensors) for v in obj["__tuple__"])
+        return {k: decode_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode_state(v, tensors) for v in obj]
+    return obj
 
 
 def supervised_recipe(dataset: str) -> dict:
@@ -99,6 +174,8 @@ def train_classifier(
     loss_fn=None,
     val_fn=None,
     desc: str = "train",
+    resume: TrainProgress | None = None,
+    on_epoch_end: EpochEnd | None = None,
 ) -> dict:
     """Minimise cross-entropy of ``model(x + noise)``; returns metrics incl. per-epoch val accuracy.
 
@@ -109,7 +186,9 @@ def train_classifier(
     adversarial training; it is called in train mode and must leave the model in train mode).
     ``val_fn(model) -> {name: value}`` adds metrics to every epoch's history entry, the progress
     bar and the returned metrics (called in eval mode). All randomness (shuffling, noise, crops)
-    comes from ``generator``.
+    comes from ``generator``. ``resume`` continues a training after ``resume.epoch`` of the
+    ``epochs`` epochs (optimiser and schedule as they were); ``on_epoch_end`` receives the
+    :class:`TrainProgress` after every epoch (``bench train`` writes the checkpoint there).
     """
     epochs = int(config["epochs"])
     if epochs < 1:
@@ -118,16 +197,16 @@ def train_classifier(
     sigma = float(config.get("noise_sigma", 0.0))
     augment = str(config.get("augment", "") or "")
     padding = int(config.get("crop_padding", 4))
+    model.to(device)
     opt = make_optimizer(model.parameters(), config)
     sched = make_scheduler(opt, config, epochs)
+    start, history = restore_progress(resume, {"model": opt}, sched)
     x_all, y_all = train.x, train.y
     n = len(x_all)
-    history = []
     t0 = time.perf_counter()
-    model.to(device)
     steps = math.ceil(n / bs)
-    bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, unit="batch", dynamic_ncols=True)
-    for epoch in range(epochs):
+    bar = tqdm(total=(epochs - start) * steps, desc=desc, disable=not progress, unit="batch", dynamic_ncols=True)
+    for epoch in range(start, epochs):
         model.train()
         perm = torch.randperm(n, generator=generator)
         total, seen = 0.0, 0
@@ -158,6 +237,7 @@ def train_classifier(
             entry.update({k: float(v) for k, v in val_fn(model).items()})
         history.append(entry)
         bar.set_postfix(loss=f"{total / seen:.3f}", **{k: f"{v:.3f}" for k, v in entry.items() if k.startswith("val_")})
+        report_progress(on_epoch_end, epoch + 1, history, {"model": opt}, sched)
     bar.close()
     model.eval()
     extra = {k: v for k, v in history[-1].items() if k not in ("epoch", "train_loss", "val_acc")}

@@ -4,6 +4,16 @@ A checkpoint for defense ``D`` on dataset ``S`` is the pair ``D-S.safetensors`` 
 the first of these directories that has it: ``$BENCH_CHECKPOINTS``, the user cache
 (``~/.cache/bench/checkpoints``), the shipped ``checkpoints/`` package. Weights are read with
 safetensors (no pickle, so a checkpoint cannot run code); the card's sha256 must match the file.
+
+**Training state** (``bench train`` writes it at the end of every epoch, ``bench train --resume``
+continues from it bit for bit): ``D-S.state.safetensors`` next to the weights, one self-contained
+file written atomically (temporary file + ``os.replace``) *before* the weights / card pair: the
+model's state dict (``model/...``), the optimiser moments, the random generators' states (tensors)
+and, in the safetensors header's metadata, one JSON document with the rest (optimiser
+hyperparameters, scheduler state, epoch, planned epochs, the card). A training stopped at any
+moment therefore leaves either the previous epoch's state file or the new one, never a torn one;
+the card names the state file it belongs to (``train_state``: file, sha256, epoch). Old cards
+without ``train_state`` load as before.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from pathlib import Path
 
 import torch
 from platformdirs import user_cache_dir
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from harness.errors import CheckpointError
@@ -80,6 +90,40 @@ def save_checkpoint(module: torch.nn.Module, path: str | os.PathLike, card: dict
     card = dict(card, weights=path.name, sha256=sha256_file(path))
     atomic_write_json(path.with_suffix(".json"), card)
     return card
+
+
+TRAIN_STATE_KEY = "bench-train-state"
+
+
+def train_state_path(path: str | os.PathLike) -> Path:
+    """``D-S.state.safetensors`` for the checkpoint ``D-S.safetensors``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.state.safetensors")
+
+
+def save_train_state(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """Write a training state atomically (one file: tensors + ``meta`` as JSON metadata); returns its sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # no shared storage
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={TRAIN_STATE_KEY: json.dumps(meta, allow_nan=True)})
+    with open(tmp, "rb") as fh:  # on disk before the rename makes it the state
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def load_train_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, meta)`` of a training state file (safetensors: no pickle)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = json.loads((fh.metadata() or {})[TRAIN_STATE_KEY])
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"training state {path} is not readable ({exc}); resume is impossible, train again without --resume") from None
+    return tensors, meta
 
 
 def read_card(path: str | os.PathLike) -> dict:

@@ -93,12 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a defense and write a checkpoint + model card")
     t.add_argument("--defense", required=True)
     t.add_argument("--dataset", default="fmnist")
-    t.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epoch count")
+    t.add_argument("--epochs", type=_positive_int, default=None, help="override the recipe's epoch count (with --resume: epochs to add)")
     t.add_argument("--out", default=None, help="checkpoint directory (default: ~/.cache/bench/checkpoints)")
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--device", default="auto")
-    t.add_argument("--resume", action="store_true", help="continue training the existing checkpoint for --epochs more epochs (fresh optimiser)")
+    t.add_argument("--resume", action="store_true", help="continue the existing checkpoint for --epochs more epochs; ABS/E-ABS continue exactly from the training state saved every epoch (optimisers, schedule, random state; without --epochs a stopped run finishes its planned epochs), other defenses with a fresh optimiser")
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all cores); on a shared machine give the free cores (and set OMP_WAIT_POLICY=PASSIVE)")
     t.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default) or resnet18 (32x32 RGB data); checkpoint <defense>-<arch>-<dataset>")
 
     tb = sub.add_parser("table", help="print the thesis-style table with Wilson intervals and McNemar p-values")
@@ -193,9 +194,13 @@ def _cmd_sweep(a) -> int:
 
 
 def _cmd_train(a) -> int:
+    import torch
+
     from harness.models import train_defense
     from harness.provenance import resolve_device
 
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
     train_defense(a.defense, a.dataset, device=resolve_device(a.device), epochs=a.epochs, out_dir=a.out, seed=a.seed, progress=not a.quiet, options={"arch": a.arch}, resume=a.resume)
     return 0
 

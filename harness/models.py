@@ -12,8 +12,20 @@ import torch
 from defenses.base import Defense
 from defenses.registry import get_defense
 from harness import datasets
-from harness.checkpoints import find_checkpoint, load_checkpoint, save_checkpoint, stem, user_dir
-from harness.errors import BenchUserError
+from defenses.training import TrainProgress, decode_state, encode_state
+from harness.checkpoints import (
+    find_checkpoint,
+    load_checkpoint,
+    load_train_state,
+    read_card,
+    save_checkpoint,
+    save_train_state,
+    sha256_file,
+    stem,
+    train_state_path,
+    user_dir,
+)
+from harness.errors import BenchUserError, CheckpointError
 from harness.provenance import code_commit, command_line, device_name, package_versions
 
 
@@ -92,8 +104,12 @@ def train_defense(
     ``config_overrides`` replace keys of the recipe (tests, experiments; recorded in the card's config).
     ``resume``: start from the existing checkpoint (found like ``bench run`` finds it) and train
     ``epochs`` *more* epochs; the card's ``epochs`` and ``history`` continue the old card's, and
-    ``resumed_from`` names the weights it started from. The optimiser state is not part of a
-    checkpoint, so the optimiser (Adam moments, learning-rate schedule) starts afresh.
+    ``resumed_from`` names the weights it started from. Defenses with a resumable ``fit`` (ABS,
+    E-ABS) write a checkpoint with their training state at the end of every epoch and resume bit
+    for bit: optimisers, schedule and random generators continue where they stopped, so 1 + 1
+    resumed epochs equal 2 epochs in one go; ``epochs=None`` then finishes the epochs the stopped
+    run had planned. Other defenses (and checkpoints without a training state) resume with a
+    fresh optimiser and schedule and new shuffles.
     """
     options = clean_options(options)
     devices = [device] if device.type == "cuda" else []
@@ -105,69 +121,168 @@ def train_defense(
                       seed=seed, progress=progress, announce=announce, options=options, config_overrides=config_overrides, resume=resume)
 
 
+def _resumable(model) -> bool:
+    """Whether ``model.fit`` takes ``resume`` / ``on_epoch_end`` (:class:`defenses.training.TrainProgress`)."""
+    params = inspect.signature(model.fit).parameters
+    return "resume" in params and "on_epoch_end" in params
+
+
+def _find_train_state(start: Path, name: str, dataset: str, announce) -> tuple[dict, dict] | None:
+    """The training state to resume from, next to checkpoint ``start``, or None.
+
+    Used when the card names it (same sha256), or when it is newer than the card: a training
+    stopped between writing the state file and the weights / card pair of the same epoch."""
+    state_path = train_state_path(start)
+    if not state_path.is_file():
+        return None
+    tensors, meta = load_train_state(state_path)
+    if meta.get("defense") != name or meta.get("dataset") != dataset:
+        announce(f"ignoring {state_path}: it belongs to {meta.get('defense')} on {meta.get('dataset')}")
+        return None
+    card = read_card(start)
+    ref = card.get("train_state") or {}
+    if ref.get("sha256") == sha256_file(state_path) or int(meta.get("epoch", 0)) > int(card.get("epochs") or 0):
+        return tensors, meta
+    announce(f"ignoring {state_path}: it is not the training state of {start.name} (older run)")
+    return None
+
+
 def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, announce, options, config_overrides, resume) -> Path:
-    """:func:`train_defense` inside its seeded RNG block."""
+    """:func:`train_defense` inside its seeded RNG block.
+
+    A defense whose ``fit`` is resumable (ABS / E-ABS) gets a checkpoint at the end of every epoch:
+    the training state file first (weights, optimisers, schedule, generator states; one atomic
+    write), then the weights / card pair (:mod:`harness.checkpoints`). ``resume`` continues from that
+    state bit for bit; without a state (old checkpoints, other defenses) it starts a fresh optimiser.
+    """
     if not model.trainable:
         raise BenchUserError(f"defense {name!r} has no weights to train")
+    exact = _resumable(model)
     previous: dict = {}
+    state: tuple[dict, dict] | None = None
+    done = 0
+    module = model.checkpoint_module()
     if resume:
         if hasattr(model, "init_checkpoint_name"):
             raise BenchUserError(f"--resume: {name} fine-tunes {model.init_checkpoint_name()} from scratch in every run; train it without --resume")
         start = find_checkpoint(model.checkpoint_name(), dataset)
         if start is None:
             raise BenchUserError(f"--resume: no checkpoint for {model.checkpoint_name()} on {dataset} to resume from; train without --resume")
-        previous = load_checkpoint(model.checkpoint_module(), start)
-        if previous.get("defense", name) != name:
-            raise BenchUserError(f"--resume: {start} was trained as {previous.get('defense')!r}, not {name!r}")
-        announce(f"resuming from {start} ({previous.get('epochs')} epochs)")
-        seed = seed + int(previous.get("epochs") or 0)  # new shuffles, still reproducible
-    config = dict(model.default_train_config(dataset), **(config_overrides or {}))
-    if epochs is not None:
-        if epochs < 1:
-            raise BenchUserError(f"--epochs must be >= 1, got {epochs}")
-        config = dict(config, epochs=int(epochs))
+        state = _find_train_state(start, name, dataset, announce) if exact else None
+        if state is not None:
+            tensors, meta = state
+            try:
+                module.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}, strict=True)
+            except RuntimeError as exc:
+                raise CheckpointError(f"training state {train_state_path(start)} does not fit the model ({str(exc).strip().splitlines()[0]})") from None
+            previous = dict(meta["card"], sha256=read_card(start).get("sha256"))
+            done = int(meta["epoch"])
+            announce(f"resuming from {train_state_path(start)} after epoch {done} (optimiser, schedule and random state restored)")
+        else:
+            previous = load_checkpoint(module, start)
+            if previous.get("defense", name) != name:
+                raise BenchUserError(f"--resume: {start} was trained as {previous.get('defense')!r}, not {name!r}")
+            done = int(previous.get("epochs") or 0)
+            announce(f"resuming from {start} ({previous.get('epochs')} epochs; no training state: fresh optimiser and schedule)")
+            seed = seed + done  # new shuffles, still reproducible
+    if epochs is not None and epochs < 1:
+        raise BenchUserError(f"--epochs must be >= 1, got {epochs}")
+    if state is not None:
+        meta = state[1]
+        config = dict(meta["config"], **(config_overrides or {}))
+        planned = int(meta.get("planned_epochs") or 0)
+        more = int(epochs) if epochs is not None else (planned - done if planned > done else int(model.default_train_config(dataset).get("epochs", 1)))
+        config["epochs"] = done + more  # fit counts epochs from the start of the training
+        seed = int(previous.get("seed", seed))
+    else:
+        config = dict(model.default_train_config(dataset), **(config_overrides or {}))
+        if epochs is not None:
+            config = dict(config, epochs=int(epochs))
     train = datasets.load(dataset, "train")
     val = datasets.load(dataset, "val")
     model.to(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the probe leaves the RNG as it was
         per_epoch = _probe_seconds_per_epoch(model, train, config, device) if "epochs" in config else float("nan")
     recipe = ", ".join(f"{k}={v}" for k, v in config.items())
-    announce(f"training {name} on {dataset} ({len(train.x)} train / {len(val.x)} val images) with {recipe}; estimated {per_epoch * config.get('epochs', 1) / 60:.1f} min on {device_name(device)}")
-    torch.manual_seed(seed)  # any global-RNG use inside fit (e.g. dropout) is seeded too
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    metrics = model.fit(train, val, config=config, device=device, generator=gen, progress=progress)
-    wall = time.perf_counter() - t0
+    remaining = config.get("epochs", 1) - (done if state is not None else 0)
+    announce(f"training {name} on {dataset} ({len(train.x)} train / {len(val.x)} val images) with {recipe}; estimated {per_epoch * remaining / 60:.1f} min on {device_name(device)}")
+    gen = torch.Generator()
+    if state is not None:  # continue every random stream where it stopped
+        tensors = state[0]
+        gen.set_state(tensors["rng/generator"])
+        torch.set_rng_state(tensors["rng/torch"])
+        if device.type == "cuda" and "rng/cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng/cuda"], device)
+    else:
+        torch.manual_seed(seed)  # any global-RNG use inside fit (e.g. dropout) is seeded too
+        gen.manual_seed(seed)
     out = Path(out_dir) if out_dir else user_dir()
     path = out / f"{stem(model.checkpoint_name(), dataset)}.safetensors"
-    card = {
-        "defense": name,
-        "dataset": dataset,
-        "options": options,
-        "defense_config": model.extra_info(),
-        "command": command_line(),
-        "config": config,
-        "epochs": metrics.get("epochs", config.get("epochs")),
-        "seed": seed,
-        "wall_time_s": round(wall, 1),
-        "val_acc": metrics.get("val_acc"),
-        "history": metrics.get("history", []),
-        "data_checksum": train.checksum,
-        "data_provenance": datasets.provenance(train),
-        "train_size": len(train.x),
-        "code_commit": code_commit(),
-        "device": device_name(device),
-        "versions": package_versions(),
-    }
-    # further metrics of the defense's fit (e.g. val_pgd_acc, the checkpoint fine-tuning started from)
-    card.update({k: v for k, v in metrics.items() if k not in card and k != "train_wall_time_s"})
-    if previous:
-        done = int(previous.get("epochs") or 0)
-        card["epochs"] = done + int(card["epochs"] or 0)
-        card["history"] = list(previous.get("history", [])) + [dict(h, epoch=done + h["epoch"]) if "epoch" in h else h for h in card["history"]]
-        card["wall_time_s"] = round(float(previous.get("wall_time_s") or 0) + wall, 1)
-        card["resumed_from"] = {"sha256": previous.get("sha256"), "epochs": done, "command": previous.get("command"), "resumed_from": previous.get("resumed_from")}
-    save_checkpoint(model.checkpoint_module(), path, card)
+    state_path = train_state_path(path)
+    t0 = time.perf_counter()
+
+    def make_card(metrics: dict, wall: float) -> dict:
+        card = {
+            "defense": name,
+            "dataset": dataset,
+            "options": options,
+            "defense_config": model.extra_info(),
+            "command": command_line(),
+            "config": config,
+            "epochs": metrics.get("epochs", config.get("epochs")),
+            "seed": seed,
+            "wall_time_s": round(wall, 1),
+            "val_acc": metrics.get("val_acc"),
+            "history": metrics.get("history", []),
+            "data_checksum": train.checksum,
+            "data_provenance": datasets.provenance(train),
+            "train_size": len(train.x),
+            "code_commit": code_commit(),
+            "device": device_name(device),
+            "versions": package_versions(),
+        }
+        # further metrics of the defense's fit (e.g. val_pgd_acc, the checkpoint fine-tuning started from)
+        card.update({k: v for k, v in metrics.items() if k not in card and k != "train_wall_time_s"})
+        if previous:
+            card["wall_time_s"] = round(float(previous.get("wall_time_s") or 0) + wall, 1)
+            card["resumed_from"] = {"sha256": previous.get("sha256"), "epochs": done, "command": previous.get("command"), "resumed_from": previous.get("resumed_from")}
+            if state is None:  # fit counted from 0: append its epochs to the old card's
+                card["epochs"] = done + int(card["epochs"] or 0)
+                card["history"] = list(previous.get("history", [])) + [dict(h, epoch=done + h["epoch"]) if "epoch" in h else h for h in card["history"]]
+        return card
+
+    written: dict = {}
+
+    def on_epoch_end(p: TrainProgress) -> None:
+        last = p.history[-1] if p.history else {}
+        card = make_card({"epochs": p.epoch, "val_acc": last.get("val_acc", last.get("val_acc_encoder")), "history": p.history}, time.perf_counter() - t0)
+        card["planned_epochs"] = int(config["epochs"])
+        tensors = {f"model/{k}": v for k, v in module.state_dict().items()}
+        optimizers = {k: encode_state(sd, tensors, f"optimizer/{k}") for k, sd in p.optimizers.items()}
+        scheduler = encode_state(p.scheduler, tensors, "scheduler")
+        tensors["rng/generator"] = gen.get_state()
+        tensors["rng/torch"] = torch.get_rng_state()
+        if device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
+        meta = {"format": 1, "defense": name, "dataset": dataset, "epoch": p.epoch, "planned_epochs": int(config["epochs"]),
+                "config": config, "optimizers": optimizers, "scheduler": scheduler, "card": card}
+        sha = save_train_state(state_path, tensors, meta)
+        written["train_state"] = {"file": state_path.name, "sha256": sha, "epoch": p.epoch}
+        save_checkpoint(module, path, dict(card, train_state=written["train_state"]))
+
+    if exact:
+        resume_from = None
+        if state is not None:
+            meta, tensors = state[1], state[0]
+            resume_from = TrainProgress(done, meta["card"].get("history", []), {k: decode_state(v, tensors) for k, v in meta["optimizers"].items()}, decode_state(meta["scheduler"], tensors))
+        metrics = model.fit(train, val, config=config, device=device, generator=gen, progress=progress, resume=resume_from, on_epoch_end=on_epoch_end)
+    else:
+        metrics = model.fit(train, val, config=config, device=device, generator=gen, progress=progress)
+    wall = time.perf_counter() - t0
+    card = make_card(metrics, wall)
+    if written:
+        card["train_state"] = written["train_state"]
+    save_checkpoint(module, path, card)
     announce(f"saved {path} (val accuracy {metrics.get('val_acc', float('nan')):.4f}, {wall / 60:.1f} min)")
     return path
 

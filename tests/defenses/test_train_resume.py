@@ -7,7 +7,7 @@ import torch
 
 from harness.checkpoints import read_card
 from harness.errors import BenchUserError
-from harness.models import train_defense
+from harness.models import build_defense, train_defense
 
 CPU = torch.device("cpu")
 QUIET = {"progress": False, "announce": lambda *_: None}
@@ -48,3 +48,106 @@ def test_same_seed_gives_bit_identical_weights(bench_env, tmp_path):
     torch.manual_seed(123)
     train_defense("cnn", "fmnist", device=CPU, epochs=1, seed=3, out_dir=tmp_path / "d", **QUIET)
     assert torch.equal(torch.rand(3), before)  # the caller's global RNG state is left alone
+
+
+# -- exact resume (ABS / E-ABS: training state written at the end of every epoch) ----------------
+TINY = {"batch_size": 100}
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def _assert_bit_identical(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, differ
+
+
+def test_eabs_two_epochs_equal_one_plus_one_resumed(bench_env):
+    from harness.checkpoints import load_train_state, train_state_path
+
+    whole = train_defense("eabs", "fmnist", device=CPU, epochs=2, seed=3, out_dir=bench_env / "whole", config_overrides=TINY, **QUIET)
+    first = train_defense("eabs", "fmnist", device=CPU, epochs=1, seed=3, out_dir=bench_env / "ckpt", config_overrides=TINY, **QUIET)
+    card1 = read_card(first)
+    assert card1["train_state"]["epoch"] == 1 and train_state_path(first).is_file()
+    resumed = train_defense("eabs", "fmnist", device=CPU, epochs=1, seed=99, out_dir=bench_env / "ckpt", resume=True, config_overrides=TINY, **QUIET)
+    _assert_bit_identical(_weights(whole), _weights(resumed))
+    # optimisers (both Adams), schedule and generators continue identically too
+    sw, mw = load_train_state(train_state_path(whole))
+    sr, mr = load_train_state(train_state_path(resumed))
+    _assert_bit_identical(sw, sr)
+    assert mw["optimizers"] == mr["optimizers"] and mw["scheduler"] == mr["scheduler"]
+    cw, cr = read_card(whole), read_card(resumed)
+    assert cr["epochs"] == cw["epochs"] == 2 and cr["history"] == cw["history"]
+    assert cr["resumed_from"]["sha256"] == card1["sha256"] and cr["resumed_from"]["epochs"] == 1
+    assert cr["seed"] == 3  # the run's own seed; the resumed run's --seed does not matter
+
+
+def test_training_killed_mid_epoch_resumes_from_last_finished_epoch(bench_env, monkeypatch):
+    import math
+
+    from defenses.generative import GenerativeClassifier
+    from harness import datasets
+    from harness.checkpoints import load_checkpoint
+
+    whole = train_defense("eabs", "fmnist", device=CPU, epochs=3, seed=5, out_dir=bench_env / "whole", config_overrides=TINY, **QUIET)
+    steps = math.ceil(len(datasets.load("fmnist", "train").x) / TINY["batch_size"])
+    real_step, calls = GenerativeClassifier.train_step, []
+
+    def dying_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 + steps + 2:  # 2 probe batches, epoch 1, then 2 batches into epoch 2
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerativeClassifier, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_defense("eabs", "fmnist", device=CPU, epochs=3, seed=5, out_dir=bench_env / "ckpt", config_overrides=TINY, **QUIET)
+    monkeypatch.setattr(GenerativeClassifier, "train_step", real_step)
+    path = bench_env / "ckpt" / "eabs-fmnist.safetensors"
+    card = read_card(path)
+    assert card["epochs"] == 1 and card["planned_epochs"] == 3 and card["train_state"]["epoch"] == 1
+    load_checkpoint(build_defense("eabs", "fmnist"), path)  # the last finished epoch is a usable checkpoint
+    resumed = train_defense("eabs", "fmnist", device=CPU, epochs=None, out_dir=bench_env / "ckpt", resume=True, config_overrides=TINY, **QUIET)
+    _assert_bit_identical(_weights(whole), _weights(resumed))  # epochs=None finishes the planned 3
+    assert read_card(resumed)["epochs"] == 3
+
+
+def test_resume_without_training_state_starts_a_fresh_optimiser(bench_env):
+    from harness.checkpoints import train_state_path
+
+    first = train_defense("abs", "fmnist", device=CPU, epochs=1, config_overrides=TINY, out_dir=bench_env / "ckpt", **QUIET)
+    train_state_path(first).unlink()  # like a checkpoint written before training states existed
+    msgs = []
+    path = train_defense("abs", "fmnist", device=CPU, epochs=1, resume=True, config_overrides=TINY, out_dir=bench_env / "ckpt", progress=False, announce=msgs.append)
+    assert any("fresh optimiser" in m for m in msgs)
+    card = read_card(path)
+    assert card["epochs"] == 2 and [h["epoch"] for h in card["history"]] == [1, 2]
+
+
+def test_stop_between_state_file_and_checkpoint_pair_resumes_from_the_state(bench_env, monkeypatch):
+    """Stopped after epoch 2's training state was written but before its weights / card: the card
+    still says epoch 1, the (newer, complete) state file wins and the run continues exactly."""
+    import harness.models as models
+
+    whole = train_defense("eabs", "fmnist", device=CPU, epochs=3, seed=7, out_dir=bench_env / "whole", config_overrides=TINY, **QUIET)
+    real_save, calls = models.save_checkpoint, []
+
+    def dying_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(models, "save_checkpoint", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_defense("eabs", "fmnist", device=CPU, epochs=3, seed=7, out_dir=bench_env / "ckpt", config_overrides=TINY, **QUIET)
+    monkeypatch.setattr(models, "save_checkpoint", real_save)
+    assert read_card(bench_env / "ckpt" / "eabs-fmnist.safetensors")["epochs"] == 1
+    msgs = []
+    resumed = train_defense("eabs", "fmnist", device=CPU, out_dir=bench_env / "ckpt", resume=True, config_overrides=TINY, progress=False, announce=msgs.append)
+    assert any("after epoch 2" in m for m in msgs)
+    _assert_bit_identical(_weights(whole), _weights(resumed))
