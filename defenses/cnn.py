@@ -90,8 +90,11 @@ class CNN(Defense):
     def extra_info(self) -> dict:
         return {"arch": self.arch}
 
-    def fit(self, train, val, *, config, device, generator, progress=True) -> dict:
-        return train_classifier(self.net, train, val, config=config, device=device, generator=generator, progress=progress, desc=f"train {self.checkpoint_name()}")
+    def fit(self, train, val, *, config, device, generator, progress=True, resume=None, on_epoch_end=None) -> dict:
+        """Thesis section 2.3 recipe; ``resume`` / ``on_epoch_end`` make ``bench train --resume`` exact
+        (:func:`defenses.training.train_classifier`)."""
+        return train_classifier(self.net, train, val, config=config, device=device, generator=generator, progress=progress,
+                                desc=f"train {self.checkpoint_name()}", resume=resume, on_epoch_end=on_epoch_end)
 
 
 @register

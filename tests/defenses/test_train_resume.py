@@ -151,3 +151,12 @@ def test_stop_between_state_file_and_checkpoint_pair_resumes_from_the_state(benc
     resumed = train_defense("eabs", "fmnist", device=CPU, out_dir=bench_env / "ckpt", resume=True, config_overrides=TINY, progress=False, announce=msgs.append)
     assert any("after epoch 2" in m for m in msgs)
     _assert_bit_identical(_weights(whole), _weights(resumed))
+
+
+def test_cnn_two_epochs_equal_one_plus_one_resumed(bench_env):
+    """The CNN family resumes exactly too (optimiser, schedule, shuffles and noise draws)."""
+    whole = train_defense("cnn", "fmnist", device=CPU, epochs=2, seed=5, out_dir=bench_env / "whole", **QUIET)
+    train_defense("cnn", "fmnist", device=CPU, epochs=1, seed=5, out_dir=bench_env / "ckpt", **QUIET)
+    resumed = train_defense("cnn", "fmnist", device=CPU, epochs=1, seed=5, out_dir=bench_env / "ckpt", resume=True, **QUIET)
+    _assert_bit_identical(_weights(whole), _weights(resumed))
+    assert read_card(resumed)["history"] == read_card(whole)["history"]
