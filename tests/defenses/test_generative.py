@@ -172,3 +172,21 @@ def test_inference_step_size_defaults_and_option():
     for bad in (0, -0.1, float("nan"), "fast"):
         with pytest.raises(BenchUserError, match="lr"):
             build_defense("eabs", "fmnist", lr=bad)
+
+
+def test_score_at_mean_evaluates_the_final_loss_at_the_variational_mean():
+    from harness.errors import BenchUserError
+
+    torch.manual_seed(0)
+    m = build_defense("eabs", "fmnist", steps=3, candidates=20, score_at="mean").eval()
+    x = torch.rand(2, 1, 28, 28)
+    out = m.infer(x, draws=2, generator=torch.Generator().manual_seed(1))
+    # the optimisation still samples, the final loss does not: z* is a mean, not mu + sigma * eps
+    sampled = build_defense("eabs", "fmnist", steps=3, candidates=20).eval()
+    sampled.load_state_dict(m.state_dict())
+    a = sampled.infer(x, draws=1, generator=torch.Generator().manual_seed(1))["loss"]
+    b = m.infer(x, draws=1, generator=torch.Generator().manual_seed(1))["loss"]
+    assert not torch.equal(a, b) and out["loss"].shape == (2, 2, 10)
+    assert m.extra_info()["inference"]["score_at"] == "mean"
+    with pytest.raises(BenchUserError, match="score_at"):
+        build_defense("eabs", "fmnist", score_at="median")
