@@ -221,6 +221,18 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
     state_path = train_state_path(path)
     t0 = time.perf_counter()
 
+    # epochs the weights had before this training's own epoch count began: a resume without a training
+    # state (fresh optimiser) starts counting at 0 on top of the old card's epochs; an exact resume
+    # inherits the offset its state recorded (older states: the card's epochs minus the state's)
+    if state is None:
+        offset, history_before, fit_history = (done, list(previous.get("history", [])), []) if previous else (0, [], [])
+    else:
+        meta = state[1]
+        offset = int(meta.get("epoch_offset", int(meta["card"].get("epochs") or done) - done))
+        card_history = list(meta["card"].get("history", []))
+        history_before = meta.get("history_before", card_history[:offset])
+        fit_history = meta.get("fit_history", [dict(h, epoch=h["epoch"] - offset) if "epoch" in h else h for h in card_history[offset:]])
+
     def make_card(metrics: dict, wall: float) -> dict:
         card = {
             "defense": name,
@@ -246,9 +258,9 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
         if previous:
             card["wall_time_s"] = round(float(previous.get("wall_time_s") or 0) + wall, 1)
             card["resumed_from"] = {"sha256": previous.get("sha256"), "epochs": done, "command": previous.get("command"), "resumed_from": previous.get("resumed_from")}
-            if state is None:  # fit counted from 0: append its epochs to the old card's
-                card["epochs"] = done + int(card["epochs"] or 0)
-                card["history"] = list(previous.get("history", [])) + [dict(h, epoch=done + h["epoch"]) if "epoch" in h else h for h in card["history"]]
+        # fit counts its own epochs from 0; the weights may have had ``offset`` epochs before it began
+        card["epochs"] = offset + int(card["epochs"] or 0)
+        card["history"] = list(history_before) + [dict(h, epoch=offset + h["epoch"]) if "epoch" in h else h for h in card["history"]]
         return card
 
     written: dict = {}
@@ -265,7 +277,8 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
         if device.type == "cuda":
             tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
         meta = {"format": 1, "defense": name, "dataset": dataset, "epoch": p.epoch, "planned_epochs": int(config["epochs"]),
-                "config": config, "optimizers": optimizers, "scheduler": scheduler, "card": card}
+                "config": config, "optimizers": optimizers, "scheduler": scheduler, "card": card,
+                "epoch_offset": offset, "history_before": history_before, "fit_history": p.history}
         sha = save_train_state(state_path, tensors, meta)
         written["train_state"] = {"file": state_path.name, "sha256": sha, "epoch": p.epoch}
         save_checkpoint(module, path, dict(card, train_state=written["train_state"]))
@@ -274,7 +287,7 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
         resume_from = None
         if state is not None:
             meta, tensors = state[1], state[0]
-            resume_from = TrainProgress(done, meta["card"].get("history", []), {k: decode_state(v, tensors) for k, v in meta["optimizers"].items()}, decode_state(meta["scheduler"], tensors))
+            resume_from = TrainProgress(done, fit_history, {k: decode_state(v, tensors) for k, v in meta["optimizers"].items()}, decode_state(meta["scheduler"], tensors))
         metrics = model.fit(train, val, config=config, device=device, generator=gen, progress=progress, resume=resume_from, on_epoch_end=on_epoch_end)
     else:
         metrics = model.fit(train, val, config=config, device=device, generator=gen, progress=progress)

@@ -126,6 +126,11 @@ def test_resume_without_training_state_starts_a_fresh_optimiser(bench_env):
     assert any("fresh optimiser" in m for m in msgs)
     card = read_card(path)
     assert card["epochs"] == 2 and [h["epoch"] for h in card["history"]] == [1, 2]
+    # that run saved a training state; resuming it exactly keeps counting on top of the old epochs
+    path = train_defense("abs", "fmnist", device=CPU, epochs=1, resume=True, config_overrides=TINY, out_dir=bench_env / "ckpt", progress=False, announce=msgs.append)
+    assert any("optimiser, schedule and random state restored" in m for m in msgs)
+    card = read_card(path)
+    assert card["epochs"] == 3 and [h["epoch"] for h in card["history"]] == [1, 2, 3]
 
 
 def test_stop_between_state_file_and_checkpoint_pair_resumes_from_the_state(bench_env, monkeypatch):
