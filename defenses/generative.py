@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from defenses.base import Defense, straight_through
 from defenses.networks import layout_for
 from defenses.networks.grouped import GroupedDecoder, GroupedDiscriminator, GroupedEncoder, fold_batchnorm, per_group_default, run_per_group
-from defenses.training import NOISE_SIGMA, EpochEnd, TrainProgress, report_progress, restore_progress
+from defenses.training import NOISE_SIGMA, EpochEnd, TrainProgress, make_scheduler, report_progress, restore_progress
 from harness.errors import BenchUserError
 
 PRECISIONS = ("fp32", "bf16")
@@ -378,7 +378,7 @@ class GenerativeClassifier(Defense):
         self.to(device)
         gen_params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         opt = torch.optim.Adam(gen_params, lr=float(config["lr"]))
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(config.get("lr_halve_every", 200)), gamma=0.5)
+        sched = make_scheduler(opt, dict(config, lr_halve_every=config.get("lr_halve_every", 200)), epochs)
         dopt = torch.optim.Adam(self.discriminator.parameters(), lr=float(config["lr"])) if self.aae else None
         optimizers = {"model": opt, **({"discriminator": dopt} if self.aae else {})}
         start, history = restore_progress(resume, optimizers, sched)
@@ -408,9 +408,11 @@ class GenerativeClassifier(Defense):
                 loss = self.train_step(xb, yb, opt=opt, dopt=dopt, generator=generator, beta=beta, gamma=gamma, sigma=sigma)
                 tot += loss.item()
                 bar.update(1)
-            sched.step()
+            lr = opt.param_groups[0]["lr"]
+            if sched is not None:
+                sched.step()
             val_acc = self.encoder_accuracy(val, device=device) if val is not None and len(val.x) else float("nan")
-            history.append({"epoch": epoch + 1, "train_loss": tot / steps, "val_acc_encoder": val_acc})
+            history.append({"epoch": epoch + 1, "train_loss": tot / steps, "val_acc_encoder": val_acc, "lr": lr})
             bar.set_postfix(loss=f"{tot / steps:.2f}", val_acc_enc=f"{val_acc:.3f}")
             report_progress(on_epoch_end, epoch + 1, history, optimizers, sched)
         bar.close()

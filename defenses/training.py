@@ -50,8 +50,19 @@ def restore_progress(resume: TrainProgress | None, optimizers: dict[str, torch.o
     for name, opt in optimizers.items():
         opt.load_state_dict(resume.optimizers[name])
     if scheduler is not None and resume.scheduler is not None:
-        scheduler.load_state_dict(resume.scheduler)
+        if set(resume.scheduler) >= set(scheduler.state_dict()):
+            scheduler.load_state_dict(resume.scheduler)
+        else:  # the resume changed the schedule (e.g. a constant rate now annealed): continue at its epoch
+            scheduler.last_epoch = int(resume.scheduler.get("last_epoch", resume.epoch))
+            factors = [f(scheduler.last_epoch) for f in getattr(scheduler, "lr_lambdas", [])]
+            for group, base, f in zip(opt_groups(optimizers), scheduler.base_lrs, factors):
+                group["lr"] = base * f
     return int(resume.epoch), [dict(h) for h in resume.history]
+
+
+def opt_groups(optimizers: dict[str, torch.optim.Optimizer]) -> list[dict]:
+    """The parameter groups of the first optimiser (the one the schedule drives)."""
+    return list(next(iter(optimizers.values())).param_groups)
 
 
 def report_progress(on_epoch_end: EpochEnd | None, epoch: int, history: list[dict], optimizers: dict[str, torch.optim.Optimizer], scheduler) -> None:
@@ -128,11 +139,40 @@ def make_optimizer(params, config: dict) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r} in the training config; use 'adam' or 'sgd'")
 
 
+#: training-config keys a recipe may set beyond its defaults (``bench train --set KEY=VALUE``)
+OPTIONAL_CONFIG_KEYS = frozenset({"optimizer", "lr_schedule", "warmup_epochs", "anneal_epochs", "lr_halve_every", "weight_decay", "momentum", "nesterov", "augment", "crop_padding"})
+
+
+def lr_factor(epoch: int, *, epochs: int, warmup: int = 0, anneal: int | None = None) -> float:
+    """Learning-rate multiplier for (0-based) ``epoch`` of ``epochs``: linear warm-up over the first
+    ``warmup`` epochs, constant, then a cosine decay to ~0 over the last ``anneal`` epochs (``None``:
+    every epoch after the warm-up). The cosine is sampled at the end of each epoch, so the last epoch
+    still trains at a small positive rate."""
+    if warmup and epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    span = epochs - warmup if anneal is None else int(anneal)
+    start = epochs - span
+    if span <= 0 or epoch < start:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - start + 1) / (span + 1)))
+
+
 def make_scheduler(opt: torch.optim.Optimizer, config: dict, epochs: int):
-    """Per-epoch schedule: ``lr_schedule = "cosine"`` (to 0 over ``epochs``), else halve every ``lr_halve_every`` epochs (0: constant)."""
+    """Per-epoch schedule from the training config.
+
+    ``lr_schedule = "cosine"``: without ``warmup_epochs`` / ``anneal_epochs`` torch's cosine to 0
+    over ``epochs`` (the ResNet recipe); with them :func:`lr_factor` (warm-up, constant, cosine over
+    the last ``anneal_epochs``; the short-budget recipe of the generative models, issue 14).
+    Otherwise halve every ``lr_halve_every`` epochs (thesis; 0: constant)."""
     schedule = str(config.get("lr_schedule", "") or "")
-    if schedule == "cosine":
+    warmup = int(config.get("warmup_epochs", 0) or 0)
+    anneal = config.get("anneal_epochs")
+    if schedule == "cosine" and not warmup and anneal is None:
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    if schedule == "cosine":
+        if warmup < 0 or (anneal is not None and not 0 < int(anneal) <= epochs):
+            raise ValueError(f"warmup_epochs must be >= 0 and anneal_epochs in 1..epochs ({epochs}); got {warmup}, {anneal}")
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, epochs=epochs, warmup=warmup, anneal=None if anneal is None else int(anneal)))
     if schedule not in ("", "step"):
         raise ValueError(f"unknown lr_schedule {schedule!r} in the training config; use 'cosine' or leave it out")
     halve = int(config.get("lr_halve_every", 0) or 0)

@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--device", default="auto")
     t.add_argument("--resume", action="store_true", help="continue the existing checkpoint for --epochs more epochs; ABS/E-ABS continue exactly from the training state saved every epoch (optimisers, schedule, random state; without --epochs a stopped run finishes its planned epochs), other defenses with a fresh optimiser")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="config_set", help="override a key of the training recipe (repeatable; recorded in the card), e.g. --set lr_schedule=cosine --set anneal_epochs=20")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all cores); on a shared machine give the free cores (and set OMP_WAIT_POLICY=PASSIVE)")
     t.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default) or resnet18 (32x32 RGB data); checkpoint <defense>-<arch>-<dataset>")
@@ -201,8 +202,25 @@ def _cmd_train(a) -> int:
 
     if a.threads is not None:
         torch.set_num_threads(a.threads)
-    train_defense(a.defense, a.dataset, device=resolve_device(a.device), epochs=a.epochs, out_dir=a.out, seed=a.seed, progress=not a.quiet, options={"arch": a.arch}, resume=a.resume)
+    overrides = _config_overrides(a.config_set)
+    train_defense(a.defense, a.dataset, device=resolve_device(a.device), epochs=a.epochs, out_dir=a.out, seed=a.seed, progress=not a.quiet, options={"arch": a.arch}, resume=a.resume, config_overrides=overrides)
     return 0
+
+
+def _config_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings to a dict; values are read as JSON (numbers, booleans) where they parse, else kept as text."""
+    import json
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BenchUserError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
 
 
 def _cmd_plot(a) -> int:

@@ -12,7 +12,7 @@ import torch
 from defenses.base import Defense
 from defenses.registry import get_defense
 from harness import datasets
-from defenses.training import TrainProgress, decode_state, encode_state
+from defenses.training import OPTIONAL_CONFIG_KEYS, TrainProgress, decode_state, encode_state, make_scheduler
 from harness.checkpoints import (
     find_checkpoint,
     load_checkpoint,
@@ -77,7 +77,8 @@ def _probe_seconds_per_epoch(model, train, config, device) -> float:
     bs = int(config.get("batch_size", 512))
     sub = type("S", (), {})()
     sub.x, sub.y = train.x[: 2 * bs], train.y[: 2 * bs]
-    cfg = dict(config, epochs=1)
+    cfg = {k: v for k, v in config.items() if k not in ("warmup_epochs", "anneal_epochs")}  # a 1-epoch probe has no room for them
+    cfg["epochs"] = 1
     t0 = time.perf_counter()
     probe.fit(sub, None, config=cfg, device=device, generator=torch.Generator().manual_seed(0), progress=False)
     per_batch = (time.perf_counter() - t0) / max(1, -(-len(sub.x) // bs))
@@ -187,6 +188,9 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
             seed = seed + done  # new shuffles, still reproducible
     if epochs is not None and epochs < 1:
         raise BenchUserError(f"--epochs must be >= 1, got {epochs}")
+    unknown = set(config_overrides or {}) - set(model.default_train_config(dataset)) - OPTIONAL_CONFIG_KEYS
+    if unknown:
+        raise BenchUserError(f"unknown training-config key(s) {', '.join(sorted(unknown))} for {name}; known: {', '.join(sorted(set(model.default_train_config(dataset)) | OPTIONAL_CONFIG_KEYS))}")
     if state is not None:
         meta = state[1]
         config = dict(meta["config"], **(config_overrides or {}))
@@ -198,6 +202,10 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
         config = dict(model.default_train_config(dataset), **(config_overrides or {}))
         if epochs is not None:
             config = dict(config, epochs=int(epochs))
+    try:  # a bad schedule is a user error now, not a traceback after the data has loaded
+        make_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=float(config.get("lr", 1e-3))), config, int(config.get("epochs", 1)))
+    except (TypeError, ValueError) as exc:
+        raise BenchUserError(f"training config: {exc}") from None
     train = datasets.load(dataset, "train")
     val = datasets.load(dataset, "val")
     model.to(device)

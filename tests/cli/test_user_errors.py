@@ -17,6 +17,10 @@ from tests.conftest import run_bench
         (["run", "--defense", "cnn", "--norm", "linf", "--suite", "huge"], "unknown suite"),
         (["table", "--norm", "linf", "--results-dir", "/nonexistent-dir"], "no results"),
         (["frobnicate"], "invalid choice"),
+        (["train", "--defense", "cnn", "--epochs", "1", "--set", "lr_schedul=cosine"], "unknown training-config key"),
+        (["train", "--defense", "cnn", "--epochs", "1", "--set", "lr_schedule"], "key=value"),
+        (["train", "--defense", "cnn", "--epochs", "2", "--set", "lr_schedule=cosine", "--set", "anneal_epochs=5"], "anneal_epochs"),
+        (["train", "--defense", "cnn", "--epochs", "1", "--set", "lr_schedule=triangle"], "unknown lr_schedule"),
     ],
 )
 def test_user_error_exit_2_one_line(bench_env, args, needle):

@@ -165,3 +165,29 @@ def test_cnn_two_epochs_equal_one_plus_one_resumed(bench_env):
     resumed = train_defense("cnn", "fmnist", device=CPU, epochs=1, seed=5, out_dir=bench_env / "ckpt", resume=True, **QUIET)
     _assert_bit_identical(_weights(whole), _weights(resumed))
     assert read_card(resumed)["history"] == read_card(whole)["history"]
+
+
+def test_lr_factor_warmup_constant_then_cosine_tail():
+    from defenses.training import lr_factor
+
+    f = [lr_factor(e, epochs=10, warmup=2, anneal=4) for e in range(10)]
+    assert f[:2] == [1 / 3, 2 / 3] and f[2:6] == [1.0] * 4
+    assert all(a > b > 0 for a, b in zip(f[5:], f[6:]))  # strictly decreasing tail, last epoch still trains
+    assert f[-1] < 0.1
+
+
+def test_resume_may_anneal_a_constant_rate_run(bench_env):
+    """A run begun at a constant rate resumes exactly (weights, random state) but with a cosine tail:
+    the schedule continues at the stopped epoch, the card records the new recipe."""
+    from harness.checkpoints import load_train_state, train_state_path
+
+    first = read_card(train_defense("eabs", "fmnist", device=CPU, epochs=1, seed=3, out_dir=bench_env / "ckpt", config_overrides=TINY, **QUIET))
+    path = train_defense("eabs", "fmnist", device=CPU, epochs=2, out_dir=bench_env / "ckpt", resume=True,
+                         config_overrides={"lr_schedule": "cosine", "anneal_epochs": 2}, **QUIET)
+    card = read_card(path)
+    assert card["epochs"] == 3 and card["config"]["lr_schedule"] == "cosine" and card["config"]["batch_size"] == 100
+    _, meta = load_train_state(train_state_path(path))
+    assert meta["scheduler"]["last_epoch"] == 3
+    lrs = [h["lr"] for h in card["history"]]  # the rate each epoch trained at
+    assert lrs[0] == 1e-3 and 1e-3 > lrs[1] > lrs[2] > 0  # annealed after the resume, not the constant 1e-3
+    assert first["sha256"] == card["resumed_from"]["sha256"]
