@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint exists")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default) or resnet18 (32x32 RGB data); results go to <defense>-<arch>.json")
+    r.add_argument("--check-budget", type=_positive_int, nargs="?", const=100, default=0, metavar="N", help="after the attacks, rerun each gradient attack with a step budget on the first N samples (default 100) with twice the steps and 5 restarts and record the accuracy difference (budget saturation check)")
     r.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="a defense option (repeatable), e.g. --option steps=5 for vsmooth-*; results go to <defense>-<key><value>.json")
 
     t = sub.add_parser("train", help="train a defense and write a checkpoint + model card")
@@ -176,6 +177,7 @@ def _cmd_run(a) -> int:
         defense=a.defense, dataset=a.dataset, norm=a.norm, suite=a.suite, n=a.n, seed=a.seed, device=a.device,
         results_dir=a.results_dir, fresh=a.fresh, batch_size=a.batch_size, eps=a.eps, attacks=attacks,
         progress=not a.quiet, train_if_missing=not a.no_train, arch=a.arch, defense_options=tuple(a.option),
+        check_budget=a.check_budget,
     )
     path = evaluate(cfg)
     print(f"wrote {path}")

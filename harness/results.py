@@ -14,7 +14,8 @@ Layout: ``<results_dir>/<dataset>/<norm>/<defense>.json``::
           "pgd": {"spec": {...AttackSpec...}, "spec_hash": "...", "kind": "bounded"|"minimization",
                   "budget": "80 steps x 5 restarts", "wall_time_s": 12.3}
         },
-        "clean_wall_time_s": 0.4, "created": "2026-11-23T08:00:00Z"
+        "clean_wall_time_s": 0.4, "created": "2026-11-23T08:00:00Z",
+        "budget_check": {...}                        # optional: bench run --check-budget (harness/saturation.py)
       },
       "records": [
         {"index": 12, "label": 3, "clean_correct": true, "clean_abstained": false,

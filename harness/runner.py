@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness import datasets
+from harness import datasets, saturation
 from harness.attacks import AttackReport, budget_string, get_attack, run_attack
 from harness.eot import EOTModel
 from harness.errors import BenchUserError
@@ -62,6 +62,7 @@ class RunConfig:
     train_if_missing: bool = True
     arch: str | None = None  # network option of the CNN family (--arch); results go to <defense>-<arch>.json
     defense_options: tuple[tuple[str, Any], ...] = ()  # other constructor options (--option KEY=VALUE)
+    check_budget: int = 0  # > 0: budget saturation check on the first that many samples (harness/saturation.py)
 
     @property
     def options(self) -> dict:
@@ -455,6 +456,8 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
 
     evaluate_samples(ctx, jobs=todo, records=existing, on_clean=on_clean_log, on_attack=on_attack, log=log)
     final = holder["data"]
+    if cfg.check_budget:
+        saturation.run(ctx, final, n=cfg.check_budget, write=lambda d: atomic_write_json(path, d), log=log)
     final_checks(ctx, final, log=log)
     atomic_write_json(path, final)
     return path

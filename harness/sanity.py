@@ -13,7 +13,10 @@ them). A warning is not a verdict; it says where the evaluation may over-report 
   beating the gradient attacks, combined per group, by more than the Wilson 95% interval of the
   gradient attacks' accuracy (the declared gradient is masked or misleading),
 * no attack at all that does without the declared gradient (masking would go unnoticed),
-* accuracy that increases with eps within an eps sweep (the attack is not working properly).
+* accuracy that increases with eps within an eps sweep (the attack is not working properly),
+* attacks whose doubled budget (:mod:`harness.saturation`, ``bench run --check-budget``) lowers
+  accuracy by more than 2 points; when the worst case over all attacks drops by that much, the
+  verdict is unreliable ("budget not saturated").
 
 :func:`verdict` turns a result file into a :class:`Verdict` (reliable or not, and why) for
 ``bench table`` and ``leaderboard.md``; the gradient-consistency check lives in :mod:`harness.gradcheck`.
@@ -148,6 +151,14 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
     for group, a, ag, lo in beaten_by(data):
         what = "gradient-free attacks (Square, Boundary, ES-PGD, noise, AutoAttack's Square)" if group == "gradient-free" else "transfer attacks from a source model"
         warnings.append(f"{what} ({a:.1%}) beat the gradient attacks ({ag:.1%}, Wilson 95% lower bound {lo:.1%}): the declared gradient is masked or misleading; the result is unreliable")
+    from harness.saturation import headline_drop, unsaturated
+
+    check = data["manifest"].get("budget_check") or {}
+    for key, e in unsaturated(data):
+        warnings.append(f"{key}: budget not saturated: {e.get('budget_doubled')} lowered accuracy from {float(e['acc']):.1%} to {float(e['acc_doubled']):.1%} on the first {check.get('n')} samples")
+    drop = headline_drop(data)
+    if drop is not None and drop > float(check.get("threshold", 0.02)):
+        warnings.append(f"the worst case over all attacks drops by {drop:.1%} on the first {check.get('n')} samples with the doubled budgets: the row over-reports robustness; attack harder")
     if attacks and not masking_checked(data):
         warnings.append("no gradient-free or transfer attack ran (only the declared gradient was used): masked gradients would go unnoticed")
     acc = {k: sum(r["attacks"][k]["correct"] for r in recs if k in r["attacks"]) / len(recs) for k in attacks}
@@ -195,6 +206,11 @@ def verdict(data: dict) -> Verdict:
         reasons.append("gradient check failed")
     for group, *_ in beaten_by(data):
         reasons.append("Square/gradient-free beat gradient attacks" if group == "gradient-free" else "transfer beat gradient attacks")
+    from harness.saturation import headline_drop
+
+    drop = headline_drop(data)
+    if drop is not None and drop > float((man.get("budget_check") or {}).get("threshold", 0.02)):
+        reasons.append("budget not saturated")
     recorded = [w for w in man.get("warnings") or [] if isinstance(w, str)]
     if any(UNDECLARED_RANDOMNESS in w for w in recorded):
         reasons.append("undeclared randomness")

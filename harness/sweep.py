@@ -370,11 +370,35 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
 
         if "gradient_check" in first:
             manifest["gradient_check"] = first["gradient_check"]
-        manifest["warnings"] = list(first.get("model_warnings", [])) + outcome_checks({"manifest": manifest, "records": records})
         path = result_path(results_dir, dataset, norm, variant)
+        kept = _kept_budget_check(path, manifest, records)
+        if kept:
+            manifest["budget_check"] = kept
+        manifest["warnings"] = list(first.get("model_warnings", [])) + outcome_checks({"manifest": manifest, "records": records})
         atomic_write_json(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
         written.append(path)
     return written
+
+
+def _kept_budget_check(path: Path, manifest: dict, records: list[dict]) -> dict | None:
+    """The budget check (``bench run --check-budget`` on a merged file) of the file a merge replaces,
+    for the attacks it still holds at the same budget on the same first samples; else None."""
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))["manifest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    check = old.get("budget_check") or {}
+    n = int(check.get("n") or 0)
+    if not n or old.get("sample_ids", [])[:n] != manifest["sample_ids"][:n] or old.get("checkpoint_sha256") != manifest.get("checkpoint_sha256"):
+        return None
+    attacks = {k: e for k, e in (check.get("attacks") or {}).items() if e.get("of") == (manifest["attacks"].get(k) or {}).get("spec_hash")}
+    if not attacks:
+        return None
+    from harness.saturation import worst_case
+
+    return dict(check, attacks=attacks, all=worst_case(records[:n], manifest["attacks"], attacks))
 
 
 def get_executor(name: str, *, address: str | None = None):

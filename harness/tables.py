@@ -13,6 +13,7 @@ from tabulate import tabulate
 from harness import stats
 from harness.errors import BenchUserError
 from harness.results import load_results
+from harness.saturation import unsaturated
 
 #: Defenses in this order come first in every table; the rest follow alphabetically.
 CANONICAL_DEFENSE_ORDER = ("cnn", "adv-linf", "adv-l2", "abs", "eabs")
@@ -23,6 +24,7 @@ _ATTACK_NAMES = {"pgd": "PGD", "deepfool": "DeepFool", "ddn": "DDN", "cw": "CW",
 _NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 _FORMATS = ("github", "plain")
 MISSING = "—"
+UNSATURATED = "‡"  # marks an attack whose doubled budget lowered accuracy by more than 2 points
 SIGNIFICANCE = 0.01
 
 
@@ -159,6 +161,11 @@ def accuracy_frame(results: dict[str, dict]) -> pd.DataFrame:
                          columns=[defense_label(d) for d in res], dtype=object)
     for rec in acc.itertuples(index=False):
         frame.loc[row_label(rec.row, norm), defense_label(rec.defense)] = format_cell(rec.acc, rec.lo, rec.hi)
+    for d, data in res.items():  # attacks whose doubled budget still found more (harness/saturation.py)
+        for key, _ in unsaturated(data):
+            cell = (row_label(key, norm), defense_label(d))
+            if cell[0] in frame.index and frame.loc[cell] != MISSING:
+                frame.loc[cell] = frame.loc[cell] + " " + UNSATURATED
     return frame
 
 
@@ -170,7 +177,31 @@ def render_table(results: dict[str, dict], *, fmt: str = "github") -> str:
     frame = accuracy_frame(results)
     body = tabulate(frame, headers=["", *frame.columns], tablefmt=fmt, disable_numparse=True,
                     colalign=("left",) + ("right",) * len(frame.columns))
-    return header_line(results) + "\n\n" + body + "\n"
+    out = header_line(results) + "\n\n" + body + "\n"
+    if any(UNSATURATED in str(v) for v in frame.to_numpy().ravel()):
+        out += f"\n{UNSATURATED} budget not saturated: twice the steps with 5 restarts lowered accuracy by more than 2 points on the checked samples (see the budget check below)\n"
+    return out
+
+
+def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
+    """Budget saturation check (:mod:`harness.saturation`) per defense and attack: the suite's
+    budget, the doubled budget, accuracy with both on the first n samples and the difference, then
+    the worst case over all attacks. Empty string when no file has a check."""
+    rows = []
+    for d, data in ordered(results).items():
+        check = stats.manifest(data).get("budget_check") or {}
+        n = check.get("n")
+        for key, e in (check.get("attacks") or {}).items():
+            flag = f" {UNSATURATED}" if float(e.get("delta") or 0) > float(check.get("threshold", 0.02)) else ""
+            rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), str(e.get("budget_doubled", "")), str(n),
+                         format_pct(e.get("acc")), format_pct(e.get("acc_doubled")), f"{100 * float(e.get('delta') or 0):+.1f}{flag}"])
+        whole = check.get("all") or {}
+        if whole.get("delta") is not None:
+            rows.append([defense_label(d), "All", "", "", str(n), format_pct(whole.get("acc")), format_pct(whole.get("acc_doubled")), f"{100 * float(whole['delta']):+.1f}"])
+    if not rows:
+        return ""
+    body = tabulate(rows, headers=["Defense", "Attack", "Budget", "Doubled budget", "n", "Acc", "Acc doubled", "Drop (points)"], tablefmt=_check_fmt(fmt), disable_numparse=True)
+    return "Budget saturation check (bench run --check-budget; harness/saturation.py): each gradient attack rerun on the first n samples with twice the steps and 5 restarts\n\n" + body + "\n"
 
 
 def render_pvalues(results: dict[str, dict], row: str = stats.ALL, *, fmt: str = "github") -> str:
@@ -299,6 +330,9 @@ def format_report(results_dir: str | os.PathLike, dataset: str, norm: str, *, fm
     if certified:
         parts.append(certified)
     parts.append(render_budget(results, fmt=fmt))
+    saturation = render_saturation(results, fmt=fmt)
+    if saturation:
+        parts.append(saturation)
     parts.append(render_trust(results, fmt=fmt))
     return "\n".join(parts)
 

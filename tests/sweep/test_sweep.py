@@ -200,3 +200,16 @@ def test_failed_job_is_retried_then_reported(env, monkeypatch, capsys):
     assert main(["sweep", str(plan), "--results-dir", str(tmp / "res"), "--quiet"]) == 0
     assert "skipping 3 finished jobs; running 1" in capsys.readouterr().out
     assert (tmp / "res" / "fmnist" / "linf" / "cnn.json").exists()
+
+
+def test_budget_check_on_a_merged_sweep_survives_a_re_merge(env):
+    tmp, plan, _ = env
+    out = tmp / "res"
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lambda *_: None) == 0
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", n=40, seed=0, batch_size=20, attacks=("pgd", "fgm"), results_dir=str(out),
+                    progress=False, device="cpu", train_if_missing=False, check_budget=20)
+    evaluate(cfg, log=lambda *_: None)  # every attack is done: only the check runs
+    check = _merged(out)["manifest"]["budget_check"]
+    assert list(check["attacks"]) == ["pgd"] and check["not_checked"] == ["fgm"]  # FGM has no step budget
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lambda *_: None) == 0
+    assert _merged(out)["manifest"]["budget_check"] == check

@@ -1,0 +1,144 @@
+"""Budget saturation check: is an attack's budget enough, or would more steps find more?
+
+No anchor paper reports it (AutoAttack only warns about randomness), yet a robust accuracy measured
+with too few steps over-reports robustness, most of all for defenses whose prediction is itself an
+optimisation (ABS / E-ABS, thesis section 2.2). For every *gradient* attack of a result file with a
+step budget (``steps`` in its parameters: PGD, DeepFool, DDN, C&W), the check reruns the attack on
+the first ``n`` (default 100) samples of the file with ``FACTOR`` times the steps and ``RESTARTS``
+restarts (EOT draws unchanged), verifies its candidates like any attack (:mod:`harness.verify`) and
+records in the manifest::
+
+    "budget_check": {"n": 100, "factor": 2, "restarts": 5, "threshold": 0.02,
+                     "attacks": {"pgd": {"of": <spec hash checked>, "spec_hash": ..., "budget": ...,
+                                         "budget_doubled": ..., "acc": 0.54, "acc_doubled": 0.51,
+                                         "delta": 0.03, "saturated": false, "wall_time_s": ...}},
+                                                          "found_more": [<test-set indices robust at the suite's budget,
+                                                         broken by the doubled one>]}},
+                     "all": {"acc": 0.40, "acc_doubled": 0.40, "delta": 0.0}}
+
+``delta`` is the accuracy the stronger budget removes, in [0, 1]; an attack is *not saturated* when
+``delta > threshold`` (2 points): ``bench table`` marks it and :mod:`harness.sanity` warns. ``all``
+compares the worst case over every attack on those samples with and without the doubled runs (a
+sample counts as robust only if the doubled attacks fail too); when that headline figure drops by
+more than the threshold, the row's verdict is unreliable. Attacks that are not gradient attacks,
+have no step budget (AutoAttack runs at its own fixed budget; noise, Square and transfer are checks,
+not step-limited optimisers) are not rerun. The records of the result file are left as they were:
+their budget is the suite's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from harness.attacks import budget_string, get_attack
+from threat_models import AttackSpec
+
+DEFAULT_N = 100
+FACTOR = 2
+RESTARTS = 5
+THRESHOLD = 0.02
+
+
+def stronger(spec: AttackSpec, *, factor: int = FACTOR, restarts: int = RESTARTS) -> AttackSpec | None:
+    """``spec`` with ``factor`` times the steps and at least ``restarts`` restarts, or None when the
+    check does not apply (not a gradient attack, or no ``steps`` parameter)."""
+    info = get_attack(spec.name)
+    steps = spec.kwargs.get("steps")
+    if info.uses != "gradient" or not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        return None
+    params = dict(spec.kwargs, steps=factor * steps)
+    return AttackSpec(spec.name, tuple(params.items()), max(restarts, spec.restarts), spec.eot, spec.seed, spec.label)
+
+
+def _hash(spec: AttackSpec, eps: float) -> str:
+    return hashlib.sha256(f"budget-check:{spec.spec_hash()}@{eps!r}".encode()).hexdigest()[:12]
+
+
+def _acc(records: list[dict], key: str) -> float:
+    return sum(bool(r["attacks"][key]["correct"]) for r in records if key in r["attacks"]) / max(1, len(records))
+
+
+def run(ctx, data: dict, *, n: int = DEFAULT_N, write=None, log=None) -> dict:
+    """Run the check for ``ctx``'s attacks that ``data`` (the result file of ``ctx``) holds.
+
+    Resumable: an attack whose entry was computed for the same spec (``of``) and doubled spec is
+    kept; ``write(data)`` is called after each attack (``bench run`` rewrites its file there).
+    Returns the ``budget_check`` manifest entry (also stored in ``data``).
+    """
+    from harness.runner import AttackJob, evaluate_samples  # the runner calls this module
+
+    man = data["manifest"]
+    m = min(int(n), len(data["records"]))
+    old = man.get("budget_check") or {}
+    if old.get("n") != m or old.get("factor") != FACTOR or old.get("restarts") != RESTARTS:
+        old = {}
+    entry = {"n": m, "factor": FACTOR, "restarts": RESTARTS, "threshold": THRESHOLD, "attacks": dict(old.get("attacks") or {})}
+    man["budget_check"] = entry
+    head = data["records"][:m]
+    done = man.get("attacks") or {}
+    jobs, skipped = [], []
+    for job in ctx.jobs:
+        if job.key not in done or done[job.key].get("spec_hash") != job.hash:
+            continue  # only what the file holds, at the budget it holds
+        spec2 = stronger(job.spec)
+        if spec2 is None:
+            skipped.append(job.key)
+            continue
+        h2 = _hash(spec2, job.threat.eps)
+        prev = entry["attacks"].get(job.key) or {}
+        if prev.get("of") == job.hash and prev.get("spec_hash") == h2:
+            continue
+        jobs.append(AttackJob(job.key, spec2, job.threat, h2))
+    entry["attacks"] = {k: v for k, v in entry["attacks"].items() if k in done and v.get("of") == done[k].get("spec_hash")}
+    if skipped:
+        entry["not_checked"] = skipped
+    fresh = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in head]
+
+    def on_attack(key, info, recs):
+        orig = next(j for j in ctx.jobs if j.key == key)
+        acc, acc2 = _acc(head, key), _acc(recs, key)
+        entry["attacks"][key] = {
+            "of": orig.hash, "spec_hash": next(j.hash for j in jobs if j.key == key), "budget": budget_string(orig.spec),
+            "budget_doubled": info["budget"], "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6),
+            "saturated": acc - acc2 <= THRESHOLD, "wall_time_s": info["wall_time_s"],
+            # test-set indices robust at the suite's budget but broken by the doubled one
+            "found_more": [r["index"] for r, r2 in zip(head, recs) if r["attacks"][key]["correct"] and not r2["attacks"][key]["correct"]],
+        }
+        entry["all"] = worst_case(head, done, entry["attacks"])
+        if log is not None:
+            log(f"  budget check {key:<9} accuracy {acc:.3f} -> {acc2:.3f} with {info['budget']} on the first {m} samples")
+        if write is not None:
+            write(data)
+
+    if jobs:
+        evaluate_samples(ctx, start=0, stop=m, jobs=jobs, records=fresh, on_attack=on_attack)
+    elif entry["attacks"]:
+        entry["all"] = worst_case(head, done, entry["attacks"])
+    return entry
+
+
+def worst_case(head: list[dict], attacks: dict, checked: dict) -> dict:
+    """Accuracy under the worst case over every attack on the checked samples ``head``, without and
+    with the doubled runs (a sample stays robust only if no doubled attack broke it), and the drop."""
+    keys = [k for k in attacks if all(k in r["attacks"] for r in head)]
+    if not head or not keys:
+        return {"acc": None, "acc_doubled": None, "delta": None}
+    broken = {i for e in checked.values() for i in e.get("found_more", [])}
+    base = [bool(r["clean_correct"]) and all(r["attacks"][k]["correct"] for k in keys) for r in head]
+    both = [ok and r["index"] not in broken for r, ok in zip(head, base)]
+    acc, acc2 = sum(base) / len(head), sum(both) / len(head)
+    return {"acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6)}
+
+
+def unsaturated(data: dict) -> list[tuple[str, dict]]:
+    """``(attack key, entry)`` of the attacks whose doubled budget lowered accuracy by more than the threshold."""
+    check = data["manifest"].get("budget_check") or {}
+    thr = float(check.get("threshold", THRESHOLD))
+    return [(k, e) for k, e in (check.get("attacks") or {}).items() if isinstance(e, dict) and float(e.get("delta") or 0) > thr]
+
+
+def headline_drop(data: dict) -> float | None:
+    """How much the worst case over all attacks drops on the checked samples with the doubled budgets."""
+    check = data["manifest"].get("budget_check") or {}
+    d = (check.get("all") or {}).get("delta")
+    return None if d is None else float(d)

@@ -1,0 +1,100 @@
+"""Budget saturation check (`bench run --check-budget`, harness/saturation.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness.models import train_defense
+from harness.results import load_result, load_results
+from harness.runner import RunConfig, evaluate
+from harness.sanity import verdict
+from harness.saturation import RESTARTS, stronger, worst_case
+from harness.tables import UNSATURATED, format_report, render_table
+from tests.conftest import run_bench
+from threat_models import AttackSpec
+
+# PGD with 2 steps travels 0.8 eps, short of most samples' boundary: doubling its steps (and 5 restarts)
+# finds adversarials it missed, so this budget is not saturated. Noise is no gradient attack and
+# DeepFool at 30 steps has converged on the tiny CNN: both negative controls.
+SUITE = """
+description = "budget-check test suite"
+masking_checks = false
+
+[[attack]]
+name = "pgd"
+params = { steps = 2, rel_stepsize = 0.4, random_start = false }
+
+[[attack]]
+name = "deepfool"
+params = { steps = 30, candidates = 10, overshoot = 0.02 }
+
+[[attack]]
+name = "noise"
+params = { repeats = 3 }
+"""
+
+
+def test_stronger_doubles_steps_of_gradient_attacks_only():
+    s = stronger(AttackSpec("pgd", (("steps", 40), ("rel_stepsize", 0.1)), restarts=1, eot=3))
+    assert s.kwargs == {"steps": 80, "rel_stepsize": 0.1} and s.restarts == RESTARTS and s.eot == 3
+    assert stronger(AttackSpec("pgd", (("steps", 40),), restarts=20)).restarts == 20  # never fewer restarts
+    for name, params in [("noise", {"repeats": 5}), ("square", {"n_queries": 10}), ("transfer", {"steps": 10}), ("autoattack", {})]:
+        assert stronger(AttackSpec(name, tuple(params.items()))) is None, name
+
+
+def test_worst_case_counts_samples_only_the_doubled_budget_broke():
+    recs = [{"index": i, "clean_correct": True, "attacks": {"pgd": {"correct": True}, "noise": {"correct": i != 0}}} for i in range(4)]
+    out = worst_case(recs, {"pgd": {}, "noise": {}}, {"pgd": {"found_more": [1, 2]}})
+    assert out == {"acc": 0.75, "acc_doubled": 0.25, "delta": 0.5}
+
+
+@pytest.fixture
+def trained(bench_env):
+    train_defense("cnn", "fmnist", device=torch.device("cpu"), epochs=4, config_overrides={"batch_size": 64}, progress=False, announce=lambda *_: None)
+    (bench_env / "suite.toml").write_text(SUITE, encoding="utf-8")
+    return bench_env
+
+
+def test_unsaturated_budget_is_recorded_marked_and_resumed(trained):
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=60, eps=0.25,
+                    results_dir=str(trained / "results"), progress=False, train_if_missing=False, check_budget=40)
+    path = evaluate(cfg, log=lambda *_: None)
+    data = load_result(path)
+    check = data["manifest"]["budget_check"]
+    assert check["n"] == 40 and check["factor"] == 2 and check["restarts"] == 5
+    assert set(check["attacks"]) == {"pgd", "deepfool"} and check["not_checked"] == ["noise"]
+    pgd = check["attacks"]["pgd"]
+    assert pgd["budget_doubled"].startswith("4 steps x 5 restarts")
+    head = data["records"][:40]
+    assert pgd["acc"] == sum(r["attacks"]["pgd"]["correct"] for r in head) / 40  # the suite's own records
+    assert pgd["delta"] > 0.02 and not pgd["saturated"] and pgd["found_more"]
+    assert all(r["attacks"]["pgd"]["correct"] for r in head if r["index"] in pgd["found_more"])
+    assert check["all"]["acc_doubled"] <= check["all"]["acc"]
+    # reported: the table marks PGD, the warnings and the report say so
+    table = render_table(load_results(trained / "results", "fmnist", "linf"))
+    pgd_row = next(line for line in table.splitlines() if line.startswith("| PGD"))
+    assert UNSATURATED in pgd_row and "budget not saturated" in table
+    assert "Budget saturation check" in format_report(trained / "results", "fmnist", "linf")
+    v = verdict(data)
+    assert any("pgd: budget not saturated" in w for w in v.warnings)
+    if check["all"]["delta"] > 0.02:
+        assert "budget not saturated" in v.reasons
+    # a second run keeps the finished check (same specs), and does not touch the records
+    before = json.dumps(data["manifest"]["budget_check"], sort_keys=True)
+    data2 = load_result(evaluate(cfg, log=lambda *_: None))
+    assert json.dumps(data2["manifest"]["budget_check"], sort_keys=True) == before
+    assert data2["records"] == data["records"]
+
+
+def test_check_budget_flag_on_the_cli(trained):
+    r = run_bench("run", "--defense", "cnn", "--norm", "linf", "--n", "20", "--eps", "0.25", "--suite", str(trained / "suite.toml"),
+                  "--attacks", "deepfool", "--check-budget", "--results-dir", str(trained / "cli"), "--quiet", "--no-train")
+    assert r.returncode == 0, r.stderr
+    check = load_result(trained / "cli" / "fmnist" / "linf" / "cnn.json")["manifest"]["budget_check"]
+    assert check["n"] == 20 and list(check["attacks"]) == ["deepfool"]  # --check-budget alone: up to 100 samples
+    assert "Budget saturation check" in r.stdout
+    bad = run_bench("run", "--defense", "cnn", "--norm", "linf", "--check-budget", "0", "--results-dir", str(trained / "cli"), "--no-train")
+    assert bad.returncode == 2 and "positive integer" in bad.stderr
