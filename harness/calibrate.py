@@ -13,7 +13,10 @@ validation images, computed with the defense's full inference (``predict``, not 
 
 ``val_acc_inference`` is the validation accuracy of the full inference on the same images, the
 number to compare with the thesis's clean accuracy (the training card's ``val_acc`` is the
-encoder's, a cheap proxy). The weights are not touched, so result files keep their checkpoint hash;
+encoder's, a cheap proxy). With ``test_n`` (``--test-n 1000``) the first ``test_n`` test images are
+then scored exactly as ``bench run`` scores its clean pass (mean of ``draws`` inferences, the new
+threshold applied, abstaining counts as an error) and recorded as ``test_clean_accuracy``
+{n, images, draws, acc, abstained, wall_time_s}. The weights are not touched, so result files keep their checkpoint hash;
 abstaining counts as an error in every norm-bounded result, so a threshold never raises robustness.
 """
 
@@ -46,6 +49,7 @@ def calibrate(
     options: dict | None = None,
     progress: bool = True,
     announce=print,
+    test_n: int = 0,
 ) -> dict:
     """Calibrate ``defense``'s reject threshold on ``n`` validation images; write and return the card fields.
 
@@ -105,9 +109,38 @@ def calibrate(
             "command": command_line(),
         },
     }
+    if test_n:
+        fields["test_clean_accuracy"] = _test_accuracy(model, threshold, test_n=test_n, seed=seed, batch_size=batch_size, draws=draws, device=dev, progress=progress, name=defense, dataset=dataset)
     stored = read_card(path)
     if stored.get("sha256") != card["sha256"]:
         raise BenchUserError(f"model card of {path} changed while calibrating; run again")
     atomic_write_json(path.with_suffix(".json"), dict(stored, **fields))
     fields["card"] = str(path.with_suffix(".json"))
     return fields
+
+
+def _test_accuracy(model, threshold: float, *, test_n: int, seed: int, batch_size: int, draws: int, device, progress: bool, name: str, dataset: str) -> dict:
+    """Clean accuracy on the first ``test_n`` test images, scored like ``bench run``'s clean pass."""
+    from harness import datasets
+    from harness.verify import score
+
+    test = datasets.load(dataset, "test")
+    if test_n > len(test.x):
+        raise BenchUserError(f"--test-n {test_n} exceeds the {len(test.x)} test images of {dataset}")
+    model.reject_threshold = threshold
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    ok, abst = [], []
+    t0 = time.perf_counter()
+    batches = range(0, test_n, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc=f"test accuracy {name}", unit="batch")
+    for i in batches:
+        j = min(i + batch_size, test_n)
+        c, a = score(model, test.x[i:j].to(device), test.y[i:j].to(device), generator=gen, draws=draws)
+        ok.append(c.cpu())
+        abst.append(a.cpu())
+    ok_t, ab_t = torch.cat(ok), torch.cat(abst)
+    return {"n": test_n, "images": f"the first {test_n} of the test split", "draws": draws, "acc": round(float(ok_t.float().mean()), 4),
+            "abstained": round(float(ab_t.float().mean()), 4), "wall_time_s": round(time.perf_counter() - t0, 1)}

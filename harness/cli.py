@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--draws", type=_positive_int, default=5, help="randomized defenses: mean score of this many inferences, as bench run verifies (default 5)")
     c.add_argument("--device", default="auto")
     c.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="a defense option, e.g. precision=bf16")
+    c.add_argument("--test-n", type=_nonneg_int, default=0, metavar="N", help="then score the first N test images as bench run does (threshold applied) and record test_clean_accuracy in the card")
+    c.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all cores)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ls = sub.add_parser("list", help="list defenses, attacks, datasets or suites")
@@ -308,10 +310,17 @@ def _cmd_neat(a) -> int:
 def _cmd_calibrate(a) -> int:
     from harness.calibrate import calibrate
 
-    out = calibrate(a.defense, a.dataset, quantile=a.quantile, n=a.n, seed=a.seed, batch_size=a.batch_size, draws=a.draws, device=a.device, options=dict(a.option), progress=not a.quiet)
+    if a.threads is not None:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    out = calibrate(a.defense, a.dataset, quantile=a.quantile, n=a.n, seed=a.seed, batch_size=a.batch_size, draws=a.draws, device=a.device, options=dict(a.option), progress=not a.quiet, test_n=a.test_n)
     cal = out["reject_calibration"]
     print(f"{a.defense} on {a.dataset}: reject threshold {out['reject_threshold']:.4f} (quantile {cal['quantile']} of the best class loss on {cal['n']} validation images); "
           f"full-inference val accuracy {cal['val_acc_inference']:.3f} ({cal['draws']} draw(s) averaged); {cal['wall_time_s']} s")
+    if "test_clean_accuracy" in out:
+        t = out["test_clean_accuracy"]
+        print(f"clean accuracy on {t['images']}: {t['acc']:.3f} ({t['abstained']:.1%} abstained; {t['draws']} draw(s) averaged); {t['wall_time_s']} s")
     print(f"wrote {out['card']}")
     return 0
 

@@ -26,7 +26,7 @@ def test_calibrate_writes_threshold_that_load_applies(bench_env, monkeypatch):
 
     train_defense("abs", "fmnist", device=torch.device("cpu"), epochs=1, progress=False, announce=lambda *_: None, config_overrides={"batch_size": 100})
     _smoke_budget_loads(monkeypatch)
-    out = calibrate("abs", "fmnist", quantile=0.75, n=40, progress=False, announce=lambda *_: None)
+    out = calibrate("abs", "fmnist", quantile=0.75, n=40, progress=False, announce=lambda *_: None, test_n=30, batch_size=16)
     cal = out["reject_calibration"]
     assert cal["n"] == 40 and cal["quantile"] == 0.75 and 0.0 <= cal["val_acc_inference"] <= 1.0
     # about a quarter of the calibration images lie above the 0.75 quantile
@@ -45,6 +45,15 @@ def test_calibrate_writes_threshold_that_load_applies(bench_env, monkeypatch):
         scores = model.predict(x)
     assert torch.equal(model.abstain(x, scores), best_class_loss(scores) > out["reject_threshold"])
     assert float(model.abstain(x, scores).float().mean()) == pytest.approx(cal["val_rejected"], abs=1e-6)
+    # the test-set figure is bench run's clean scoring of the first 30 test images, threshold applied
+    from harness.verify import score
+
+    test = datasets.load("fmnist", "test")
+    ok, abst = score(model, test.x[:30], test.y[:30], generator=None)
+    t = card["test_clean_accuracy"]
+    assert t["n"] == 30 and t["acc"] == round(float(ok.float().mean()), 4) and t["abstained"] == round(float(abst.float().mean()), 4)
+    with pytest.raises(BenchUserError, match="exceeds"):
+        calibrate("abs", "fmnist", n=10, progress=False, announce=lambda *_: None, test_n=10**6)
 
 
 def test_calibrate_user_errors(bench_env):
