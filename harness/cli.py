@@ -288,8 +288,10 @@ def _cmd_list(a) -> int:
     else:
         from threat_models import list_suites, load_suite
 
-        for s in list_suites():
-            print(f"{s:<10} {load_suite(s, norm='linf', dataset='fmnist').description}")
+        names = list_suites()
+        width = max(map(len, names), default=0)
+        for s in names:
+            print(f"{s:<{width}}  {load_suite(s, norm='linf', dataset='fmnist').description}")
     return 0
 
 
