@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -167,9 +168,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+            what = f"it holds a pickled {found.group(1)}" if found else "torch.load(weights_only=True) refused it"
             raise CheckpointError(
-                f"checkpoint {path} is a full pickle, not weights only ({first[:160]}); bench does not unpickle it because that can run code: "
+                f"checkpoint {path} is a full pickle, not weights only ({what}); bench does not unpickle it because that can run code: "
                 f"re-save its state dict with torch.save(model.state_dict(), path) or as safetensors, from a trusted environment"
             ) from None
         except (RuntimeError, OSError, EOFError, ValueError) as exc:
