@@ -111,3 +111,13 @@ def test_export_committed_fmnist_results(tmp_path, norm, capsys):
 def test_export_without_results_is_a_user_error(tmp_path, capsys):
     rc = main(["export", "robustbench", "--dataset", "fmnist", "--norm", "linf", "--results-dir", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "no results for fmnist/linf" in capsys.readouterr().err
+
+
+def test_committed_smoothing_results_flag_autoattack_over_reporting(tmp_path):
+    """docs/smoothing.md: AutoAttack alone leaves the smoothed Gaussian CNN far more robust than the worst case."""
+    results = REPO / "results" / "smoothing" / "eps0.1"
+    if not (results / "fmnist" / "linf" / "vsmooth-cnn-gauss.json").is_file():
+        pytest.skip("no committed smoothing results")
+    written, _ = export_robustbench(results, "fmnist", "linf", tmp_path)
+    flags = {ex.model: ex.entry["unreliable"] for ex, _ in written}
+    assert flags["vsmooth-cnn-gauss"] is True and flags["cnn"] is False
