@@ -62,6 +62,23 @@ def test_run_robustbench_standard_on_cifar_fixture(cifar, tiny_standard, capsys)
     assert man["defense_config"]["robustbench_entry"] == "Standard" and man["defense_config"]["checkpoint_threat_model"] == "Linf"
     assert "autograd" in man["gradient_policy"] and man["randomized"] is False
     assert len(data["records"]) == 20 and all("pgd" in r["attacks"] for r in data["records"])
+    assert man["gradient_check"]["verdict"] == "consistent"  # plain autograd agrees with finite differences
+
+
+def test_defense_contract_on_cifar10(tiny_standard):
+    """The checks of tests/contract (which builds every registered defense for fmnist) for a family member."""
+    from harness.models import build_defense
+
+    d = build_defense("robustbench:Standard", "cifar10").eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    s = d.predict(x, generator=torch.Generator().manual_seed(1))
+    assert s.shape == (3, 10) and torch.isfinite(s).all()
+    s.gather(1, torch.tensor([[0], [1], [2]])).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    torch.testing.assert_close(d.predict(x.detach(), generator=torch.Generator().manual_seed(7)), d.predict(x.detach(), generator=torch.Generator().manual_seed(8)))
+    assert not d.abstain(x, s).any()
+    info = d.info()
+    assert info.name == "robustbench:Standard" and not info.randomized and info.gradient_policy.count(". ") == 0 and "Croce" in info.paper
 
 
 def test_real_wrn_28_10_standard_loads_robustbench_layout(cifar):
@@ -153,3 +170,38 @@ def test_other_datasets_are_refused(bench_env):
 def test_cannot_be_trained(cifar, capsys):
     rc = main(["train", "--defense", "robustbench:Standard", "--dataset", "cifar10", "--quiet"])
     assert rc == 2 and "no weights to train" in capsys.readouterr().err
+
+
+def test_optional_package_path_with_a_stand_in_module(cifar, monkeypatch):
+    """Names outside bench's table go to robustbench.utils.load_model where the package imports (a stand-in here)."""
+    import sys
+    import types
+
+    from defenses.networks.wide_resnet import WideResNet
+
+    calls = []
+
+    def load_model(name, model_dir, dataset, threat_model):
+        calls.append((name, model_dir, dataset, threat_model))
+        net = WideResNet(10, 1)
+        net.load_state_dict(torch.load(f"{model_dir}/{dataset}/{threat_model}/{name}.pt", weights_only=True))
+        return net.eval()
+
+    utils = types.ModuleType("robustbench.utils")
+    utils.load_model = load_model
+    utils.all_models = {"cifar10": {"Linf": {"SomeZooModel": {}}}}
+    pkg = types.ModuleType("robustbench")
+    pkg.utils = utils
+    monkeypatch.setitem(sys.modules, "robustbench", pkg)
+    monkeypatch.setitem(sys.modules, "robustbench.utils", utils)
+    monkeypatch.setattr(rb, "_CLASSES", {})
+    torch.save(WideResNet(10, 1).state_dict(), _layout(cifar, "SomeZooModel"))
+    model, card = load_defense("robustbench:SomeZooModel", "cifar10", device=CPU, norm="linf")
+    assert calls and calls[0][0] == "SomeZooModel" and calls[0][3] == "Linf"
+    assert model.predict(torch.rand(2, 3, 32, 32)).shape == (2, 10) and len(card["sha256"]) == 64
+    assert model.extra_info()["loaded_by"] == "robustbench.utils.load_model"
+    with pytest.raises(BenchUserError, match="not a RobustBench model-zoo entry"):
+        load_defense("robustbench:NotInTheZoo", "cifar10", device=CPU, norm="linf")
+    torch.save(WideResNet(10, 1), _layout(cifar, "SomeZooModel"))  # a full pickle is refused before robustbench unpickles it
+    with pytest.raises(CheckpointError, match="full pickle"):
+        load_defense("robustbench:SomeZooModel", "cifar10", device=CPU, norm="linf")
