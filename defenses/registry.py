@@ -4,22 +4,29 @@ Third-party packages expose defenses through the entry-point group ``bench.defen
 point names a :class:`defenses.base.Defense` subclass (or a module that registers defenses when
 imported). A plugin that fails to import is recorded as *broken* with its error and does not stop
 the other defenses from working.
+
+A *family* is a prefix whose names are resolved on demand: ``robustbench:<Name>`` builds the
+defense for one RobustBench model-zoo entry (:mod:`defenses.robustbench`). A family registers a
+resolver ``name -> Defense subclass`` with :func:`register_family`; ``get_defense("prefix:rest")``
+calls it. Family members are not listed by :func:`list_defenses` (they need external weights).
 """
 
 from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
+from typing import Callable
 
 from harness.errors import BenchUserError
 
 ENTRY_POINT_GROUP = "bench.defenses"
 
-_BUILTIN_MODULES = ("defenses.cnn", "defenses.abs", "defenses.eabs", "defenses.adversarial", "defenses.binarize", "defenses.smoothing")
+_BUILTIN_MODULES = ("defenses.cnn", "defenses.abs", "defenses.eabs", "defenses.adversarial", "defenses.binarize", "defenses.smoothing", "defenses.robustbench")
 
 _REGISTRY: dict[str, type] = {}
 _ORIGIN: dict[str, str] = {}
 _BROKEN: dict[str, str] = {}
+_FAMILIES: dict[str, tuple[Callable[[str], type], str]] = {}
 _loaded = False
 
 
@@ -49,6 +56,21 @@ def register(cls: type | None = None, *, name: str | None = None, origin: str = 
         return c
 
     return deco(cls) if cls is not None else deco
+
+
+def register_family(prefix: str, resolver: Callable[[str], type], *, description: str = "") -> None:
+    """Resolve names ``<prefix>:<rest>`` with ``resolver(rest)`` (a Defense subclass whose ``name`` is the full name)."""
+    if not prefix.isidentifier():
+        raise ValueError(f"family prefix must be an identifier, got {prefix!r}")
+    if prefix in _FAMILIES and _FAMILIES[prefix][0] is not resolver:
+        raise DuplicateDefenseError(f"defense family {prefix!r} is registered twice")
+    _FAMILIES[prefix] = (resolver, description)
+
+
+def list_families() -> dict[str, str]:
+    """Registered name families (``prefix -> description``)."""
+    ensure_loaded()
+    return {k: v[1] for k, v in sorted(_FAMILIES.items())}
 
 
 def _load_plugins() -> None:
@@ -105,6 +127,10 @@ def get_defense(name: str) -> type:
     ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _FAMILIES:
+        return _FAMILIES[prefix][0](rest)
     if name in _BROKEN:
         raise BenchUserError(f"defense {name!r} is a plugin that failed to load: {_BROKEN[name]}")
-    raise BenchUserError(f"unknown defense {name!r}; known: {', '.join(sorted(_REGISTRY))} (see `bench list defenses`)")
+    families = "".join(f", {p}:<Name>" for p in sorted(_FAMILIES))
+    raise BenchUserError(f"unknown defense {name!r}; known: {', '.join(sorted(_REGISTRY))}{families} (see `bench list defenses`)")

@@ -165,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all cores)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    ex = sub.add_parser("export", help="export results to another benchmark's format: robustbench (leaderboard entries + bench sidecars)")
+    ex.add_argument("format", choices=["robustbench"])
+    ex.add_argument("--dataset", default="fmnist")
+    ex.add_argument("--norm", choices=["linf", "l2"], required=True)
+    ex.add_argument("--results-dir", default=DEFAULT_RESULTS)
+    ex.add_argument("--out", default="exports/robustbench", help="writes <out>/<dataset>/<Linf|L2>/<Model>.json and <Model>.bench.json (default: exports/robustbench)")
+    ex.add_argument("--thesis", default=None, help="thesis table for the 'reported' field (default: docs/thesis_<dataset>.toml when it exists)")
+
     ls = sub.add_parser("list", help="list defenses, attacks, datasets or suites")
     ls.add_argument("what", choices=["defenses", "attacks", "datasets", "suites"])
     return p
@@ -265,6 +273,21 @@ def _cmd_leaderboard(a) -> int:
     return 0
 
 
+def _cmd_export(a) -> int:
+    from harness.robustbench_export import export_robustbench, format_summary
+
+    thesis = a.thesis
+    if thesis is None and os.path.isfile(f"docs/thesis_{a.dataset}.toml"):
+        thesis = f"docs/thesis_{a.dataset}.toml"
+    elif thesis is not None and not os.path.isfile(thesis):
+        raise BenchUserError(f"thesis table {thesis} not found")
+    written, skipped = export_robustbench(a.results_dir, a.dataset, a.norm, a.out, thesis=thesis)
+    print(format_summary(written, skipped))
+    if not written:
+        raise BenchUserError(f"no result file of {a.dataset}/{a.norm} in {a.results_dir} has an AutoAttack row; nothing exported")
+    return 0
+
+
 def _cmd_list(a) -> int:
     if a.what == "defenses":
         from defenses.registry import broken_plugins, list_defenses, origin_of
@@ -274,6 +297,10 @@ def _cmd_list(a) -> int:
             print(f"{name:<16} {flags:<13} {origin_of(name):<12} {cls.gradient_policy}")
         for name, err in sorted(broken_plugins().items()):
             print(f"{name:<16} BROKEN        plugin       {err}")
+        from defenses.registry import list_families
+
+        for prefix, description in list_families().items():
+            print(f"{prefix + ':<Name>':<16} {'family':<13} {'built-in':<12} {description}")
     elif a.what == "attacks":
         from harness.attacks import ATTACKS
 
@@ -344,7 +371,7 @@ def _cmd_reproduction(a) -> int:
     return 0
 
 
-COMMANDS = {"calibrate": _cmd_calibrate, "neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "sweep": _cmd_sweep, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
+COMMANDS = {"export": _cmd_export, "calibrate": _cmd_calibrate, "neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "sweep": _cmd_sweep, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,8 @@ def variant_key(name: str, options: dict | None) -> str:
     or ``vsmooth-cnn-radius0.05-steps5`` (other options as key and value, sorted by key; execution
     options such as ``precision`` are left out)."""
     opts = sorted((k, v) for k, v in clean_options(options).items() if k not in EXECUTION_OPTIONS)
-    return "-".join([name, *(str(v) if k == "arch" else f"{k}{v}" for k, v in opts)])
+    # a family name (``robustbench:Standard``) becomes ``robustbench-Standard``: no ':' in file names
+    return "-".join([name.replace(":", "-"), *(str(v) if k == "arch" else f"{k}{v}" for k, v in opts)])
 
 
 def build_defense(name: str, dataset: str, **options):
@@ -317,16 +318,24 @@ def load_defense(
     progress: bool = True,
     announce=print,
     options: dict | None = None,
+    norm: str | None = None,
 ):
     """A ready defense in eval mode plus its checkpoint card (``{}`` for weight-free defenses).
 
     A missing checkpoint is trained for the defense that owns it: the wrapped base of a wrapper
     (``checkpoint_module()`` is a Defense), else the checkpoint's name, with the same ``options``.
+    A defense whose weights live outside bench's checkpoint store (RobustBench's layout, see
+    :mod:`defenses.robustbench`) defines ``load_external_weights(norm=...)``: it loads them itself
+    and returns the card (``sha256``, ``path``, ...); ``norm`` is the evaluation's threat model
+    (None when the caller has none), since such stores keep one file per threat model.
     """
     options = clean_options(options)
     model = build_defense(name, dataset, **options)
     card: dict = {}
-    if model.trainable:
+    external = getattr(model, "load_external_weights", None)
+    if external is not None:
+        card = external(norm=norm)
+    elif model.trainable:
         ckpt_name = model.checkpoint_name()
         path = find_checkpoint(ckpt_name, dataset)
         if path is None:

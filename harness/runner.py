@@ -189,7 +189,7 @@ def prepare(cfg: RunConfig, *, log=print) -> EvalContext:
     test = datasets.load(cfg.dataset, "test")
     ids = sample_ids(len(test.x), cfg.n, cfg.seed)
     sweeps = suite_eps_sweeps(cfg.suite, norm=cfg.norm, dataset=cfg.dataset)
-    defense, card = load_defense(cfg.defense, cfg.dataset, device=device, train_if_missing=cfg.train_if_missing, progress=cfg.progress, announce=log, options=cfg.options)
+    defense, card = load_defense(cfg.defense, cfg.dataset, device=device, train_if_missing=cfg.train_if_missing, progress=cfg.progress, announce=log, options=cfg.options, norm=cfg.norm)
     defense.set_threat(threat.norm, threat.eps)
     suite = load_suite(cfg.suite, norm=cfg.norm, dataset=cfg.dataset, randomized=defense.randomized)
     specs = list(suite.attacks)
