@@ -43,6 +43,56 @@ def _budget(data: dict, row: str) -> str:
     return a.get("budget", "") if a else ""
 
 
+GAP = 5.0  # points: cells further from the thesis than this get an explanation
+
+
+def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: str) -> str:
+    """Why one cell is more than :data:`GAP` points from the thesis, from measurements only.
+
+    Splits the difference into the clean-accuracy gap (the checkpoint: training epochs from its card)
+    and the attack's own drop from clean (ours vs the thesis's); adds the sampling uncertainty (the
+    thesis value inside our Wilson interval), our budget, the budget saturation check when the file
+    has one (:mod:`harness.saturation`), for "All" the attacks ours takes the worst case over, and
+    the thesis file's own note on the cell (``[<norm>.notes] "<defense>/<row>" = "..."``, e.g. a typo).
+    """
+    defense_index = defenses.index(defense)
+    m = data["manifest"]
+    ours = _ours({"d": data}, "d", stats.CLEAN if row == "clean" else (stats.ALL if row == "all" else row))
+    acc, lo, hi, n = ours
+    ref = t[row][defense_index]
+    parts = []
+    if lo <= ref <= hi:
+        parts.append(f"the thesis value lies inside our 95% interval ({lo:.1f}-{hi:.1f}, n={n}): not a significant difference")
+    clean_ours = _ours({"d": data}, "d", stats.CLEAN)[0]
+    clean_ref = t["clean"][defense_index]
+    epochs = m.get("checkpoint_epochs")
+    if row == "clean":
+        parts.append(f"checkpoint trained {epochs} epochs (model card); the clean gap is the checkpoint's")
+        return "; ".join(parts)
+    drop_ours, drop_ref = clean_ours - acc, clean_ref - ref
+    clean_gap = clean_ours - clean_ref
+    residual = (acc - ref) - clean_gap
+    if abs(residual) <= GAP:
+        parts.append(f"follows the clean-accuracy gap ({clean_gap:+.1f} points, checkpoint trained {epochs} epochs): the attack removes {drop_ours:.1f} points from clean here, {drop_ref:.1f} in the thesis")
+    else:
+        stronger = "more" if residual < 0 else "fewer"
+        parts.append(f"beyond the clean gap ({clean_gap:+.1f}): the attack removes {drop_ours:.1f} points from clean here vs {drop_ref:.1f} in the thesis ({abs(residual):.1f} {stronger})")
+    if row == "all":
+        extra = [a for a in m.get("attacks", {}) if a not in t]
+        if extra:
+            parts.append(f"our All also takes the worst case over {', '.join(attack_label(a) for a in extra)}, which the thesis did not run")
+    else:
+        budget = (m.get("attacks", {}).get(row) or {}).get("budget", "")
+        parts.append(f"our budget: {budget} (suite {m.get('suite')})")
+    check = (m.get("budget_check") or {}).get("attacks", {}).get(row)
+    if check:
+        parts.append(f"budget check: 2x steps and 5 restarts change it by {-100 * float(check['delta']) + 0.0:+.1f} points on the first {m['budget_check'].get('n')} samples")
+    note = (t.get("notes") or {}).get(f"{defense}/{row}")
+    if note:
+        parts.append(note)
+    return "; ".join(parts)
+
+
 def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.PathLike, *, dataset: str = "fmnist") -> str:
     """Markdown comparing ``results_dir/<dataset>/{linf,l2}`` with the thesis table in ``thesis_path``."""
     thesis = tomllib.loads(Path(thesis_path).read_text(encoding="utf-8"))
@@ -63,7 +113,7 @@ def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.Pa
         t = thesis[norm]
         results = load_results(results_dir, dataset, norm)
         lines += [f"## {norm_label(norm)} (eps = {t['eps']})", ""]
-        rows = [r for r in t if r not in ("eps", "not_significant")]
+        rows = [r for r in t if r not in ("eps", "not_significant", "notes")]
         table = []
         for row in rows:
             label = "Clean" if row == "clean" else ("All " + norm_label(norm) if row == "all" else attack_label(row))
@@ -87,6 +137,15 @@ def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.Pa
                 brows.append([defense_label(d), m.get("n"), m.get("suite"), "; ".join(f"{a}: {v.get('budget', '')}" for a, v in m.get("attacks", {}).items()), m.get("checkpoint_epochs")])
         if brows:
             lines += ["Budgets of our runs:", "", tabulate(brows, headers=["Defense", "n", "suite", "attacks", "training epochs"], tablefmt="github"), ""]
+        far = []
+        for row in rows:
+            for i, d in enumerate(defenses):
+                ours = _ours(results, d, stats.CLEAN if row == "clean" else (stats.ALL if row == "all" else row))
+                if ours is not None and abs(ours[0] - t[row][i]) > GAP:
+                    label = "Clean" if row == "clean" else ("All" if row == "all" else attack_label(row))
+                    far.append(f"- {defense_label(d)} / {label} ({ours[0] - t[row][i]:+.1f}): {explain_cell(results[d], t, defenses, d, row)}.")
+        if far:
+            lines += [f"Cells more than {GAP:g} points from the thesis, and what the measurements say about them:", "", *far, ""]
         # qualitative checks
         present = [d for d in defenses if d in results]
         if len(present) >= 2:
