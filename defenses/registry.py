@@ -17,7 +17,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Callable
 
-from harness.errors import BenchUserError
+from benchcore.errors import BenchUserError
 
 ENTRY_POINT_GROUP = "bench.defenses"
 

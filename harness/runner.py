@@ -36,7 +36,7 @@ from harness.errors import BenchUserError
 from harness.gradcheck import check_gradients, describe
 from harness.models import load_defense, variant_key
 from harness.provenance import code_commit, command_line, device_name, package_versions, resolve_device
-from harness.results import SCHEMA_VERSION, atomic_write_json, load_result, result_path
+from harness.results import SCHEMA_VERSION, load_result, result_path, write_result
 from harness.sanity import model_checks, outcome_checks
 from harness.verify import score, verify
 from threat_models import NORMS, AttackSpec, Suite, SuiteAttack, ThreatModel, default_threat, load_suite
@@ -433,11 +433,11 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
         m["clean_wall_time_s"] = round(wall, 3)
         m["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         holder["data"] = {"schema": SCHEMA_VERSION, "manifest": m, "records": recs}
-        atomic_write_json(path, holder["data"])
+        write_result(path, holder["data"])
 
     def on_attack(key, entry, recs):
         holder["data"]["manifest"]["attacks"][key] = entry
-        atomic_write_json(path, holder["data"])
+        write_result(path, holder["data"])
 
     todo = []
     for job in ctx.jobs:
@@ -457,9 +457,9 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
     evaluate_samples(ctx, jobs=todo, records=existing, on_clean=on_clean_log, on_attack=on_attack, log=log)
     final = holder["data"]
     if cfg.check_budget:
-        saturation.run(ctx, final, n=cfg.check_budget, write=lambda d: atomic_write_json(path, d), log=log)
+        saturation.run(ctx, final, n=cfg.check_budget, write=lambda d: write_result(path, d), log=log)
     final_checks(ctx, final, log=log)
-    atomic_write_json(path, final)
+    write_result(path, final)
     return path
 
 

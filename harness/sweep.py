@@ -31,7 +31,7 @@ from typing import Any
 
 from harness import datasets
 from harness.errors import BenchUserError
-from harness.results import SCHEMA_VERSION, atomic_write_json, result_path
+from harness.results import SCHEMA_VERSION, atomic_write_json, result_path, write_result
 from threat_models import NORMS, ThreatModel, default_threat, load_suite
 
 PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch", "options"}
@@ -371,7 +371,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         if kept:
             manifest["budget_check"] = kept
         manifest["warnings"] = list(first.get("model_warnings", [])) + outcome_checks({"manifest": manifest, "records": records})
-        atomic_write_json(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
+        write_result(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
         written.append(path)
     return written
 

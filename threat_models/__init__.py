@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import BenchUserError
+from benchcore.errors import BenchUserError
 
 NORMS = ("linf", "l2")
 NORM_LABEL = {"linf": "L∞", "l2": "L2"}
