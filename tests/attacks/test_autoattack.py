@@ -71,11 +71,18 @@ def test_version_is_recorded_in_the_budget_and_can_be_forced():
 
 
 def test_prints_do_not_reach_stdout(capsys, caplog):
+    """Verbose AutoAttack (DEBUG logging) reports its progress through logging, never on stdout (which holds bench's tables)."""
     d = LinearDefense().eval()
     x, y = batch(d.net, n=4)
     with caplog.at_level(logging.DEBUG):
         run_attack(d, x, y, ThreatModel(norm="linf", eps=0.1), AttackSpec("autoattack", params=CHEAP), seed=0)
     assert capsys.readouterr().out == ""
+    progress = [r for r in caplog.records if r.levelno == logging.DEBUG and "robust accuracy" in r.getMessage()]
+    assert progress and {r.name for r in progress} <= {"auto-attack", "harness.attacks.autoattack"}  # AutoAttack's own report
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_attack(d, x, y, ThreatModel(norm="linf", eps=0.1), AttackSpec("autoattack", params=CHEAP), seed=0)
+    assert capsys.readouterr().out == "" and not [r for r in caplog.records if "robust accuracy" in r.getMessage()]
 
 
 def _masked():
