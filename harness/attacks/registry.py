@@ -9,9 +9,7 @@ error. ``examples/plugin-attack/`` is a complete plugin.
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
-
+from benchcore.plugins import DuplicateNameError, PluginRegistry
 from harness.attacks.base import Attack
 from harness.errors import BenchUserError
 
@@ -22,14 +20,15 @@ _BUILTIN_MODULES = (
     "harness.attacks.square", "harness.attacks.transfer", "harness.attacks.autoattack",
 )
 
-_REGISTRY: dict[str, Attack] = {}
-_ORIGIN: dict[str, str] = {}
-_BROKEN: dict[str, str] = {}
-_loaded = False
 
-
-class DuplicateAttackError(RuntimeError):
+class DuplicateAttackError(DuplicateNameError):
     """Two attacks claim the same registry name."""
+
+
+_PLUGINS = PluginRegistry("attack", group=ENTRY_POINT_GROUP, builtin_modules=_BUILTIN_MODULES, duplicate_error=DuplicateAttackError)
+_REGISTRY: dict[str, Attack] = _PLUGINS.entries
+_ORIGIN: dict[str, str] = _PLUGINS.origin
+_BROKEN: dict[str, str] = _PLUGINS.broken
 
 
 def register(cls: type | None = None, *, origin: str = "built-in"):
@@ -39,42 +38,15 @@ def register(cls: type | None = None, *, origin: str = "built-in"):
         if not (isinstance(c, type) and issubclass(c, Attack)):
             raise TypeError(f"{c!r} is not a harness.attacks.base.Attack subclass")
         c.check_declaration()
-        key = c.name
-        if key in _REGISTRY and type(_REGISTRY[key]) is not c:
-            raise DuplicateAttackError(f"attack name {key!r} is registered twice: {_ORIGIN[key]} and {origin} ({c.__module__}.{c.__qualname__})")
-        if key not in _REGISTRY:
-            _REGISTRY[key] = c()
-            _ORIGIN[key] = origin
+        _PLUGINS.add(c.name, c, _REGISTRY.get(c.name) or c(), origin=origin)  # another class of that name: raises
         return c
 
     return deco(cls) if cls is not None else deco
 
 
-def _load_plugins() -> None:
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        origin = f"plugin {ep.name} ({ep.value})"
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plugin must not break the others
-            _BROKEN[ep.name] = f"{type(exc).__name__}: {exc}"
-            continue
-        if isinstance(obj, type) and issubclass(obj, Attack):
-            try:
-                register(obj, origin=origin)
-            except (DuplicateAttackError, ValueError, TypeError) as exc:
-                _BROKEN[ep.name] = str(exc)
-        # a module entry point registers its attacks itself on import
-
-
 def ensure_loaded() -> None:
     """Import the built-in attack modules and discover plugins (once)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
-    _load_plugins()
+    _PLUGINS.ensure_loaded(register, lambda: Attack)
 
 
 def list_attacks() -> dict[str, Attack]:

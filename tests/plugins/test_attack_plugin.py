@@ -4,13 +4,12 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_bench
+from tests.plugins.test_plugins import install_examples
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,14 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def plugins_path(bench_env):
     """The example attack plugin and the example defense plugin (a linear SVM: trains in seconds), installed into a private target."""
-    target = bench_env / "site"
-    r = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target),
-         str(ROOT / "examples" / "plugin-attack"), str(ROOT / "examples" / "plugin-defense")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    return str(target)
+    return install_examples(bench_env / "site", "plugin-attack", "plugin-defense")
 
 
 def _env(*paths):
