@@ -26,11 +26,11 @@ from typing import Callable, Sequence
 import torch
 
 from harness.attacks.neat import FoolingSet, evolve_fooling_images, load_neat_settings, neat_version
+from benchcore.io import atomic_write
 from harness.errors import BenchUserError
-from benchcore.io import atomic_write, atomic_write_json
-
-SCHEMA_VERSION = 1
-OUTCOMES = ("fooled", "abstained", "other")
+from harness.results import FOOLING_OUTCOMES as OUTCOMES
+from harness.results import FOOLING_SCHEMA_VERSION as SCHEMA_VERSION
+from harness.results import write_fooling
 
 
 def neat_dir(out_dir: str | os.PathLike, dataset: str) -> Path:
@@ -273,6 +273,6 @@ def run_neat(
         "defenses": {name: dict(s, **meta[name]) for name, s in scores.items()},
         "skipped": skipped,
     }
-    atomic_write_json(paths["results"], results)
+    write_fooling(paths["results"], results)
     table = summary_table(scores, skipped=skipped)
     return {"results": results, "paths": {k: str(v) for k, v in paths.items()}, "table": table}

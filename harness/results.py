@@ -45,6 +45,19 @@ defense options)::
 norm) of the best verified adversarial example, or ``null`` when none was found; a sample that is
 misclassified (or abstained on) before the attack is adversarial at distance 0.
 
+Fooling-image results (``bench neat``, :mod:`harness.fooling`):
+``<out>/<dataset>/neat/results.json`` (:class:`FoolingFile`)::
+
+    {
+      "schema": 1,
+      "manifest": {"attack": "neat", "source": "cnn", "dataset": "fmnist", "seed": 0, "population": ..., "generations": ...,
+                   "threshold": 0.9, "n_images": 30, "n_reached": 30, ...provenance as above...},
+      "images": [{"index": 0, "target": 3, "confidence": 0.99, "generations": 12, "reached": true}],   # FoolingImage
+      "defenses": {"cnn": {"n": 30, "fooled": 30, "abstained": 0, "other": 0, "fooled_rate": 1.0, ...,  # FoolingScore
+                           "records": [{"index": 0, "target": 3, "prediction": 3, "abstained": false, "outcome": "fooled"}]}},
+      "skipped": {"eabs": "no checkpoint ..."}
+    }
+
 Optional keys that a file does not hold stay absent when it is written back (:data:`ABSENT`);
 keys this module does not know (a newer writer's) are kept in ``extra`` and written back after the
 known ones, so reading and writing a file never loses anything.
@@ -64,8 +77,8 @@ from benchcore.io import atomic_write, atomic_write_json, dumps_json
 from harness.errors import BenchUserError
 
 __all__ = ["ABSENT", "SCHEMA_VERSION", "READABLE_SCHEMAS", "Outcome", "Record", "AttackEntry", "Manifest", "ResultFile",
-           "atomic_write", "atomic_write_json", "read_result", "write_result", "load_result", "load_results", "result_path",
-           "list_result_sets"]
+           "FoolingImage", "FoolingScore", "FoolingFile", "atomic_write", "atomic_write_json", "read_result", "write_result",
+           "read_fooling", "write_fooling", "read_any", "load_result", "load_results", "result_path", "list_result_sets"]
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -296,6 +309,97 @@ class ResultFile:
     def data(self) -> dict:
         """The dict view (what :func:`load_result` returns) with the file's own schema number."""
         return dict(self.to_dict(), schema=self.schema)
+
+
+FOOLING_SCHEMA_VERSION = 1
+FOOLING_OUTCOMES = ("fooled", "abstained", "other")
+
+
+@dataclass(frozen=True)
+class FoolingImage(_Doc):
+    """One evolved image: its target class, the source model's confidence, generations, whether it reached the threshold."""
+
+    index: int
+    target: int
+    confidence: float
+    generations: int
+    reached: bool
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    TYPES: ClassVar = {"index": (int,), "target": (int,), "confidence": _NUM, "generations": (int,), "reached": (bool,)}
+    REQUIRED: ClassVar = ("index", "target", "confidence", "generations", "reached")
+
+
+@dataclass(frozen=True)
+class FoolingScore(_Doc):
+    """One defense on the fooling images: counts, rates and per-image outcomes (fooled / abstained / other)."""
+
+    n: int
+    fooled: int
+    abstained: int
+    other: int
+    records: tuple = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)  # rates, wall time, checkpoint hash, paper
+
+    TYPES: ClassVar = {"n": (int,), "fooled": (int,), "abstained": (int,), "other": (int,), "records": (list,)}
+    REQUIRED: ClassVar = ("n", "fooled", "abstained", "other", "records")
+
+
+@dataclass(frozen=True)
+class FoolingFile(_Doc):
+    """A ``bench neat`` result file (see the module docstring)."""
+
+    schema: int
+    manifest: Mapping[str, Any]
+    images: tuple
+    defenses: Mapping[str, FoolingScore]
+    skipped: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    TYPES: ClassVar = {"schema": (int,), "manifest": (dict,), "images": (list,), "defenses": (dict,), "skipped": (dict,)}
+    REQUIRED: ClassVar = ("schema", "manifest", "images", "defenses")
+    NESTED: ClassVar = {"defenses": FoolingScore}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "fooling result file") -> "FoolingFile":
+        if not isinstance(d, dict) or d.get("schema") != FOOLING_SCHEMA_VERSION:
+            raise BenchUserError(f"{where} has an unknown format (expected schema {FOOLING_SCHEMA_VERSION}); rerun bench neat")
+        out = super().from_dict(d, where)
+        missing = [k for k in ("attack", "source", "dataset", "seed", "n_images") if k not in out.manifest]
+        if missing:
+            raise BenchUserError(f"{where}: manifest misses {', '.join(missing)}")
+        images = [FoolingImage.from_dict(im, f"{where}: image {i}") for i, im in enumerate(out.images)]
+        if len(images) != out.manifest["n_images"]:
+            raise BenchUserError(f"{where}: manifest n_images={out.manifest['n_images']} but {len(images)} images")
+        for name, s in out.defenses.items():
+            if s.fooled + s.abstained + s.other != s.n or len(s.records) != s.n:
+                raise BenchUserError(f"{where}: {name}: fooled + abstained + other != n or one record per image missing")
+            if any(r.get("outcome") not in FOOLING_OUTCOMES for r in s.records):
+                raise BenchUserError(f"{where}: {name}: an outcome other than {', '.join(FOOLING_OUTCOMES)}")
+        return out
+
+
+def read_fooling(path: str | os.PathLike) -> FoolingFile:
+    """Read and validate a ``bench neat`` result file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BenchUserError(f"fooling result file {path} is not valid JSON ({exc})") from None
+    return FoolingFile.from_dict(data, f"fooling result file {path}")
+
+
+def write_fooling(path: str | os.PathLike, data: dict) -> Path:
+    """Validate and write a ``bench neat`` result file atomically."""
+    return atomic_write(path, dumps_json(FoolingFile.from_dict(data, f"fooling result for {path}").to_dict()))
+
+
+def read_any(path: str | os.PathLike) -> "ResultFile | FoolingFile":
+    """Any result file bench writes: an evaluation (:class:`ResultFile`) or fooling images (:class:`FoolingFile`)."""
+    path = Path(path)
+    if path.parent.name == "neat":
+        return read_fooling(path)
+    return read_result(path)
 
 
 def result_path(results_dir: str | os.PathLike, dataset: str, norm: str, defense: str) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import BenchUserError
-from harness.results import ABSENT, SCHEMA_VERSION, ResultFile, load_result, read_result, write_result
+from harness.results import ABSENT, SCHEMA_VERSION, FoolingFile, ResultFile, load_result, read_any, read_result, write_fooling, write_result
 from threat_models import AttackSpec, ThreatModel, list_suites, load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +20,28 @@ RESULT_FILES = sorted(p for p in (ROOT / "results").rglob("*.json") if p.parent.
 
 def test_there_are_committed_result_files():
     assert len(RESULT_FILES) >= 20
+
+
+ALL_JSON = sorted((ROOT / "results").rglob("*.json"))
+
+
+@pytest.mark.parametrize("path", ALL_JSON, ids=lambda p: str(p.relative_to(ROOT / "results")))
+def test_every_json_file_under_results_loads_through_the_typed_loader(path):
+    typed = read_any(path)
+    assert typed.to_dict() == dict(json.loads(path.read_text(encoding="utf-8")), schema=typed.to_dict()["schema"])
+
+
+def test_fooling_file_round_trip_and_validation(tmp_path):
+    src = next(p for p in ALL_JSON if p.parent.name == "neat")
+    typed = read_any(src)
+    assert isinstance(typed, FoolingFile) and typed.manifest["attack"] == "neat" and len(typed.images) == typed.manifest["n_images"]
+    data = json.loads(src.read_text())
+    out = write_fooling(tmp_path / "neat" / "results.json", data)
+    assert json.loads(out.read_text()) == data
+    name = next(iter(data["defenses"]))
+    data["defenses"][name]["fooled"] += 1
+    with pytest.raises(BenchUserError, match="fooled \\+ abstained \\+ other != n"):
+        write_fooling(tmp_path / "neat" / "bad.json", data)
 
 
 @pytest.mark.parametrize("path", RESULT_FILES, ids=lambda p: str(p.relative_to(ROOT / "results")))
