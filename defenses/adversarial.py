@@ -30,8 +30,7 @@ from torch import nn
 from defenses.cnn import CNN, arch_checkpoint_name
 from defenses.registry import register
 from defenses.training import train_classifier
-from harness.checkpoints import find_checkpoint, load_checkpoint
-from harness.errors import BenchUserError
+from benchcore.errors import BenchUserError
 from threat_models import AttackSpec, ThreatModel, default_threat
 
 #: CPU-budget epochs per data set (thesis: 200). FMNIST, 106 batches of 512 per epoch: PGD-10
@@ -102,6 +101,8 @@ class AdversarialCNN(CNN):
         return {"arch": self.arch, "adversarial_training": f"PGD {self.norm}"}
 
     def _load_init(self) -> dict:
+        from harness.checkpoints import find_checkpoint, load_checkpoint  # training only: the harness's checkpoint store
+
         name = self.init_checkpoint_name()
         path = find_checkpoint(name, self.dataset)
         if path is None:

@@ -20,7 +20,7 @@ from defenses.networks import ConvTrunk, layout_for, trunk_features
 from defenses.registry import register
 from defenses.resnet import RESNET_DATASETS, ResNet18, resnet_recipe
 from defenses.training import NOISE_SIGMA, supervised_recipe, train_classifier
-from harness.errors import BenchUserError
+from benchcore.errors import BenchUserError
 
 DEFAULT_ARCH = "table2.1"
 ARCHS = (DEFAULT_ARCH, "resnet18")

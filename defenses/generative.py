@@ -39,7 +39,7 @@ from defenses.base import Defense, straight_through
 from defenses.networks import layout_for
 from defenses.networks.grouped import GroupedDecoder, GroupedDiscriminator, GroupedEncoder, fold_batchnorm, per_group_default, run_per_group
 from defenses.training import NOISE_SIGMA, EpochEnd, TrainProgress, make_scheduler, report_progress, restore_progress
-from harness.errors import BenchUserError
+from benchcore.errors import BenchUserError
 
 PRECISIONS = ("fp32", "bf16")
 SCORE_AT = ("sample", "mean")

@@ -13,25 +13,26 @@ calls it. Family members are not listed by :func:`list_defenses` (they need exte
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
 from typing import Callable
 
-from harness.errors import BenchUserError
+from benchcore.errors import BenchUserError
+from benchcore.plugins import DuplicateNameError, PluginRegistry
 
 ENTRY_POINT_GROUP = "bench.defenses"
 
 _BUILTIN_MODULES = ("defenses.cnn", "defenses.abs", "defenses.eabs", "defenses.adversarial", "defenses.binarize", "defenses.smoothing", "defenses.robustbench")
 
-_REGISTRY: dict[str, type] = {}
-_ORIGIN: dict[str, str] = {}
-_BROKEN: dict[str, str] = {}
-_FAMILIES: dict[str, tuple[Callable[[str], type], str]] = {}
-_loaded = False
 
 
-class DuplicateDefenseError(RuntimeError):
+class DuplicateDefenseError(DuplicateNameError):
     """Two defenses claim the same registry name."""
+
+
+_PLUGINS = PluginRegistry("defense", group=ENTRY_POINT_GROUP, builtin_modules=_BUILTIN_MODULES, duplicate_error=DuplicateDefenseError)
+_REGISTRY: dict[str, type] = _PLUGINS.entries
+_ORIGIN: dict[str, str] = _PLUGINS.origin
+_BROKEN: dict[str, str] = _PLUGINS.broken
+_FAMILIES: dict[str, tuple[Callable[[str], type], str]] = {}
 
 
 def register(cls: type | None = None, *, name: str | None = None, origin: str = "built-in"):
@@ -47,12 +48,7 @@ def register(cls: type | None = None, *, name: str | None = None, origin: str = 
             raise ValueError(f"{c.__name__} has no registry name (set the class attribute `name`)")
         if key != c.name:
             raise ValueError(f"registry name {key!r} differs from {c.__name__}.name={c.name!r}")
-        if key in _REGISTRY and _REGISTRY[key] is not c:
-            raise DuplicateDefenseError(
-                f"defense name {key!r} is registered twice: {_ORIGIN[key]} and {origin} ({c.__module__}.{c.__qualname__})"
-            )
-        _REGISTRY[key] = c
-        _ORIGIN[key] = origin
+        _PLUGINS.add(key, c, c, origin=origin)
         return c
 
     return deco(cls) if cls is not None else deco
@@ -73,35 +69,15 @@ def list_families() -> dict[str, str]:
     return {k: v[1] for k, v in sorted(_FAMILIES.items())}
 
 
-def _load_plugins() -> None:
+def _defense_base() -> type:
     from defenses.base import Defense
 
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        origin = f"plugin {ep.name} ({ep.value})"
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plugin must not break the others
-            _BROKEN[ep.name] = f"{type(exc).__name__}: {exc}"
-            continue
-        if isinstance(obj, type) and issubclass(obj, Defense):
-            if obj.name in _REGISTRY and _REGISTRY[obj.name] is obj:
-                continue
-            try:
-                register(obj, origin=origin)
-            except (DuplicateDefenseError, ValueError, TypeError) as exc:
-                _BROKEN[ep.name] = str(exc)
-        # a module entry point registers its defenses itself on import
+    return Defense
 
 
 def ensure_loaded() -> None:
     """Import the built-in defense modules and discover plugins (once)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
-    _load_plugins()
+    _PLUGINS.ensure_loaded(register, _defense_base)
 
 
 def list_defenses() -> dict[str, type]:

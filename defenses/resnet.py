@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.errors import BenchUserError
+from benchcore.errors import BenchUserError
 
 #: data sets whose images are 32x32 RGB (the ResNet-18 stem and pooling assume this size)
 RESNET_DATASETS = ("cifar10", "svhn", "supertraffic10", "gtsrb")

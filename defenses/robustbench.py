@@ -36,7 +36,7 @@ from torch import nn
 
 from defenses.base import Defense
 from defenses.registry import register_family
-from harness.errors import BenchUserError, CheckpointError
+from benchcore.errors import BenchUserError, CheckpointError
 
 #: our norm -> RobustBench's threat-model folder
 THREAT_DIRS = {"linf": "Linf", "l2": "L2"}

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from defenses.base import Defense, straight_through
 from defenses.cnn import CNN, CNNGauss
 from defenses.registry import register
-from harness.errors import BenchUserError
+from benchcore.errors import BenchUserError
 
 NORMS = ("linf", "l2")
 #: thesis section 4.3: "we choose a fixed standard deviation of 0.05"

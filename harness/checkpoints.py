@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from harness.errors import CheckpointError
-from harness.results import atomic_write_json
+from benchcore.io import atomic_write, atomic_write_json
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -84,9 +84,7 @@ def save_checkpoint(module: torch.nn.Module, path: str | os.PathLike, card: dict
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, tmp))
     card = dict(card, weights=path.name, sha256=sha256_file(path))
     atomic_write_json(path.with_suffix(".json"), card)
     return card
@@ -106,11 +104,7 @@ def save_train_state(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # no shared storage
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={TRAIN_STATE_KEY: json.dumps(meta, allow_nan=True)})
-    with open(tmp, "rb") as fh:  # on disk before the rename makes it the state
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={TRAIN_STATE_KEY: json.dumps(meta, allow_nan=True)}))
     return sha256_file(path)
 
 

@@ -302,10 +302,13 @@ def _cmd_list(a) -> int:
         for prefix, description in list_families().items():
             print(f"{prefix + ':<Name>':<16} {'family':<13} {'built-in':<12} {description}")
     elif a.what == "attacks":
-        from harness.attacks import ATTACKS
+        from harness.attacks import broken_plugins, list_attacks, origin_of
 
-        for name, info in ATTACKS.items():
-            print(f"{name:<11} {','.join(info.norms):<8} {info.kind:<12} {info.uses:<13} {info.library:<13} {info.description}")
+        for name, info in list_attacks().items():
+            origin = "built-in" if origin_of(name) == "built-in" else "plugin"
+            print(f"{name:<11} {','.join(info.norms):<8} {info.kind:<12} {info.uses:<13} {info.library:<13} {origin:<9} {info.description}")
+        for name, err in sorted(broken_plugins().items()):
+            print(f"{name:<11} BROKEN   plugin: {err}")
     elif a.what == "datasets":
         from harness import datasets
 

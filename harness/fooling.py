@@ -26,11 +26,11 @@ from typing import Callable, Sequence
 import torch
 
 from harness.attacks.neat import FoolingSet, evolve_fooling_images, load_neat_settings, neat_version
+from benchcore.io import atomic_write
 from harness.errors import BenchUserError
-from harness.results import atomic_write_json
-
-SCHEMA_VERSION = 1
-OUTCOMES = ("fooled", "abstained", "other")
+from harness.results import FOOLING_OUTCOMES as OUTCOMES
+from harness.results import FOOLING_SCHEMA_VERSION as SCHEMA_VERSION
+from harness.results import write_fooling
 
 
 def neat_dir(out_dir: str | os.PathLike, dataset: str) -> Path:
@@ -86,13 +86,7 @@ def save_fooling_set(fooling_set: FoolingSet, path: str | os.PathLike, *, metada
         "reached": fooling_set.reached.cpu().contiguous(),
     }
     meta = {"threshold": repr(fooling_set.threshold), **{k: str(v) for k, v in (metadata or {}).items()}}
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
 
@@ -141,13 +135,7 @@ def plot_fooling(fooling_set: FoolingSet, path: str | os.PathLike, *, class_name
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, metadata={"Software": None})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None}))
     return path
 
 
@@ -285,6 +273,6 @@ def run_neat(
         "defenses": {name: dict(s, **meta[name]) for name, s in scores.items()},
         "skipped": skipped,
     }
-    atomic_write_json(paths["results"], results)
+    write_fooling(paths["results"], results)
     table = summary_table(scores, skipped=skipped)
     return {"results": results, "paths": {k: str(v) for k, v in paths.items()}, "table": table}

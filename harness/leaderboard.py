@@ -15,6 +15,7 @@ from tabulate import tabulate
 
 from harness import stats
 from harness.plots import plot_path, write_curves
+from benchcore.io import atomic_write
 from harness.results import list_result_sets, load_results, result_path
 from harness.sanity import verdict
 from harness.tables import (
@@ -177,15 +178,7 @@ def write_leaderboard(results_dir: str | os.PathLike, out_path: str | os.PathLik
     text = render_leaderboard(results_dir, out_path=out)
     if _read(out) == text:
         return False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(out, text)
     return True
 
 

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from harness import stats
+from benchcore.io import atomic_write
 from harness.results import list_result_sets, load_results
 from harness.tables import attack_label, defense_label, defense_order, norm_label
 
@@ -99,13 +100,7 @@ def _finish(fig, ax, out: Path, *, norm: set, title: str) -> None:
     fig.tight_layout()
     suffix = out.suffix.lower()
     metadata = {"Date": None} if suffix == ".svg" else {"Software": None} if suffix == ".png" else None
-    tmp = out.with_name(f".{out.name}.tmp{suffix}")
-    try:
-        fig.savefig(tmp, metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format=suffix.lstrip(".") or None, metadata=metadata))
 
 
 def robustness_curve(results: dict[str, dict], out_png: str | os.PathLike, *, title: str) -> pd.DataFrame:

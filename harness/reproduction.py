@@ -18,6 +18,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness import stats
+from benchcore.io import atomic_write
 from harness.results import load_results
 from harness.tables import attack_label, defense_label, norm_label
 
@@ -186,6 +187,5 @@ def write_if_changed(out_path, text: str) -> bool:
     old = out.read_text(encoding="utf-8") if out.exists() else None
     if old == text:
         return False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    atomic_write(out, text)
     return True

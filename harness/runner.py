@@ -30,16 +30,16 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import datasets, saturation
-from harness.attacks import AttackReport, budget_string, get_attack, run_attack
+from harness.attacks import AttackReport, broken_plugins, find_attack, get_attack, run_attack
 from harness.eot import EOTModel
 from harness.errors import BenchUserError
 from harness.gradcheck import check_gradients, describe
 from harness.models import load_defense, variant_key
 from harness.provenance import code_commit, command_line, device_name, package_versions, resolve_device
-from harness.results import SCHEMA_VERSION, atomic_write_json, load_result, result_path
+from harness.results import SCHEMA_VERSION, load_result, result_path, write_result
 from harness.sanity import model_checks, outcome_checks
 from harness.verify import score, verify
-from threat_models import NORMS, AttackSpec, ThreatModel, default_threat, load_suite, suite_tables
+from threat_models import NORMS, AttackSpec, Suite, SuiteAttack, ThreatModel, default_threat, load_suite
 
 
 @dataclass(frozen=True)
@@ -80,40 +80,45 @@ class AttackJob:
     spec: AttackSpec
     threat: ThreatModel
     hash: str  # spec hash (plus the eps for a sweep): a finished attack with this hash is not rerun
+    randomized: bool = False  # the suite's EOT policy: the attacked defense is randomized
+
+    @property
+    def budget(self) -> str:
+        """The attack's declared budget string of this job."""
+        return get_attack(self.spec.name).budget(self.spec, randomized=self.randomized)
 
 
-def suite_eps_sweeps(suite: str, *, norm: str, dataset: str) -> list[tuple[float, ...] | None]:
-    """Per attack of :func:`threat_models.load_suite` (same order): its ``eps = [...]`` list, or None.
-
-    ``load_suite`` ignores the ``eps`` key, so it is read here from the same TOML with the same norm
-    filter; a per-dataset override ``[attack.dataset.<name>] eps = [...]`` wins.
-    """
-    _raw, tables = suite_tables(suite)
-    out: list[tuple[float, ...] | None] = []
-    for a in tables:
-        if norm not in a.get("norms", NORMS):
+def select_attacks(suite: Suite, names, *, norm: str) -> tuple[SuiteAttack, ...]:
+    """The suite's attacks named in ``names`` (``--attacks``), in suite order, followed by registered
+    attacks the suite does not list (plugins), run with their declared ``default_params``."""
+    listed = {e.spec.name for e in suite.entries}
+    extra = []
+    for name in dict.fromkeys(names):
+        if name in listed:
             continue
-        eps = a.get("dataset", {}).get(dataset, {}).get("eps", a.get("eps"))
-        if eps is None:
-            out.append(None)
-            continue
-        if not isinstance(eps, list) or not eps or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in eps):
-            raise BenchUserError(f"suite {suite!r}, attack {a.get('name')!r}: eps must be a non-empty list of numbers, e.g. eps = [0.0, 0.1, 0.2]")
-        out.append(tuple(float(e) for e in eps))
-    return out
+        attack = find_attack(name)
+        if attack is None and name in broken_plugins():
+            get_attack(name)  # raises: the plugin failed to load, and why
+        if attack is None or norm not in attack.norms:
+            raise BenchUserError(f"attack(s) {name} not in suite {suite.name!r} for {norm}; available: {', '.join(e.spec.name for e in suite.entries)}"
+                                 " (or any registered attack for the norm: see `bench list attacks`)")
+        extra.append(SuiteAttack(AttackSpec(name, tuple(attack.default_params.items()), eot=suite.eot)))
+    return tuple(e for e in suite.entries if e.spec.name in names) + tuple(extra)
 
 
-def attack_jobs(specs: list[AttackSpec], sweeps: list[tuple[float, ...] | None], threat: ThreatModel) -> list[AttackJob]:
-    """Expand the suite's specs into jobs: one per spec, or one per eps for a spec with an eps sweep."""
+def attack_jobs(entries, threat: ThreatModel, *, randomized: bool = False) -> list[AttackJob]:
+    """Expand a suite's attacks (:class:`threat_models.SuiteAttack`) into jobs: one per attack, or one
+    per eps for an attack with an eps sweep."""
     jobs = []
-    for spec, sweep in zip(specs, sweeps, strict=True):
-        if sweep is None:
-            jobs.append(AttackJob(spec.name, spec, threat, spec.spec_hash()))
+    for entry in entries:
+        spec = entry.spec
+        if entry.eps is None:
+            jobs.append(AttackJob(spec.name, spec, threat, spec.spec_hash(), randomized))
             continue
-        for e in sweep:
+        for e in entry.eps:
             t = ThreatModel(norm=threat.norm, eps=e, bounds=threat.bounds)
             h = hashlib.sha256(f"{spec.spec_hash()}@{e!r}".encode()).hexdigest()[:12]
-            jobs.append(AttackJob(f"{spec.name}@{t.eps_label}", spec, t, h))
+            jobs.append(AttackJob(f"{spec.name}@{t.eps_label}", spec, t, h, randomized))
     keys = [j.key for j in jobs]
     if len(set(keys)) != len(keys):
         raise BenchUserError(f"the suite runs an attack twice under the same key ({', '.join(sorted({k for k in keys if keys.count(k) > 1}))}); give each eps only once")
@@ -185,23 +190,18 @@ def prepare(cfg: RunConfig, *, log=print) -> EvalContext:
         diameter = math.prod(info.shape) ** 0.5 * (threat.bounds[1] - threat.bounds[0])
         if cfg.norm == "l2" and threat.eps > diameter:
             raise BenchUserError(f"L2 eps {threat.eps:g} exceeds the diameter of {cfg.dataset}'s input space ({diameter:.4g} for {'x'.join(map(str, info.shape))} images in {threat.bounds}): every image is in the ball; use a smaller eps")
-    load_suite(cfg.suite, norm=cfg.norm, dataset=cfg.dataset)  # validate the name before any training
+    # validate the suite and the attack names before any training
+    unseen = load_suite(cfg.suite, norm=cfg.norm, dataset=cfg.dataset)
+    if cfg.attacks:
+        select_attacks(unseen, cfg.attacks, norm=cfg.norm)
     test = datasets.load(cfg.dataset, "test")
     ids = sample_ids(len(test.x), cfg.n, cfg.seed)
-    sweeps = suite_eps_sweeps(cfg.suite, norm=cfg.norm, dataset=cfg.dataset)
     defense, card = load_defense(cfg.defense, cfg.dataset, device=device, train_if_missing=cfg.train_if_missing, progress=cfg.progress, announce=log, options=cfg.options, norm=cfg.norm)
     defense.set_threat(threat.norm, threat.eps)
     suite = load_suite(cfg.suite, norm=cfg.norm, dataset=cfg.dataset, randomized=defense.randomized)
-    specs = list(suite.attacks)
-    if cfg.attacks:
-        unknown = set(cfg.attacks) - {s.name for s in specs}
-        if unknown:
-            raise BenchUserError(f"attack(s) {', '.join(sorted(unknown))} not in suite {cfg.suite!r} for {cfg.norm}; available: {', '.join(s.name for s in specs)}")
-        keep = [s.name in cfg.attacks for s in specs]
-        specs = [s for s, k in zip(specs, keep) if k]
-        sweeps = [e for e, k in zip(sweeps, keep) if k]
-    jobs = attack_jobs(specs, sweeps, threat)
-    draws = max((s.eot for s in specs), default=1) if defense.randomized else 1
+    entries = select_attacks(suite, cfg.attacks, norm=cfg.norm) if cfg.attacks else suite.entries
+    jobs = attack_jobs(entries, threat, randomized=suite.randomized)
+    draws = max((e.spec.eot for e in entries), default=1) if defense.randomized else 1
     dinfo = defense.info()
     manifest = {
         "defense": cfg.defense,
@@ -289,7 +289,7 @@ def evaluate_samples(
         t0 = time.perf_counter()
         results = {}
         report = AttackReport()
-        bar = tqdm(total=sum(clean_ok), desc=f"{job.key} ({budget_string(spec)})", unit="img", disable=not cfg.progress, dynamic_ncols=True)
+        bar = tqdm(total=sum(clean_ok), desc=f"{job.key} ({job.budget})", unit="img", disable=not cfg.progress, dynamic_ncols=True)
         for b0, b1 in blocks:
             idx = [p for p in range(b0, b1) if clean_ok[p - start]]  # positions in ctx.ids
             if not idx:
@@ -328,7 +328,7 @@ def evaluate_samples(
             "eps_label": threat.eps_label,
             "kind": ainfo.kind,
             "library": ainfo.library,
-            "budget": budget_string(spec),
+            "budget": job.budget,
             "wall_time_s": round(wall, 3),
         }
         if report.notes:
@@ -337,7 +337,7 @@ def evaluate_samples(
             on_attack(job.key, entries[job.key], records)
         if log is not None and records:
             acc = sum(r["attacks"][job.key]["correct"] for r in records) / len(records)
-            log(f"  {job.key:<9} accuracy {acc:.3f}  ({budget_string(spec)}; {wall:.1f} s)")
+            log(f"  {job.key:<9} accuracy {acc:.3f}  ({job.budget}; {wall:.1f} s)")
     return SampleResult(records=records, clean_wall_time_s=round(clean_wall, 3), attacks=entries)
 
 
@@ -382,7 +382,7 @@ def _check_same_evaluation(path: Path, old: dict, ctx: EvalContext, manifest: di
     done = om.get("attacks") or {}
     changed = [job for job in ctx.jobs if job.key in done and done[job.key].get("spec_hash") != job.hash]
     if changed:
-        what = "; ".join(f"{j.key}: file has '{done[j.key].get('budget')}', this run '{budget_string(j.spec)}'" for j in changed)
+        what = "; ".join(f"{j.key}: file has '{done[j.key].get('budget')}', this run '{j.budget}'" for j in changed)
         raise BenchUserError(f"{path} holds other budgets for attacks this run would redo ({what}); pass --fresh to replace the file or --results-dir to write elsewhere")
 
 
@@ -433,11 +433,11 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
         m["clean_wall_time_s"] = round(wall, 3)
         m["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         holder["data"] = {"schema": SCHEMA_VERSION, "manifest": m, "records": recs}
-        atomic_write_json(path, holder["data"])
+        write_result(path, holder["data"])
 
     def on_attack(key, entry, recs):
         holder["data"]["manifest"]["attacks"][key] = entry
-        atomic_write_json(path, holder["data"])
+        write_result(path, holder["data"])
 
     todo = []
     for job in ctx.jobs:
@@ -457,9 +457,9 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
     evaluate_samples(ctx, jobs=todo, records=existing, on_clean=on_clean_log, on_attack=on_attack, log=log)
     final = holder["data"]
     if cfg.check_budget:
-        saturation.run(ctx, final, n=cfg.check_budget, write=lambda d: atomic_write_json(path, d), log=log)
+        saturation.run(ctx, final, n=cfg.check_budget, write=lambda d: write_result(path, d), log=log)
     final_checks(ctx, final, log=log)
-    atomic_write_json(path, final)
+    write_result(path, final)
     return path
 
 

@@ -75,10 +75,10 @@ def model_checks(defense, x: torch.Tensor, y: torch.Tensor, *, draws: int, seed:
 
 
 def _uses(key: str):
-    """The AttackInfo of a result-file attack key (``fgm@0.2`` -> fgm), or None for unknown attacks."""
-    from harness.attacks import ATTACKS
+    """The registered Attack of a result-file attack key (``fgm@0.2`` -> fgm), or None for unknown attacks."""
+    from harness.attacks import find_attack
 
-    return ATTACKS.get(key.split("@")[0])
+    return find_attack(key.split("@")[0])
 
 
 def group_accuracies(data: dict) -> dict[str, tuple[int, int]]:

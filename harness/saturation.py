@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 
-from harness.attacks import budget_string, get_attack
+from harness.attacks import get_attack
 from threat_models import AttackSpec
 
 DEFAULT_N = 100
@@ -42,7 +42,7 @@ THRESHOLD = 0.02
 def stronger(spec: AttackSpec, *, factor: int = FACTOR, restarts: int = RESTARTS) -> AttackSpec | None:
     """``spec`` with ``factor`` times the steps and at least ``restarts`` restarts, or None when the
     check does not apply (not a gradient attack, or no ``steps`` parameter)."""
-    info = get_attack(spec.name)
+    info = get_attack(spec.name)  # its declaration: what it uses
     steps = spec.kwargs.get("steps")
     if info.uses != "gradient" or not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         return None
@@ -88,7 +88,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, write=None, log=None) -> dict:
         prev = entry["attacks"].get(job.key) or {}
         if prev.get("of") == job.hash and prev.get("spec_hash") == h2:
             continue
-        jobs.append(AttackJob(job.key, spec2, job.threat, h2))
+        jobs.append(AttackJob(job.key, spec2, job.threat, h2, job.randomized))
     entry["attacks"] = {k: v for k, v in entry["attacks"].items() if k in done and v.get("of") == done[k].get("spec_hash")}
     if skipped:
         entry["not_checked"] = skipped
@@ -98,7 +98,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, write=None, log=None) -> dict:
         orig = next(j for j in ctx.jobs if j.key == key)
         acc, acc2 = _acc(head, key), _acc(recs, key)
         entry["attacks"][key] = {
-            "of": orig.hash, "spec_hash": next(j.hash for j in jobs if j.key == key), "budget": budget_string(orig.spec),
+            "of": orig.hash, "spec_hash": next(j.hash for j in jobs if j.key == key), "budget": orig.budget,
             "budget_doubled": info["budget"], "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6),
             "saturated": acc - acc2 <= THRESHOLD, "wall_time_s": info["wall_time_s"],
             # test-set indices robust at the suite's budget but broken by the doubled one

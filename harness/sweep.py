@@ -31,14 +31,14 @@ from typing import Any
 
 from harness import datasets
 from harness.errors import BenchUserError
-from harness.results import SCHEMA_VERSION, atomic_write_json, result_path
+from harness.results import SCHEMA_VERSION, atomic_write_json, result_path, write_result
 from threat_models import NORMS, ThreatModel, default_threat, load_suite
 
 PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch", "options"}
 CLEAN_KEY = "_clean"  # job key of a suite with no attacks for a norm: the clean pass only
 
-# Crude relative costs per attacked sample (FGM = 1 gradient step); unknown attacks count as 20.
-COST_FACTORS = {"fgm": 1, "pgd": 40, "deepfool": 50, "ddn": 40, "cw": 100, "noise": 20, "boundary": 2000, "es-pgd": 1000, "autoattack": 100, "square": 2000, "transfer": 40, "clean": 0.2}
+#: relative cost of the clean pass per sample (attacks declare their own ``cost``: FGM = 1 gradient step)
+CLEAN_COST = 0.2
 
 
 @dataclass(frozen=True)
@@ -204,28 +204,21 @@ def shard_ranges(*, n: int, batch_size: int, shards: int) -> list[tuple[int, int
     return [(edges[k] * batch_size, min(edges[k + 1] * batch_size, n)) for k in range(shards)]
 
 
-def _suite_sha(suite: str) -> str:
-    from threat_models import suite_text
+def attack_keys(plan: Plan, *, dataset: str, norm: str, suite) -> list[str]:
+    """The attack keys ``bench run`` would record for this combination (plan's attack subset applied);
+    ``suite``: a :class:`threat_models.Suite` or its name."""
+    from harness.runner import attack_jobs
 
-    text = suite_text(suite)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def attack_keys(plan: Plan, *, dataset: str, norm: str, suite: str) -> list[str]:
-    """The attack keys ``bench run`` would record for this combination (plan's attack subset applied)."""
-    from harness.runner import attack_jobs, suite_eps_sweeps
-
-    specs = list(load_suite(suite, norm=norm, dataset=dataset).attacks)
-    sweeps = suite_eps_sweeps(suite, norm=norm, dataset=dataset)
+    if isinstance(suite, str):
+        suite = load_suite(suite, norm=norm, dataset=dataset)
+    entries = suite.entries
     if plan.attacks:
-        names = {s.name for s in specs}
-        keep = [s.name in plan.attacks for s in specs]
-        specs = [s for s, k in zip(specs, keep) if k]
-        sweeps = [e for e, k in zip(sweeps, keep) if k]
-        if not specs and not (set(plan.attacks) & names):
-            raise BenchUserError(f"plan: none of attacks {', '.join(plan.attacks)} is in suite {suite!r} for {norm}; available: {', '.join(sorted(names))}")
+        names = {e.spec.name for e in entries}
+        entries = tuple(e for e in entries if e.spec.name in plan.attacks)
+        if not entries and not (set(plan.attacks) & names):
+            raise BenchUserError(f"plan: none of attacks {', '.join(plan.attacks)} is in suite {suite.name!r} for {norm}; available: {', '.join(sorted(names))}")
     threat = default_threat(dataset, norm) if plan.eps is None else ThreatModel(norm=norm, eps=plan.eps)
-    return [j.key for j in attack_jobs(specs, sweeps, threat)]
+    return [j.key for j in attack_jobs(entries, threat)]
 
 
 def expand(plan: Plan) -> list[SweepJob]:
@@ -241,8 +234,9 @@ def expand(plan: Plan) -> list[SweepJob]:
                 build_defense(defense, dataset, **({"arch": plan.arch} if plan.arch else {}), **dict(plan.options))  # validates name, dataset, options
                 seen: dict[str, str] = {}
                 for suite in plan.suites:
-                    sha = _suite_sha(suite)
-                    keys = attack_keys(plan, dataset=dataset, norm=norm, suite=suite) or [CLEAN_KEY]
+                    parsed = load_suite(suite, norm=norm, dataset=dataset)
+                    sha = parsed.sha256[:12]
+                    keys = attack_keys(plan, dataset=dataset, norm=norm, suite=parsed) or [CLEAN_KEY]
                     for key in keys:
                         if key in seen and key != CLEAN_KEY:
                             raise BenchUserError(f"plan: attack {key!r} is in suites {seen[key]!r} and {suite!r}; one result file holds it once, so list one of them")
@@ -252,14 +246,16 @@ def expand(plan: Plan) -> list[SweepJob]:
     return jobs
 
 
+def attack_cost(key: str) -> float:
+    """The declared cost (:attr:`harness.attacks.base.Attack.cost`) of an attack key (``fgm@0.2`` -> fgm's); 0 for the clean pass."""
+    from harness.attacks import get_attack
+
+    return 0.0 if key == CLEAN_KEY else float(get_attack(key.split("@")[0]).cost)
+
+
 def estimate_cost(jobs: list[SweepJob]) -> float:
-    """A crude relative cost (FGM on one sample = 1): attack factor x samples in the shard, plus clean passes."""
-    total = 0.0
-    for j in jobs:
-        name = j.attack.split("@")[0]
-        factor = 0.0 if j.attack == CLEAN_KEY else COST_FACTORS.get(name, 20)
-        total += (j.stop - j.start) * (factor + COST_FACTORS["clean"])
-    return total
+    """A crude relative cost (FGM on one sample = 1): the attack's declared cost x samples in the shard, plus clean passes."""
+    return sum((j.stop - j.start) * (attack_cost(j.attack) + CLEAN_COST) for j in jobs)
 
 
 def format_job_table(jobs: list[SweepJob]) -> str:
@@ -375,7 +371,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         if kept:
             manifest["budget_check"] = kept
         manifest["warnings"] = list(first.get("model_warnings", [])) + outcome_checks({"manifest": manifest, "records": records})
-        atomic_write_json(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
+        write_result(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
         written.append(path)
     return written
 

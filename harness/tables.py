@@ -19,8 +19,6 @@ from harness.saturation import unsaturated
 CANONICAL_DEFENSE_ORDER = ("cnn", "adv-linf", "adv-l2", "abs", "eabs")
 
 _DEFENSE_NAMES = {"cnn": "CNN", "adv-linf": "Adv-L∞", "adv-l2": "Adv-L2", "abs": "ABS", "eabs": "E-ABS"}
-_ATTACK_NAMES = {"pgd": "PGD", "deepfool": "DeepFool", "ddn": "DDN", "cw": "CW", "fgm": "FGM", "noise": "Noise",
-                 "boundary": "Boundary", "es-pgd": "ES-PGD", "autoattack": "AutoAttack", "transfer": "Transfer", "square": "Square"}
 _NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 _FORMATS = ("github", "plain")
 MISSING = "—"
@@ -46,7 +44,8 @@ def defense_label(name: str) -> str:
 
 
 def attack_label(name: str) -> str:
-    """Display name of an attack (``pgd`` -> ``PGD``, ``deepfool`` -> ``DeepFool``); others upper-cased.
+    """Display name of an attack: its declared ``label`` (``pgd`` -> ``PGD``, ``deepfool`` -> ``DeepFool``);
+    attacks not registered here (a plugin not installed) upper-cased.
 
     One eps of an eps sweep (attack key ``<name>@<eps>``, see :mod:`harness.runner`) gets its eps:
     ``fgm@0.2`` -> ``FGM ε=0.2``.
@@ -54,7 +53,10 @@ def attack_label(name: str) -> str:
     if "@" in name:
         base, eps = name.split("@", 1)
         return f"{attack_label(base)} ε={eps}"
-    return _ATTACK_NAMES.get(name, name.upper())
+    from harness.attacks import find_attack
+
+    attack = find_attack(name)
+    return attack.label if attack is not None else name.upper()
 
 
 def norm_label(norm: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import BenchUserError
+from benchcore.errors import BenchUserError
 
 NORMS = ("linf", "l2")
 NORM_LABEL = {"linf": "L∞", "l2": "L2"}
@@ -143,15 +143,15 @@ def suite_text(name: str) -> str:
     return resources.files("threat_models").joinpath(f"suites/{name}.toml").read_text(encoding="utf-8")
 
 
-def suite_tables(name: str) -> tuple[dict, list[dict]]:
-    """``(raw TOML, attack tables)`` of a suite, with the default masking checks appended.
+def _suite_tables(name: str, text: str) -> tuple[dict, list[dict]]:
+    """``(raw TOML, attack tables)`` of a suite's text, with the default masking checks appended.
 
     Unless the suite says ``masking_checks = false``, every attack of ``masking.toml`` (Square and
     a transfer attack: attacks that do not use the defense's declared gradient) that the suite does
     not list by name is appended, so that a gradient-masked defense cannot pass any suite unnoticed.
     """
     try:
-        raw = tomllib.loads(suite_text(name))
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BenchUserError(f"suite {name!r} is not valid TOML ({exc})") from None
     tables = list(raw.get("attack", []))
@@ -167,16 +167,54 @@ def suite_tables(name: str) -> tuple[dict, list[dict]]:
 
 
 @dataclass(frozen=True)
+class SuiteAttack:
+    """One attack of a suite for one norm and dataset: its spec and, for an eps sweep, the eps values
+    it runs at (``eps = [0.0, 0.1, ...]`` in the suite; None: the threat model's eps)."""
+
+    spec: AttackSpec
+    eps: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
 class Suite:
-    """A named list of attack specs for one norm and dataset (eps comes from the threat model)."""
+    """A suite parsed for one norm, dataset and kind of defense (eps comes from the threat model).
+
+    ``randomized``: whether it was loaded for a randomized defense -- the EOT policy: every spec then
+    has ``eot = eot_randomized`` draws (1 otherwise), and attacks whose algorithm depends on it
+    (AutoAttack's ``rand`` version) read it from here, not from the specs. ``sha256``: hash of the
+    suite's TOML text (sweep shards record it).
+    """
 
     name: str
     description: str
-    attacks: tuple[AttackSpec, ...] = field(default_factory=tuple)
+    entries: tuple[SuiteAttack, ...] = field(default_factory=tuple)
+    eot_randomized: int = 1
+    randomized: bool = False
+    sha256: str = ""
+
+    @property
+    def attacks(self) -> tuple[AttackSpec, ...]:
+        """The specs of :attr:`entries`, in suite order."""
+        return tuple(e.spec for e in self.entries)
+
+    @property
+    def eot(self) -> int:
+        """EOT draws of this suite's specs (``eot_randomized`` for a randomized defense, else 1)."""
+        return self.eot_randomized if self.randomized else 1
+
+
+def _eps_sweep(suite: str, a: dict, dataset: str) -> tuple[float, ...] | None:
+    eps = a.get("dataset", {}).get(dataset, {}).get("eps", a.get("eps"))
+    if eps is None:
+        return None
+    if not isinstance(eps, list) or not eps or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in eps):
+        raise BenchUserError(f"suite {suite!r}, attack {a.get('name')!r}: eps must be a non-empty list of numbers, e.g. eps = [0.0, 0.1, 0.2]")
+    return tuple(float(e) for e in eps)
 
 
 def load_suite(name: str, *, norm: str, dataset: str, randomized: bool = False) -> Suite:
-    """Attacks of suite ``name`` for ``norm``; dataset overrides applied; EOT set for randomized defenses.
+    """Suite ``name`` for ``norm`` (its attacks that list the norm); dataset overrides applied; EOT set
+    for randomized defenses; eps sweeps parsed. The one parser of suite files.
 
     TOML layout::
 
@@ -187,27 +225,30 @@ def load_suite(name: str, *, norm: str, dataset: str, randomized: bool = False) 
         norms = ["linf", "l2"]
         restarts = 5
         params = { steps = 80, rel_stepsize = 0.0333 }
-        [attack.dataset.svhn]    # optional per-dataset overrides
+        eps = [0.0, 0.1, 0.2]    # optional: an eps sweep (one run per eps)
+        [attack.dataset.svhn]    # optional per-dataset overrides (params, restarts, eps)
         restarts = 20
     """
     if norm not in NORMS:
         raise BenchUserError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
-    raw, tables = suite_tables(name)
-    eot = int(raw.get("eot_randomized", 1)) if randomized else 1
-    specs = []
+    text = suite_text(name)
+    raw, tables = _suite_tables(name, text)
+    eot_randomized = int(raw.get("eot_randomized", 1))
+    eot = eot_randomized if randomized else 1
+    entries = []
     for a in tables:
         if norm not in a.get("norms", NORMS):
             continue
         over = a.get("dataset", {}).get(dataset, {})
         params = dict(a.get("params", {}), **over.get("params", {}))
-        specs.append(
-            AttackSpec(
-                name=a["name"],
-                params=tuple(params.items()),
-                restarts=int(over.get("restarts", a.get("restarts", 1))),
-                eot=eot,
-                seed=int(a.get("seed", 0)),
-                label=a.get("label", ""),
-            )
+        spec = AttackSpec(
+            name=a["name"],
+            params=tuple(params.items()),
+            restarts=int(over.get("restarts", a.get("restarts", 1))),
+            eot=eot,
+            seed=int(a.get("seed", 0)),
+            label=a.get("label", ""),
         )
-    return Suite(name=name, description=raw.get("description", ""), attacks=tuple(specs))
+        entries.append(SuiteAttack(spec, _eps_sweep(name, a, dataset)))
+    return Suite(name=name, description=raw.get("description", ""), entries=tuple(entries), eot_randomized=eot_randomized,
+                 randomized=bool(randomized), sha256=hashlib.sha256(text.encode()).hexdigest())

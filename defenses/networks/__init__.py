@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.errors import BenchUserError
+from benchcore.errors import BenchUserError
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.attacks.base import Attack
+from harness.attacks.registry import register
 from harness.errors import BenchUserError
 
 log = logging.getLogger(__name__)
@@ -94,16 +96,11 @@ def make_config(norm: str, p: dict) -> AAConfig:
     return AAConfig(version, _opt_int(p, "n_iter"), _opt_int(p, "n_queries"), _opt_int(p, "eot_iter"), _opt_int(p, "batch_size"))
 
 
-def is_randomized(model: torch.nn.Module) -> bool:
-    """The attacked defense's ``randomized`` flag (``model`` may be an EOTModel or the defense itself)."""
-    return bool(getattr(getattr(model, "defense", model), "randomized", False))
-
-
-def resolve_version(cfg: AAConfig, model: torch.nn.Module) -> str:
+def resolve_version(cfg: AAConfig, defense: torch.nn.Module) -> str:
     """``cfg.version`` if set, else ``rand`` for a randomized defense and ``standard`` otherwise."""
     if cfg.version is not None:
         return cfg.version
-    return "rand" if is_randomized(model) else "standard"
+    return "rand" if getattr(defense, "randomized", False) else "standard"
 
 
 def _one_draw(model: torch.nn.Module) -> torch.nn.Module:
@@ -146,7 +143,7 @@ def build(cfg: AAConfig, model: torch.nn.Module, *, norm: str, eps: float, versi
     return aa
 
 
-def run(cfg: AAConfig, *, model, fmodel, x, y, threat, params, seed, report=None) -> torch.Tensor:
+def run(cfg: AAConfig, *, model, defense, x, y, threat, seed, report=None) -> torch.Tensor:
     """One restart of AutoAttack on the batch; returns its adversarials (clean inputs where it found none).
 
     Components run one after another on the inputs still robust (AutoAttack's own order and rule);
@@ -154,7 +151,7 @@ def run(cfg: AAConfig, *, model, fmodel, x, y, threat, params, seed, report=None
     """
     if tuple(threat.bounds) != (0.0, 1.0):
         raise BenchUserError(f"autoattack assumes inputs in [0, 1], the threat model has bounds {threat.bounds}; use another attack")
-    version = resolve_version(cfg, model)
+    version = resolve_version(cfg, defense)
     target = _one_draw(model) if version == "rand" else model
     with torch.no_grad():
         num_classes = int(target(x[:1]).shape[1])
@@ -198,17 +195,35 @@ def run(cfg: AAConfig, *, model, fmodel, x, y, threat, params, seed, report=None
     return out.detach()
 
 
-def budget_for(spec) -> str:
-    """Full budget string of an AttackSpec (the version resolved as the adapter will, via its EOT setting)."""
+def budget_for(spec, *, randomized: bool | None = None) -> str:
+    """Full budget string of an AttackSpec, the version resolved as the adapter will: from ``randomized``
+    (the attacked defense's flag, the suite's EOT policy); unknown or deterministic: "standard (rand if
+    the defense is randomized)"."""
     cfg = make_config("linf", spec.kwargs)
     n_iter = cfg.n_iter or DEFAULT_N_ITER
     version = cfg.version
     if version is None:
-        # the suite loader gives randomized defenses spec.eot = eot_randomized; 1 for deterministic ones
-        version = "rand" if spec.eot > 1 else "standard (rand if the defense is randomized)"
+        version = "rand" if randomized else "standard (rand if the defense is randomized)"
     if version == "rand":
         return f"AutoAttack rand: APGD-CE + APGD-DLR, {n_iter} iterations, AutoAttack EOT {cfg.eot_iter or DEFAULT_EOT_ITER} draws (replaces the harness EOT) x {spec.restarts} restarts"
     parts = f"APGD-CE + APGD-T + FAB-T {n_iter} iterations + Square {cfg.n_queries or DEFAULT_N_QUERIES} queries"
     if version == "plus":
         parts = f"APGD-CE/DLR + FAB + Square + APGD-T + FAB-T, {n_iter} iterations, Square {cfg.n_queries or DEFAULT_N_QUERIES} queries"
     return f"AutoAttack {version}: {parts} x {spec.restarts} restarts, EOT {spec.eot}"
+
+
+@register
+class AutoAttackAdapter(Attack):
+    name, label, cost = "autoattack", "AutoAttack", 100
+    library = "pyautoattack"
+    components = dict(COMPONENT_USES)
+    description = "AutoAttack (Croce & Hein 2020): standard for deterministic defenses, rand (own EOT) for randomized ones (thesis ch. 4)"
+
+    def configure(self, norm, params):
+        return make_config(norm, params)
+
+    def propose(self, config, model, x, y, *, threat, seed, defense, report):
+        return run(config, model=model, defense=defense, x=x, y=y, threat=threat, seed=seed, report=report)
+
+    def budget(self, spec, *, randomized=None):
+        return budget_for(spec, randomized=randomized)

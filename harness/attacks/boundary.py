@@ -25,6 +25,8 @@ import logging
 import foolbox as fb
 import torch
 
+from harness.attacks.base import Attack
+from harness.attacks.registry import register
 from harness.errors import BenchUserError
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,9 @@ def starting_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return starts, found
 
 
-def run(attack, *, model, fmodel, x, y, threat, params, seed, report=None) -> torch.Tensor:
+def run(attack, *, model, x, y, seed, bounds=(0.0, 1.0)) -> torch.Tensor:
     """One restart: starting points from the batch, then foolbox's BoundaryAttack on the inputs that have one."""
+    fmodel = fb.PyTorchModel(model, bounds=tuple(bounds), device=x.device)
     gen = torch.Generator(device=x.device if x.device.type == "cuda" else "cpu").manual_seed(seed)
     out = x.clone()
     starts, found = starting_points(model, x, y, generator=gen)
@@ -95,3 +98,20 @@ def run(attack, *, model, fmodel, x, y, threat, params, seed, report=None) -> to
 
 def budget(p: dict, restarts: int) -> str:
     return f"{int(p.get('steps', PAPER_STEPS))} iterations x {restarts} restarts, start: random batch image of another predicted class"
+
+
+@register
+class Boundary(Attack):
+    name, label, cost = "boundary", "Boundary", 2000
+    norms, kind, uses, library = ("l2",), "minimization", "gradient-free", "foolbox"
+    description = ("Boundary attack (Brendel et al. 2018), decision-based, L2; started from a random batch image the defense "
+                   "assigns another class (thesis 2.3)")
+
+    def configure(self, norm, params):
+        return make(norm, params)
+
+    def propose(self, config, model, x, y, *, threat, seed, defense, report):
+        return run(config, model=model, x=x, y=y, seed=seed, bounds=threat.bounds)
+
+    def budget_params(self, p, restarts):
+        return budget(p, restarts)

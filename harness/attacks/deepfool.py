@@ -28,6 +28,8 @@ import foolbox as fb
 import torch
 import torch.nn.functional as F
 
+from harness.attacks.base import Attack
+from harness.attacks.registry import register
 from harness.errors import BenchUserError
 
 _KNOWN = {"steps", "candidates", "overshoot", "loss"}
@@ -95,6 +97,15 @@ def deepfool(attack, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *
     return xs
 
 
-def run(attack, *, model, fmodel, x, y, threat, params, seed, report=None) -> torch.Tensor:
-    """Adapter hook (see :mod:`harness.attacks`): one DeepFool run per restart."""
-    return deepfool(attack, model, x, y, bounds=threat.bounds)
+@register
+class DeepFool(Attack):
+    name, label, cost = "deepfool", "DeepFool", 50
+    kind, library = "minimization", "foolbox"
+    description = ("DeepFool (Moosavi-Dezfooli et al. 2016), foolbox's algorithm, logits loss, overshoot 0.02; "
+                   "all candidate gradients from one forward pass per step")
+
+    def configure(self, norm, params):
+        return make(norm, params)
+
+    def propose(self, config, model, x, y, *, threat, seed, defense, report):
+        return deepfool(config, model, x, y, bounds=threat.bounds)

@@ -30,6 +30,8 @@ import eagerpy as ep
 import foolbox as fb
 import torch
 
+from harness.attacks.base import Attack
+from harness.attacks.registry import register
 from harness.errors import BenchUserError
 
 DEFAULT_STEPS = 50
@@ -110,9 +112,10 @@ def build(cfg: ESConfig, bounds: tuple[float, float]):
     return cls(steps=cfg.steps, rel_stepsize=cfg.rel_stepsize, random_start=cfg.random_start)
 
 
-def run(cfg: ESConfig, *, model, fmodel, x, y, threat, params, seed, report=None) -> torch.Tensor:
+def run(cfg: ESConfig, *, model, x, y, threat) -> torch.Tensor:
     """One restart of ``es-pgd`` (inside the caller's seeded ``fork_rng``: foolbox draws the probes)."""
     attack = build(cfg, tuple(threat.bounds))
+    fmodel = fb.PyTorchModel(model, bounds=threat.bounds, device=x.device)
     raw, _clipped, _success = attack(fmodel, x, y, epsilons=threat.eps)
     return raw
 
@@ -120,3 +123,19 @@ def run(cfg: ESConfig, *, model, fmodel, x, y, threat, params, seed, report=None
 def budget(p: dict, restarts: int) -> str:
     cfg = make_config("linf", p)
     return f"{cfg.steps} steps x {cfg.samples} ES samples (sigma {cfg.sigma:g}, per-sample margin loss) x {restarts} restarts"
+
+
+@register
+class ESPGD(Attack):
+    name, label, cost = "es-pgd", "ES-PGD", 1000
+    uses, library = "gradient-free", "foolbox"
+    description = "PGD with evolution-strategies gradient estimation (foolbox es_gradient_estimator), per-sample margin loss (thesis 2.3)"
+
+    def configure(self, norm, params):
+        return make_config(norm, params)
+
+    def propose(self, config, model, x, y, *, threat, seed, defense, report):
+        return run(config, model=model, x=x, y=y, threat=threat)
+
+    def budget_params(self, p, restarts):
+        return budget(p, restarts)

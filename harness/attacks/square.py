@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.attacks.base import Attack
+from harness.attacks.registry import register
 from harness.errors import BenchUserError
 
 DEFAULT_N_QUERIES = 5000
@@ -53,7 +55,7 @@ def budget(p: dict, restarts: int) -> str:
     return f"{cfg.n_queries} queries (p_init {cfg.p_init:g}) x {restarts} restarts"
 
 
-def run(cfg: SquareConfig, *, model, fmodel, x, y, threat, params, seed, report=None) -> torch.Tensor:
+def run(cfg: SquareConfig, *, model, x, y, threat, seed) -> torch.Tensor:
     """One restart of Square on the batch; its adversarials where found, the clean inputs elsewhere."""
     if tuple(threat.bounds) != (0.0, 1.0):
         raise BenchUserError(f"square assumes inputs in [0, 1], the threat model has bounds {threat.bounds}; use another attack")
@@ -63,3 +65,20 @@ def run(cfg: SquareConfig, *, model, fmodel, x, y, threat, params, seed, report=
                           n_restarts=1, seed=int(seed % (2**31)), verbose=False, device=x.device, resc_schedule=False)
     with torch.no_grad():
         return attack.perturb(x, y).detach()
+
+
+@register
+class Square(Attack):
+    name, label, cost = "square", "Square", 2000
+    uses, library = "gradient-free", "pyautoattack"
+    description = ("Square Attack (Andriushchenko et al. 2020), score-based random search on every clean-correct sample: "
+                   "a check against masked gradients")
+
+    def configure(self, norm, params):
+        return make_config(norm, params)
+
+    def propose(self, config, model, x, y, *, threat, seed, defense, report):
+        return run(config, model=model, x=x, y=y, threat=threat, seed=seed)
+
+    def budget_params(self, p, restarts):
+        return budget(p, restarts)

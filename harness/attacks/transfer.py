@@ -36,6 +36,9 @@ import weakref
 import foolbox as fb
 import torch
 
+from harness.attacks.base import Attack
+from harness.attacks.foolbox_attacks import pgd  # the harness's PGD (foolbox, random start)
+from harness.attacks.registry import register
 from harness.errors import BenchUserError
 
 log = logging.getLogger(__name__)
@@ -183,19 +186,16 @@ def source_model(defense, name: str, cfg: dict | None = None, *, eps: float = 0.
     return out
 
 
-def run(cfg: dict, *, model, fmodel, x, y, threat, params, seed, report=None) -> torch.Tensor:
-    """One restart: foolbox PGD (random start) against the source, returning the raw candidates."""
-    defense = getattr(model, "defense", model)  # the runner passes an EOTModel around the defense
+def run(cfg: dict, *, defense, x, y, threat, seed, report=None) -> torch.Tensor:
+    """One restart: foolbox PGD (random start) against the source of ``defense``, returning the raw candidates."""
     source, what = source_model(defense, cfg["source"], cfg, eps=float(threat.eps))
     if report is not None:
         report.note(f"transfer source: {what}")
-    from harness.attacks import _pgd  # the harness's PGD (foolbox, random start)
-
     source = source.eval()
     if cfg["method"] == "apgd":
         return _apgd(source, x, y, threat, cfg, seed)
     src = fb.PyTorchModel(source, bounds=threat.bounds, device=x.device)
-    attack = _pgd(cfg["norm"], {"steps": cfg["steps"], "rel_stepsize": cfg["rel_stepsize"]})
+    attack = pgd(cfg["norm"], {"steps": cfg["steps"], "rel_stepsize": cfg["rel_stepsize"]})
     raw, _clipped, _success = attack(src, x, y, epsilons=threat.eps)
     return raw
 
@@ -213,3 +213,20 @@ def _apgd(source, x, y, threat, cfg: dict, seed: int) -> torch.Tensor:
     attack = APGDAttack(source, n_iter=cfg["steps"], norm={"linf": "Linf", "l2": "L2"}[threat.norm], n_restarts=1, eps=float(threat.eps),
                         seed=int(seed % (2**31)), loss=loss, eot_iter=1, rho=0.75, device=x.device)
     return attack.perturb(x, y, best_loss=True).detach()
+
+
+@register
+class Transfer(Attack):
+    name, label, cost = "transfer", "Transfer", 40
+    uses, library = "transfer", "foolbox"
+    description = ("PGD on a source model (the wrapped base, the data set's reference CNN or a surrogate distilled from the defense), "
+                   "verified on the defense: a gradient-masking check")
+
+    def configure(self, norm, params):
+        return make_config(norm, params)
+
+    def propose(self, config, model, x, y, *, threat, seed, defense, report):
+        return run(config, defense=defense, x=x, y=y, threat=threat, seed=seed, report=report)
+
+    def budget(self, spec, *, randomized=None):
+        return budget(spec.kwargs, spec.restarts)  # no EOT: the source is evaluated as it is

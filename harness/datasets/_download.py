@@ -1,17 +1,18 @@
 """Opt-in downloads from the publishers' URLs (only with ``download=True`` or ``BENCH_DOWNLOAD=1``).
 
-Each file is fetched to ``<name>.part``, its md5 is checked against the published value and only then
-renamed into place. The CIFAR-10 tarball is extracted (``tarfile`` "data" filter) after its check.
+Each file is fetched to a temporary file (:func:`benchcore.io.atomic_write`), its md5 is checked against
+the published value and only then renamed into place. The CIFAR-10 tarball is extracted (``tarfile`` "data" filter) after its check.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from benchcore.io import atomic_write
 
 from ..errors import DataCorruptError, DataMissingError
 from ._checksums import PUBLISHED_MD5
@@ -34,20 +35,19 @@ def can_download(name: str) -> bool:
 
 
 def _fetch(url: str, dest: Path, md5: str | None, name: str) -> None:
-    tmp = dest.with_name(dest.name + ".part")
-    h = hashlib.md5()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-            for chunk in iter(lambda: r.read(1 << 20), b""):
-                h.update(chunk)
-                f.write(chunk)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise DataMissingError(f"{name}: download of {url} failed ({exc}); put {dest.name} in {dest.parent}/ by hand") from None
-    if md5 is not None and h.hexdigest() != md5:
-        tmp.unlink(missing_ok=True)
-        raise DataCorruptError(f"{name}: {url} downloaded with md5 {h.hexdigest()}, expected {md5}; try again later")
-    os.replace(tmp, dest)
+    def fetch_and_check(tmp: str) -> None:  # inside the atomic write: a failed check leaves no file
+        h = hashlib.md5()
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+                for chunk in iter(lambda: r.read(1 << 20), b""):
+                    h.update(chunk)
+                    f.write(chunk)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise DataMissingError(f"{name}: download of {url} failed ({exc}); put {dest.name} in {dest.parent}/ by hand") from None
+        if md5 is not None and h.hexdigest() != md5:
+            raise DataCorruptError(f"{name}: {url} downloaded with md5 {h.hexdigest()}, expected {md5}; try again later")
+
+    atomic_write(dest, fetch_and_check)
 
 
 def download(name: str, dest_dir: Path) -> None:

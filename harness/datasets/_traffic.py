@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchcore.io import atomic_write
+
 from ..errors import DataCorruptError
 from . import _checksums
 from ._names import GTSRB_CLASS_NAMES
@@ -248,10 +250,7 @@ def decode_cached(crops: list[Crop], key: str, cache_dir: Path | None) -> np.nda
             pass
     x = decode(crops)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, x=x)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: np.savez(tmp, x=x))
     except OSError:
         pass
     return x

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from harness.attacks import ATTACKS, budget_string, run_attack
+from harness.attacks import budget_string, get_attack, run_attack
 from harness.attacks import autoattack as aa_mod
 from harness.eot import EOTModel
 from harness.errors import BenchUserError
@@ -51,28 +51,38 @@ def test_rand_for_a_randomized_defense_with_autoattacks_own_eot(monkeypatch):
     cands = run_attack(model, x, y, threat, spec, seed=0)
     assert seen == [("rand", 1), 2]  # AutoAttack's EOT (2 draws here), on a one-draw model
     assert cands[0].shape == x.shape and threat.contains(cands[0], x, tol=1e-4).all()
-    assert "AutoAttack rand" in budget_string(spec) and "EOT 2" in budget_string(spec)
+    text = budget_string(spec, randomized=d.randomized)
+    assert "AutoAttack rand" in text and "EOT 2" in text
 
 
 def test_version_is_recorded_in_the_budget_and_can_be_forced():
     det = budget_string(AttackSpec("autoattack"))
     assert det.startswith("AutoAttack standard") and "100 iterations" in det and "5000 queries" in det
-    assert budget_string(AttackSpec("autoattack", eot=5)).startswith("AutoAttack rand")
+    # the version follows the suite's EOT policy (the defense's flag), not the spec's EOT draws
+    assert budget_string(AttackSpec("autoattack", eot=5), randomized=True).startswith("AutoAttack rand")
+    assert budget_string(AttackSpec("autoattack", eot=5), randomized=False).startswith("AutoAttack standard")
     forced = aa_mod.make_config("linf", {"version": "standard"})
     assert aa_mod.resolve_version(forced, EOTModel(NoisyLinearDefense(), draws=5)) == "standard"
     assert aa_mod.resolve_version(aa_mod.make_config("linf", {}), LinearDefense()) == "standard"
     assert aa_mod.resolve_version(aa_mod.make_config("linf", {}), NoisyLinearDefense()) == "rand"
     with pytest.raises(BenchUserError, match="version"):
         aa_mod.make_config("linf", {"version": "fast"})
-    assert ATTACKS["autoattack"].kind == "bounded" and ATTACKS["autoattack"].library == "pyautoattack"
+    assert get_attack("autoattack").kind == "bounded" and get_attack("autoattack").library == "pyautoattack"
 
 
 def test_prints_do_not_reach_stdout(capsys, caplog):
+    """Verbose AutoAttack (DEBUG logging) reports its progress through logging, never on stdout (which holds bench's tables)."""
     d = LinearDefense().eval()
     x, y = batch(d.net, n=4)
     with caplog.at_level(logging.DEBUG):
         run_attack(d, x, y, ThreatModel(norm="linf", eps=0.1), AttackSpec("autoattack", params=CHEAP), seed=0)
     assert capsys.readouterr().out == ""
+    progress = [r for r in caplog.records if r.levelno == logging.DEBUG and "robust accuracy" in r.getMessage()]
+    assert progress and {r.name for r in progress} <= {"auto-attack", "harness.attacks.autoattack"}  # AutoAttack's own report
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        run_attack(d, x, y, ThreatModel(norm="linf", eps=0.1), AttackSpec("autoattack", params=CHEAP), seed=0)
+    assert capsys.readouterr().out == "" and not [r for r in caplog.records if "robust accuracy" in r.getMessage()]
 
 
 def _masked():
@@ -103,7 +113,7 @@ def test_components_and_warnings_are_reported_for_a_masked_defense():
     assert all(f is None for i, f in enumerate(found) if v.correct[i])
     assert any("zero gradient" in n for n in report.notes), report.notes
     assert any("Square component found adversarials" in n for n in report.notes)
-    assert ATTACKS["autoattack"].uses_of("square") == "gradient-free" and ATTACKS["autoattack"].uses_of("apgd-ce") == "gradient"
+    assert get_attack("autoattack").uses_of("square") == "gradient-free" and get_attack("autoattack").uses_of("apgd-ce") == "gradient"
 
 
 def test_square_alone_breaks_a_masked_defense():
@@ -114,6 +124,6 @@ def test_square_alone_breaks_a_masked_defense():
     v = verify(d, x, y, cands, threat, clean_correct=torch.ones(len(x), dtype=torch.bool), generator=None)
     assert (~v.correct).sum() >= 8
     torch.testing.assert_close(run_attack(EOTModel(d), x, y, threat, spec, seed=0)[0], cands[0])  # seeded
-    assert budget_string(spec).startswith("300 queries") and ATTACKS["square"].uses == "gradient-free"
+    assert budget_string(spec).startswith("300 queries") and get_attack("square").uses == "gradient-free"
     with pytest.raises(BenchUserError, match="n_queries"):
         run_attack(EOTModel(d), x, y, threat, AttackSpec("square", params=(("n_queries", 0),)), seed=0)

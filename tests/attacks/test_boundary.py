@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.attacks import ATTACKS, budget_string, run_attack
+from harness.attacks import budget_string, get_attack, run_attack
 from harness.attacks.boundary import starting_points
 from harness.errors import BenchUserError
 from harness.verify import verify
@@ -64,10 +64,10 @@ def test_randomized_defense_runs():
 
 
 def test_registered_as_l2_minimization_with_budget_and_paper_steps():
-    info = ATTACKS["boundary"]
+    info = get_attack("boundary")
     assert info.kind == "minimization" and info.norms == ("l2",)
     assert "100000 iterations" in budget_string(AttackSpec("boundary", params=(("steps", 100000),)))
     paper = {s.name: s for s in load_suite("paper", norm="l2", dataset="fmnist").attacks}
     assert paper["boundary"].kwargs["steps"] == 100000
     with pytest.raises(BenchUserError, match="unknown parameter"):
-        info.make("l2", {"stepz": 3})
+        info.configure("l2", {"stepz": 3})

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.attacks import ATTACKS, budget_string, run_attack
+from harness.attacks import budget_string, get_attack, run_attack
 from harness.attacks.estimation import attack_class, make_config, margin_loss
 from harness.errors import BenchUserError
 from harness.verify import verify
@@ -38,7 +38,7 @@ def model_defense(model):
 
 
 def test_registered_with_informative_budget():
-    info = ATTACKS["es-pgd"]
+    info = get_attack("es-pgd")
     assert info.kind == "bounded" and set(info.norms) == {"linf", "l2"}
     text = budget_string(AttackSpec("es-pgd", params=(("steps", 50), ("samples", 100), ("sigma", 0.01))))
     assert "50 steps" in text and "100 ES samples" in text and "sigma 0.01" in text and "margin" in text

@@ -1,6 +1,7 @@
 """`bench train` + `bench run` + `bench table` end to end on tiny canonical-format data."""
 
 import json
+import math
 
 import pytest
 
@@ -54,13 +55,32 @@ def test_table_with_two_defenses_prints_mcnemar(trained):
     out = trained / "r"
     r = run_bench("run", "--defense", "cnn", "--dataset", "fmnist", "--norm", "linf", "--n", "30", "--results-dir", str(out), "--attacks", "fgm", "--quiet")
     assert r.returncode == 0, r.stderr
-    # a second "defense" file: same samples, copied under another name, with some outcomes flipped
+    # a second "defense" file: same samples, copied under another name, with outcomes flipped both ways
     src = out / "fmnist" / "linf" / "cnn.json"
     data = json.loads(src.read_text())
     data["manifest"]["defense"] = "cnn-copy"
-    for rec in data["records"][:10]:
-        rec["attacks"]["fgm"]["correct"] = rec["clean_correct"]
+    broken = [r for r in data["records"] if r["clean_correct"] and not r["attacks"]["fgm"]["correct"]]
+    robust = [r for r in data["records"] if r["clean_correct"] and r["attacks"]["fgm"]["correct"]]
+    assert broken and robust, "the tiny CNN should be broken by FGM on some samples and not on others"
+    repaired, spoiled = broken[:5], robust[:2]
+    for rec in repaired:
+        rec["attacks"]["fgm"]["correct"] = True  # wrong under cnn, right under the copy
+    for rec in spoiled:
+        rec["attacks"]["fgm"]["correct"] = False  # right under cnn, wrong under the copy
     (out / "fmnist" / "linf" / "cnn-copy.json").write_text(json.dumps(data))
     t = run_bench("table", "--dataset", "fmnist", "--norm", "linf", "--results-dir", str(out))
     assert t.returncode == 0, t.stderr
-    assert "McNemar" in t.stdout and "[" in t.stdout  # p-values and Wilson intervals
+    # the discordant counts of the "All" row (FGM is the only attack) and the exact binomial p-value, by hand
+    b01, b10 = len(repaired), len(spoiled)
+    k, n = min(b01, b10), b01 + b10
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+    from harness import stats
+    from harness.results import load_results
+    from harness.tables import ordered
+
+    pair = stats.pairwise_mcnemar_long(ordered(load_results(out, "fmnist", "linf")), stats.ALL).iloc[0]  # table order: cnn first
+    assert (pair["a"], pair["b"], pair["n"], pair["b01"], pair["b10"], pair["method"]) == ("cnn", "cnn-copy", 30, b01, b10, "exact")
+    assert pair["pvalue"] == pytest.approx(p)
+    assert "McNemar p-values, All L∞ (exact binomial when discordant < 25) on 30 shared samples" in t.stdout
+    row = next(line for line in t.stdout.splitlines() if line.startswith("| CNN ") and "|" in line[6:] and "%" not in line)
+    assert f"{p:.3f}" in row, row  # the printed p-value

@@ -377,3 +377,23 @@ def test_supertraffic10_found_via_bench_data(tmp_path, monkeypatch):
 def test_idx_bytes_helper_roundtrip():
     b = idx_bytes(np.arange(6, dtype=np.uint8).reshape(1, 2, 3))
     assert b[:4] == b"\x00\x00\x08\x03" and len(b) == 16 + 6
+
+
+def test_download_is_atomic_and_checked(tmp_path, monkeypatch):
+    """A fetched file appears only after its md5 matched; a mismatch leaves neither the file nor a temporary one."""
+    import hashlib
+    import io
+
+    from harness.datasets import _download
+    from harness.errors import DataCorruptError
+
+    payload = b"canonical bytes" * 1000
+    monkeypatch.setattr(_download.urllib.request, "urlopen", lambda url, timeout=60: io.BytesIO(payload))
+    dest = tmp_path / "d" / "train.gz"
+    dest.parent.mkdir()
+    _download._fetch("http://x/train.gz", dest, hashlib.md5(payload).hexdigest(), "fmnist")
+    assert dest.read_bytes() == payload
+    bad = tmp_path / "d" / "test.gz"
+    with pytest.raises(DataCorruptError, match="md5"):
+        _download._fetch("http://x/test.gz", bad, "0" * 32, "fmnist")
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["train.gz"]

@@ -98,6 +98,25 @@ def test_certified_radius_nonnegative_and_zero_when_wrong():
     assert (m.certified_radius(x, wrong) == 0).all()
 
 
+def test_certified_radius_is_eq_2_7_computed_by_hand(monkeypatch):
+    """eps* = min_{k != y} (d_k^2 - l_y*) / (2 d_k + 2 d_y), d_k = ||x - G_k(z_k*)||, clamped at 0, 0 when wrong;
+    inference replaced by known reconstructions (3 classes, x = 0, reconstructions c * e_0 so that d_k = c)."""
+    m = _small("abs").eval()
+    dists = torch.tensor([[1.0, 3.0, 2.0],   # y = 0: k=1 (9 - 1) / (6 + 2) = 1.0, k=2 (4 - 1) / (4 + 2) = 0.5 -> 0.5
+                          [2.0, 2.5, 4.0],   # y = 0: k=1 (6.25 - 4) / (5 + 4) = 0.25, k=2 (16 - 4) / (8 + 4) = 1.0 -> 0.25
+                          [1.0, 1.1, 5.0],   # y = 0 with a regulariser in l_y = 2.0: k=1 (1.21 - 2) < 0 -> clamped to 0
+                          [1.0, 3.0, 2.0]])  # y = 1, but the decision (argmin loss) is 0 -> 0
+    losses = torch.tensor([[1.0, 9.5, 4.2], [4.0, 6.25, 16.0], [2.0, 2.5, 26.0], [1.0, 9.5, 4.2]])
+    y = torch.tensor([0, 0, 0, 1])
+    x = torch.zeros(4, 1, 28, 28)
+    e0 = torch.zeros(1, 28, 28)
+    e0[0, 0, 0] = 1.0
+    recon = dists[:, :, None, None, None] * e0  # (B, K, 1, 28, 28)
+    monkeypatch.setattr(m, "infer", lambda x, draws=1, generator=None: {"loss": losses[None], "recon": recon[None]})
+    r = m.certified_radius(x, y)
+    torch.testing.assert_close(r, torch.tensor([0.5, 0.25, 0.0, 0.0]))
+
+
 @pytest.mark.parametrize("name", ["eabs", "abs", "av-abs"])
 def test_training_runs_and_learns_on_tiny_data(bench_env, name):
     from harness import datasets

@@ -13,15 +13,19 @@ from tests.conftest import run_bench
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def plugin_path(bench_env):
-    target = bench_env / "site"
+def install_examples(target: Path, *examples: str) -> str:
+    """pip-install the example packages ``examples/<name>`` into the private folder ``target`` (not the venv)."""
     r = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(ROOT / "examples" / "plugin-defense")],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), *(str(ROOT / "examples" / e) for e in examples)],
         capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stderr
     return str(target)
+
+
+@pytest.fixture
+def plugin_path(bench_env):
+    return install_examples(bench_env / "site", "plugin-defense")
 
 
 def _env(*paths):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.results import SCHEMA_VERSION, atomic_write_json, result_path
+from harness.results import SCHEMA_VERSION, result_path
+from harness.results import write_result as _write_result_file
 
 DEFAULT_BUDGETS = {"pgd": "80 steps x 5 restarts, EOT 1", "deepfool": "50 steps", "noise": "1000 draws",
                    "ddn": "1000 steps", "cw": "1000 steps x 9 binary search"}
@@ -51,7 +52,7 @@ def write_result(results_dir: str | Path, data: dict) -> Path:
     """Write ``data`` to its canonical path under ``results_dir``; returns the path."""
     m = data["manifest"]
     path = result_path(results_dir, m["dataset"], m["norm"], m["defense"])
-    atomic_write_json(path, data)
+    _write_result_file(path, data)
     return path
 
 

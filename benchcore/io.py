@@ -1,0 +1,56 @@
+"""Atomic file writing: the one function every file bench writes goes through.
+
+A crash (or a kill) during a write leaves either the old file or the new one, never a torn file:
+the content goes to a temporary file in the same folder, is flushed and fsynced, gets normal
+permissions (``0666 & ~umask``, not ``mkstemp``'s 0600) and replaces the target with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[str], None]) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path.
+
+    ``data``: the bytes, the text (UTF-8), or a function ``write(tmp_path)`` that writes the file
+    itself (for libraries that only write to a path: ``numpy.savez``, ``matplotlib``'s ``savefig``,
+    ``safetensors``' ``save_file``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    try:
+        if callable(data):
+            os.close(fd)
+            data(tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def dumps_json(obj: Any) -> str:
+    """The JSON text bench writes: indent 1, keys in insertion order, no NaN, a final newline."""
+    return json.dumps(obj, indent=1, sort_keys=False, allow_nan=False) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON (:func:`dumps_json`) atomically."""
+    return atomic_write(path, dumps_json(obj))
