@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import datasets, saturation
-from harness.attacks import AttackReport, broken_plugins, find_attack, get_attack, run_attack
+from harness.attacks import AttackReport, broken_plugins, find_attack, get_attack, origin_of, run_attack
 from harness.eot import EOTModel
 from harness.errors import BenchUserError
 from harness.gradcheck import check_gradients, describe
@@ -90,7 +90,8 @@ class AttackJob:
 
 def select_attacks(suite: Suite, names, *, norm: str) -> tuple[SuiteAttack, ...]:
     """The suite's attacks named in ``names`` (``--attacks``), in suite order, followed by registered
-    attacks the suite does not list (plugins), run with their declared ``default_params``."""
+    plugin attacks the suite does not list, run with their declared ``default_params`` (a built-in attack
+    runs only at the budget of a suite that lists it)."""
     listed = {e.spec.name for e in suite.entries}
     extra = []
     for name in dict.fromkeys(names):
@@ -99,6 +100,9 @@ def select_attacks(suite: Suite, names, *, norm: str) -> tuple[SuiteAttack, ...]
         attack = find_attack(name)
         if attack is None and name in broken_plugins():
             get_attack(name)  # raises: the plugin failed to load, and why
+        if attack is not None and origin_of(name) == "built-in":  # a built-in's budget is its suite's
+            raise BenchUserError(f"attack {name} is not in suite {suite.name!r} for {norm}; available: {', '.join(e.spec.name for e in suite.entries)}"
+                                 f" (built-in attacks run at a suite's budget: pick a suite that lists {name}, or a suite file of your own)")
         if attack is None or norm not in attack.norms:
             raise BenchUserError(f"attack(s) {name} not in suite {suite.name!r} for {norm}; available: {', '.join(e.spec.name for e in suite.entries)}"
                                  " (or any registered attack for the norm: see `bench list attacks`)")
