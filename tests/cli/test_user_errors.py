@@ -17,6 +17,7 @@ from tests.conftest import run_bench
         (["run", "--defense", "cnn", "--norm", "linf", "--suite", "huge"], "unknown suite"),
         (["table", "--norm", "linf", "--results-dir", "/nonexistent-dir"], "no results"),
         (["frobnicate"], "invalid choice"),
+        (["run", "--defense", "cnn", "--norm", "linf", "--suite", "smoke", "--attacks", "deepfool"], "not in suite 'smoke'"),
         (["train", "--defense", "cnn", "--epochs", "1", "--set", "lr_schedul=cosine"], "unknown training-config key"),
         (["train", "--defense", "cnn", "--epochs", "1", "--set", "lr_schedule"], "key=value"),
         (["train", "--defense", "cnn", "--epochs", "2", "--set", "lr_schedule=cosine", "--set", "anneal_epochs=5"], "anneal_epochs"),
