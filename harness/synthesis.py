@@ -459,6 +459,14 @@ def synthesis_dir(results_dir: str | os.PathLike, dataset: str) -> Path:
     return Path(results_dir) / dataset / "synthesis"
 
 
+def _generator(seed: int, *parts) -> torch.Generator:
+    """A CPU generator seeded by ``seed`` and a label (stable across runs and processes)."""
+    import hashlib
+
+    h = hashlib.sha256(repr((int(seed), *parts)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+
+
 def _pick_test(test, n: int, seed: int, cls: int | None = None) -> torch.Tensor:
     """First ``n`` test indices (of class ``cls``) of a permutation seeded by ``seed``: same images for every defense."""
     perm = torch.randperm(len(test.y), generator=torch.Generator().manual_seed(seed))
@@ -501,10 +509,12 @@ def _generate(cfg, model, sm: SeedModel, judges, skip, shape, num_classes, devic
     records, curves, grid_rows, summary = [], {}, [], {}
     try:
         for kind in cfg.seed_kinds:
-            # one generator per seed distribution: the seeds of one kind do not depend on the others
-            gen = torch.Generator().manual_seed(cfg.seed * 1000 + SEED_KINDS.index(kind))
-            targets = torch.arange(num_classes).repeat_interleave(cfg.seeds_per_class)
-            x0 = sample_seeds(sm, kind, targets, gen).to(device)
+            # seed j of every class comes from its own generator: the seeds do not depend on
+            # --seeds-per-class or on the other distributions, so runs with fewer seeds pair with
+            # the first seeds of larger runs (McNemar in the report)
+            targets = torch.arange(num_classes).repeat(cfg.seeds_per_class)
+            x0 = torch.cat([sample_seeds(sm, kind, targets[:num_classes], _generator(cfg.seed, "generate", kind, j))
+                            for j in range(cfg.seeds_per_class)]).to(device)
             t = targets.to(device)
             res = runner.run(x0, t, settings[kind])
             seed_j = _judge_all(judges, x0, skip)
@@ -512,12 +522,12 @@ def _generate(cfg, model, sm: SeedModel, judges, skip, shape, num_classes, devic
             dist = l2(res.x, x0).cpu()
             for i in range(len(targets)):
                 records.append({
-                    "kind": kind, "target": int(targets[i]), "seed_index": i % cfg.seeds_per_class,
+                    "kind": kind, "target": int(targets[i]), "seed_index": i // num_classes,
                     "loss_start": _r(res.losses[0, i]), "loss_end": _r(res.losses[-1, i]), "self_pred": int(res.pred[i]), "l2": _r(dist[i]),
                     "judge": {lb: {"seed": seed_j[lb][i], "final": final_j[lb][i]} for lb in judges},
                 })
             curves[kind] = [_r(v) for v in res.losses.mean(1).tolist()]
-            first = torch.arange(num_classes) * cfg.seeds_per_class
+            first = torch.arange(num_classes)
             grid_rows += [(f"{kind} seed", x0[first].cpu()), (f"{kind} PGD", res.x[first].cpu())]
             summary[kind] = _gen_summary([r for r in records if r["kind"] == kind], judges, skip)
     finally:
@@ -551,8 +561,10 @@ def _inpaint(cfg, model, sm: SeedModel, test, shape, device, progress):
     idx = _pick_test(test, cfg.n, cfg.seed)
     x = test.x[idx].to(device)
     y = test.y[idx].to(device)
-    masks, corners = square_masks(len(idx), shape, size, torch.Generator().manual_seed(cfg.seed * 1000 + 11))
-    masks = masks.to(device)
+    # one generator per test image: an image's patch does not depend on --n
+    drawn = [square_masks(1, shape, size, _generator(cfg.seed, "inpaint", int(i))) for i in idx]
+    masks = torch.cat([m for m, _ in drawn]).to(device)
+    corners = [c[0] for _, c in drawn]
     fill = sm.overall_mean.to(device).expand_as(x)
     x0 = torch.where(masks.bool().expand_as(x), fill, x)
     runner = _Runner(model, batch_size=cfg.batch_size, total=setting.steps * len(idx), desc=f"inpaint {cfg.defense}", progress=progress)
