@@ -95,6 +95,7 @@ class PGDSetting:
     scale: float  # sqrt(values / 150528)
     paper: PaperSetting
     step_cap: int | None = None  # steps were capped (alpha raised to keep alpha * steps)
+    full_steps: int = 0  # the paper's step count before any cap
 
 
 def task_setting(task: str, shape: Sequence[int], *, kind: str | None = None, max_steps: int | None = None) -> PGDSetting:
@@ -121,7 +122,8 @@ def task_setting(task: str, shape: Sequence[int], *, kind: str | None = None, ma
             raise BenchUserError(f"--max-steps must be >= 1, got {max_steps}")
         alpha *= steps / max_steps
         steps, cap = int(max_steps), int(max_steps)
-    return PGDSetting(eps=paper.eps * scale, alpha=alpha, steps=steps, scale=scale, paper=paper, step_cap=cap)
+    full = GENERATE_STEPS[kind] if task == "generate" else paper.steps
+    return PGDSetting(eps=paper.eps * scale, alpha=alpha, steps=steps, scale=scale, paper=paper, step_cap=cap, full_steps=full)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,9 +305,11 @@ class JudgeSpec:
     options: tuple[tuple[str, object], ...] = ()
     text: str = ""
 
-    @property
-    def label(self) -> str:
-        return self.text or self.name
+    def label(self, card: dict | None = None) -> str:
+        """Short name for tables: ``cnn``, ``cnn seed 1`` (explicit checkpoint), ``eabs steps=10``."""
+        seed = (card or {}).get("seed")
+        parts = [self.name] + ([f"seed {seed}"] if self.checkpoint and seed is not None else []) + [f"{k}={v}" for k, v in self.options]
+        return " ".join(parts)
 
 
 def parse_judge(text: str) -> JudgeSpec:
@@ -551,7 +555,7 @@ def _gen_summary(records: list[dict], judges, skip) -> dict:
 
 
 def _setting_dict(s: PGDSetting) -> dict:
-    return {"eps": _r(s.eps, 6), "alpha": _r(s.alpha, 6), "steps": s.steps, "scale": _r(s.scale, 6), "step_cap": s.step_cap,
+    return {"eps": _r(s.eps, 6), "alpha": _r(s.alpha, 6), "steps": s.steps, "scale": _r(s.scale, 6), "step_cap": s.step_cap, "full_steps": s.full_steps,
             "paper": asdict(s.paper)}
 
 
@@ -749,21 +753,22 @@ def run_synthesis(cfg: SynthesisConfig, *, announce: Callable[[str], None] = pri
         check_idx = _pick_test(test, cfg.judge_check, cfg.seed + 1)
         for text in cfg.judges:
             spec = parse_judge(text)
-            if spec.label in judges:
-                raise BenchUserError(f"judge {spec.label!r} listed twice")
             jm, jc = load_judge(spec, cfg.dataset, device=device, announce=announce)
+            label = spec.label(jc)
+            if label in judges:
+                raise BenchUserError(f"judge {label!r} listed twice")
             j = Judge(spec, jm, jc, seed=cfg.seed)
             same = jc.get("sha256") is not None and jc.get("sha256") == card.get("sha256")
             t0 = time.perf_counter()
             acc = float((j.classify(test.x[check_idx].to(device)) == test.y[check_idx]).float().mean())
-            j.info = {"defense": spec.name, "checkpoint": jc.get("path"), "checkpoint_sha256": jc.get("sha256"), "options": dict(spec.options),
+            j.info = {"spec": spec.text, "defense": spec.name, "checkpoint": jc.get("path"), "checkpoint_sha256": jc.get("sha256"), "options": dict(spec.options),
                       "train_seed": jc.get("seed"), "train_epochs": jc.get("epochs"), "randomized": bool(jm.randomized),
                       "clean_test_acc": _r(acc), "clean_test_n": len(check_idx), "clean_check_s": round(time.perf_counter() - t0, 1),
                       "same_as_synthesiser": same}
             if same:
-                skip.add(spec.label)
-                announce(f"judge {spec.label} is the synthesising model itself: not used for {cfg.defense}")
-            judges[spec.label] = j
+                skip.add(label)
+                announce(f"judge {label} is the synthesising model itself: not used for {cfg.defense}")
+            judges[label] = j
 
     key = variant_key(cfg.defense, options)
     out_dir = synthesis_dir(cfg.results_dir, cfg.dataset)
@@ -790,7 +795,7 @@ def run_synthesis(cfg: SynthesisConfig, *, announce: Callable[[str], None] = pri
     plot_grid(rows, png, title=f"{cfg.task}: {key} ({cfg.dataset})", col_labels=cols)
     entry.update({
         "command": command_line(), "seed": cfg.seed, "eot": draws, "max_steps": cfg.max_steps, "wall_time_s": round(wall, 1),
-        "device": device_name(device), "budget": _budget(cfg, entry, draws), "grid": png.name,
+        "device": device_name(device), "budget": _budget(cfg, entry, draws if defense.randomized else None), "grid": png.name,
         "judges": {lb: j.info for lb, j in judges.items()}, "skipped_judges": sorted(skip),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": code_commit(),
     })
@@ -809,15 +814,19 @@ def run_synthesis(cfg: SynthesisConfig, *, announce: Callable[[str], None] = pri
     return {"entry": entry, "paths": {"results": str(path), "png": str(png)}}
 
 
-def _budget(cfg: SynthesisConfig, entry: dict, draws: int) -> str:
+def _budget(cfg: SynthesisConfig, entry: dict, draws: int | None) -> str:
     s = entry["settings"]
-    steps = ", ".join(f"{k} {v['steps']} steps (eps {v['eps']:.3g}, alpha {v['alpha']:.3g})" for k, v in s.items())
+    def one(k, v):
+        cap = f", capped from {v['full_steps']} by --max-steps" if v.get("step_cap") else ""
+        return f"{k} {v['steps']} steps (eps {v['eps']:.3g}, alpha {v['alpha']:.3g}{cap})"
+
+    steps = ", ".join(one(k, v) for k, v in s.items())
     if cfg.task == "generate":
         n = f"{cfg.seeds_per_class} seed(s)/class x {len(cfg.seed_kinds)} distribution(s)"
     elif cfg.task == "translate":
         n = f"{cfg.per_pair} image(s) x {len(cfg.pairs)} pair(s)"
     else:
         n = f"{cfg.n} test image(s)"
-    eot = f", EOT {draws}" if draws > 1 else ""
+    eot = f"; EOT over {draws} draw(s) per gradient" if draws else ""
     opts = "".join(f", {k}={v}" for k, v in cfg.options)
     return f"{n}; {steps}{eot}{opts}"

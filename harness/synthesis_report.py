@@ -120,55 +120,48 @@ def _settings_table(results: dict[str, dict]) -> str:
     return tabulate(rows, headers=["Task", "paper ε", "paper α", "paper steps", "ε here", "α here", "steps here"], tablefmt="github", disable_numparse=True)
 
 
-def _generation_table(results, judges) -> str:
-    rows = []
+def _judge_cells(results, key, e, s, lb, kind, task) -> list[str]:
+    j = (s.get("judge") or {}).get(lb)
+    if j is None:
+        return ["(same model)" if lb in e.get("skipped_judges", []) else MISSING] * 2 + [MISSING]
+    m = _paired(results, key, lb, kind, task=task)
+    return [_rate(j["seed_target"], s["n"]), _rate(j["final_target"], s["n"]), MISSING if m is None else f"{format_pvalue(m.pvalue)} ({m.b01}/{m.b10}, n={m.n})"]
+
+
+def _generation_tables(results, judges) -> list[str]:
+    """One table of the synthesiser's own figures, then one per judge."""
+    own, per_judge = [], {lb: [] for lb in judges}
     for key, data in results.items():
         e = data["tasks"].get("generate")
         if not e:
             continue
         for kind in [k for k in SEED_KINDS if k in e["summary"]] + ["all"]:
             s = e["summary"][kind]
-            row = [_label(key, data), kind, s["n"], _rate(s["self_target"], s["n"])]
+            own.append([_label(key, data), kind, s["n"], _rate(s["self_target"], s["n"]), f"{_fmt(s['mean_loss_start'])} → {_fmt(s['mean_loss_end'])}", _fmt(s["mean_l2"])])
             for lb in judges:
-                j = (s.get("judge") or {}).get(lb)
-                if j is None:
-                    row += ["(same model)" if lb in e.get("skipped_judges", []) else MISSING] * 2 + [MISSING]
-                    continue
-                row += [_rate(j["seed_target"], s["n"]), _rate(j["final_target"], s["n"])]
-                m = _paired(results, key, lb, None if kind == "all" else kind)
-                row.append(MISSING if m is None else f"{format_pvalue(m.pvalue)} ({m.b01}/{m.b10}, n={m.n})")
-            row += [f"{_fmt(s['mean_loss_start'])} → {_fmt(s['mean_loss_end'])}", _fmt(s["mean_l2"])]
-            rows.append(row)
-    heads = ["Defense", "Seeds", "n", "self → target"]
-    for lb in judges:
-        heads += [f"judge {lb}: seed = target", f"judge {lb}: PGD = target", f"McNemar vs cnn (p; better/worse)"]
-    heads += ["CE loss start → end", "mean L2 moved"]
-    return tabulate(rows, headers=heads, tablefmt="github", disable_numparse=True)
+                per_judge[lb].append([_label(key, data), kind, s["n"], *_judge_cells(results, key, e, s, lb, None if kind == "all" else kind, "generate")])
+    out = [tabulate(own, headers=["Defense", "Seeds", "n", "self → target", "CE loss start → end", "mean L2 moved"], tablefmt="github", disable_numparse=True), ""]
+    for lb, rows in per_judge.items():
+        out += [f"Judge `{lb}`:", "", tabulate(rows, headers=["Defense", "Seeds", "n", "seed = target", "PGD result = target", "McNemar vs cnn: p (b/w, n)"],
+                                                tablefmt="github", disable_numparse=True), ""]
+    return out
 
 
-def _translation_table(results, judges) -> str:
-    rows = []
+def _translation_tables(results, judges) -> list[str]:
+    own, per_judge = [], {lb: [] for lb in judges}
     for key, data in results.items():
         e = data["tasks"].get("translate")
         if not e:
             continue
         s = e["summary"]["all"]
-        row = [_label(key, data), s["n"], _rate(s["self_target"], s["n"])]
+        own.append([_label(key, data), s["n"], _rate(s["self_target"], s["n"]), f"{_fmt(s['mean_loss_start'])} → {_fmt(s['mean_loss_end'])}", _fmt(s["mean_l2"])])
         for lb in judges:
-            j = (s.get("judge") or {}).get(lb)
-            if j is None:
-                row += ["(same model)" if lb in e.get("skipped_judges", []) else MISSING] * 2 + [MISSING]
-                continue
-            row += [_rate(j["seed_target"], s["n"]), _rate(j["final_target"], s["n"])]
-            m = _paired(results, key, lb, None, task="translate")
-            row.append(MISSING if m is None else f"{format_pvalue(m.pvalue)} ({m.b01}/{m.b10}, n={m.n})")
-        row += [_fmt(s["mean_l2"]), f"{_fmt(s['mean_loss_start'])} → {_fmt(s['mean_loss_end'])}"]
-        rows.append(row)
-    heads = ["Defense", "n", "self → target"]
-    for lb in judges:
-        heads += [f"judge {lb}: source image = target", f"judge {lb}: PGD = target", "McNemar vs cnn (p; better/worse)"]
-    heads += ["mean L2 travelled", "CE loss start → end"]
-    return tabulate(rows, headers=heads, tablefmt="github", disable_numparse=True)
+            per_judge[lb].append([_label(key, data), s["n"], *_judge_cells(results, key, e, s, lb, None, "translate")])
+    out = [tabulate(own, headers=["Defense", "n", "self → target", "CE loss start → end", "mean L2 travelled"], tablefmt="github", disable_numparse=True), ""]
+    for lb, rows in per_judge.items():
+        out += [f"Judge `{lb}`:", "", tabulate(rows, headers=["Defense", "n", "source image = target", "PGD result = target", "McNemar vs cnn: p (b/w, n)"],
+                                                tablefmt="github", disable_numparse=True), ""]
+    return out
 
 
 def _inpaint_table(results) -> str:
@@ -329,7 +322,7 @@ def render_synthesis(results_dir: str | os.PathLike, dataset: str, out_path: str
               "target` / `PGD = target`: the judge's verdict before and after PGD. McNemar: paired on the same seeds against",
               "cnn; (b/w) = seeds the judge accepts for this defense but not for cnn / for cnn but not for this defense;",
               "`*` = p < 0.01. All rates with Wilson 95% intervals.", "",
-              _generation_table(results, judges), "", "Commands and budgets:", "", *_commands(results, "generate"), ""]
+              *_generation_tables(results, judges), "Commands and budgets:", "", *_commands(results, "generate"), ""]
     loss_png = plot_loss_curves(results, sdir / LOSS_PLOT)
     if loss_png is not None:
         lines += ["Loss convergence (mean target cross-entropy per iteration, the paper's section 4.1.1 monitoring; symlog scale):", "",
@@ -343,7 +336,7 @@ def render_synthesis(results_dir: str | os.PathLike, dataset: str, out_path: str
 
         names = datasets.get_info(dataset).class_names
         lines += ["Pairs: " + ", ".join(f"{names[a] if a < len(names) else a} → {names[b] if b < len(names) else b}" for a, b in pairs) + ".", ""]
-    lines += [_translation_table(results, judges), "", "Commands and budgets:", "", *_commands(results, "translate"), "",
+    lines += [*_translation_tables(results, judges), "Commands and budgets:", "", *_commands(results, "translate"), "",
               "## The paper's claim, checked", "",
               "Robust models synthesise class features an independent judge recognises, standard models do not (paper",
               "sections 4.1.2 and 5). Per judge, the final target rate of each defense against cnn on the same seeds:", "",

@@ -44,7 +44,7 @@ def test_synthesize_all_tasks_and_report(tiny_models):
     gen = data["tasks"]["generate"]
     assert gen["summary"]["all"]["n"] == 30 and len(gen["images"]) == 30
     assert all(len(c) == 4 for c in gen["loss_curve"].values())  # 3 steps + the seed
-    label = f"cnn@{judge}"
+    label = "cnn seed 1"
     assert gen["judges"][label]["train_seed"] == 1 and not gen["judges"][label]["same_as_synthesiser"]
     assert gen["summary"]["all"]["judge"][label]["final_target"] <= 30
     inp = data["tasks"]["inpaint"]["summary"]
