@@ -18,7 +18,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness import stats
-from harness.synthesis import PAPER_TABLE1, SEED_KINDS, TASKS, synthesis_dir
+from harness.synthesis import PAPER_TABLE1, SEED_KINDS, TASKS, save_small_png, synthesis_dir
 from harness.tables import MISSING, defense_label, defense_order, format_cell, format_pvalue
 
 LOSS_PLOT = "generate-loss.png"
@@ -219,13 +219,7 @@ def plot_loss_curves(results: dict[str, dict], path: str | os.PathLike) -> Path 
             ax.grid(alpha=0.3)
         fig.axes[-1].legend(fontsize=6, loc="upper right")
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        try:
-            fig.savefig(tmp, metadata={"Software": None})
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        save_small_png(fig, path, grey=False)
     return path
 
 
@@ -255,9 +249,10 @@ def _claims(results: dict[str, dict], judges: dict[str, dict]) -> list[str]:
                 m = _paired(results, key, lb, kind if task == "generate" and kind != "all" else None, task=task)
                 if m is None:
                     continue
-                verdict = "higher" if m.b01 > m.b10 else "lower" if m.b01 < m.b10 else "equal"
-                sig = "significant" if m.pvalue < 0.01 else "not significant"
-                parts.append(f"{_label(key, data)} {_rate(j['final_target'], s['n'])} ({verdict} than cnn, McNemar p = {format_pvalue(m.pvalue)}, {sig}, n = {m.n} paired)")
+                verdict = "above cnn" if m.b01 > m.b10 else "below cnn" if m.b01 < m.b10 else "same as cnn"
+                sig = "significant at 0.01" if m.pvalue < 0.01 else "not significant"
+                p = format_pvalue(m.pvalue)
+                parts.append(f"{_label(key, data)} {_rate(j['final_target'], s['n'])} ({verdict}; McNemar p {p if p.startswith('<') else '= ' + p}, {sig}; {m.n} paired seeds)")
             if parts:
                 lines.append(f"* judge `{lb}`, {what}: cnn {_rate(rj['final_target'], rs['n'])}; " + "; ".join(parts) + ".")
     return lines
