@@ -115,7 +115,8 @@ def _settings_table(results: dict[str, dict]) -> str:
             continue
         task = name if name in TASKS else "generate"
         p = PAPER_TABLE1[task]
-        rows.append([name if task != "generate" else f"generate ({name} seeds)", f"{p.eps:g}", f"{p.alpha:g}", f"{s['steps']}" if task != "generate" else f"{s['steps']} (of {p.steps if name != 'multivariate' else 60}-100)",
+        paper_steps = f"{p.steps}" if task != "generate" else f"60-100 (section 4.1.1: {s.get('full_steps') or s['steps']} for {name} seeds)"
+        rows.append([name if task != "generate" else f"generate ({name} seeds)", f"{p.eps:g}", f"{p.alpha:g}", paper_steps,
                      f"{s['eps']:.3f}", f"{s['alpha']:.4f}", s["steps"]])
     return tabulate(rows, headers=["Task", "paper ε", "paper α", "paper steps", "ε here", "α here", "steps here"], tablefmt="github", disable_numparse=True)
 
@@ -287,8 +288,8 @@ def render_synthesis(results_dir: str | os.PathLike, dataset: str, out_path: str
         "ε and α of Table 1 are L2 norms on 224×224 RGB images (150,528 values); the same per-pixel change has an",
         "L2 norm √(values) times larger, so both are multiplied by √(C·H·W / 150528) (0.0722 for 28×28 grey).",
         "Step counts are the paper's (generation: 100 for uniform / univariate seeds, 60 for multivariate, section",
-        "4.1.1). Where a defense's budget says `max_steps`, its steps were capped and α raised so that α·steps stays the",
-        "paper's path length (stated next to its numbers). Inpainting patch: the paper's 60/224 of the side; the patch",
+        "4.1.1). Where a defense's budget says \"capped … by --max-steps\", its steps were capped and α raised so that",
+        "α·steps stays the paper's path length. Inpainting patch: the paper's 60/224 of the side; the patch",
         "is filled with the training-set mean image (the *mean fill* baseline) and PGD may change only the patch",
         "(eq. 4 with a hard mask). Super-resolution: 2× area downsampling, bilinear upsampling (the baseline), PGD in",
         "the ε ball around it (eq. 3). Targets: generation — the seed's class; inpainting / super-resolution — the true",
@@ -307,10 +308,13 @@ def render_synthesis(results_dir: str | os.PathLike, dataset: str, out_path: str
         "the PGD result: the class-conditional seeds already look like their class, so only the change matters.",
         "",
     ]
-    rows = [[f"`{lb}`", info.get("defense"), info.get("train_seed"), info.get("train_epochs"), _rate(round((info.get("clean_test_acc") or 0) * info.get("clean_test_n", 0)), info.get("clean_test_n", 0)),
+    rows = [[f"`{lb}`", info.get("defense"), info.get("train_seed"), info.get("train_epochs"), info.get("clean_test_n", 0),
+             _rate(round((info.get("clean_test_acc") or 0) * info.get("clean_test_n", 0)), info.get("clean_test_n", 0)),
              ", ".join(f"{k}={v}" for k, v in (info.get("options") or {}).items()) or MISSING] for lb, info in judges.items()]
-    lines += [tabulate(rows, headers=["Judge", "defense", "training seed", "epochs", "clean test accuracy (Wilson 95%)", "inference options"], tablefmt="github", disable_numparse=True),
-              "", "A judge that is the synthesising model itself (same checkpoint) is not used for that model (`same model`).", ""]
+    lines += [tabulate(rows, headers=["Judge", "defense", "training seed", "epochs", "test images", "clean accuracy (Wilson 95%)", "inference options"], tablefmt="github", disable_numparse=True),
+              "", "A judge that is the synthesising model itself (same checkpoint) is not used for that model (`same model`).",
+              "Inference options shrink a judge's own inference budget (randomized judges decide in one draw from a fixed",
+              "seed); its clean accuracy above is measured with them.", ""]
 
     lines += ["## Generation (eq. 2)", "",
               "`self → target`: the synthesising model's own verdict (a standard model fools itself easily). `judge …: seed =",
