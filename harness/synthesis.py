@@ -196,7 +196,7 @@ def targeted_l2_pgd(model: Callable[[torch.Tensor], torch.Tensor], x0: torch.Ten
     return PGDResult(x.detach(), torch.stack(losses), scores.detach().argmax(1))
 
 
-def require_gradient(defense, x: torch.Tensor, *, draws: int = 1, generator: torch.Generator | None = None) -> None:
+def require_gradient(defense, x: torch.Tensor, *, generator: torch.Generator | None = None) -> None:
     """Raise :class:`BenchUserError` unless ``defense.predict`` declares a gradient w.r.t. its input."""
     from harness.eot import EOTModel
 
