@@ -173,6 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="exports/robustbench", help="writes <out>/<dataset>/<Linf|L2>/<Model>.json and <Model>.bench.json (default: exports/robustbench)")
     ex.add_argument("--thesis", default=None, help="thesis table for the 'reported' field (default: docs/thesis_<dataset>.toml when it exists)")
 
+    sy = sub.add_parser("synthesize", help="image synthesis with a classifier's gradient (generate, inpaint, superres, translate) and docs/synthesis.md")
+    sy.add_argument("--defense", default=None, help="comma-separated defenses that declare a gradient (e.g. cnn,adv-l2)")
+    sy.add_argument("--dataset", default="fmnist")
+    sy.add_argument("--task", choices=["generate", "inpaint", "superres", "translate", "all"], default=None)
+    sy.add_argument("--judge", action="append", default=None, metavar="NAME[@CHECKPOINT][,KEY=VALUE...]",
+                    help="independent classifier scoring generate/translate images (repeatable; default: cnn@checkpoints/judges/cnn-fmnist.safetensors when it exists)")
+    sy.add_argument("--seeds-per-class", type=_positive_int, default=5, help="generate: seeds per class and seed distribution (default 5)")
+    sy.add_argument("--seed-dists", default="uniform,univariate,multivariate", help="generate: seed distributions (default all three)")
+    sy.add_argument("--n", type=_positive_int, default=20, help="inpaint / superres: test images (default 20)")
+    sy.add_argument("--per-pair", type=_positive_int, default=10, help="translate: images per class pair (default 10)")
+    sy.add_argument("--max-steps", type=_positive_int, default=None, help="cap the paper's step counts (alpha raised to keep alpha x steps); for expensive defenses")
+    sy.add_argument("--eot", type=_positive_int, default=5, help="EOT draws per gradient for randomized defenses (default 5)")
+    sy.add_argument("--seed", type=_nonneg_int, default=0)
+    sy.add_argument("--batch-size", type=_positive_int, default=100)
+    sy.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="a defense option, e.g. steps=10 for eabs")
+    sy.add_argument("--results-dir", default=DEFAULT_RESULTS, help="writes <results-dir>/<dataset>/synthesis/<defense>.json and PNG grids")
+    sy.add_argument("--report", action="store_true", help="(re)write the report from the result files (after synthesising, if --defense is given)")
+    sy.add_argument("--out", default="docs/synthesis.md", help="report path (default docs/synthesis.md)")
+    sy.add_argument("--device", default="auto")
+    sy.add_argument("--quiet", action="store_true")
+
     ls = sub.add_parser("list", help="list defenses, attacks, datasets or suites")
     ls.add_argument("what", choices=["defenses", "attacks", "datasets", "suites"])
     return p
@@ -374,7 +395,35 @@ def _cmd_reproduction(a) -> int:
     return 0
 
 
-COMMANDS = {"export": _cmd_export, "calibrate": _cmd_calibrate, "neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "sweep": _cmd_sweep, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
+def _cmd_synthesize(a) -> int:
+    from harness.synthesis import TASKS, SynthesisConfig, default_judges, run_synthesis
+
+    if not a.defense and not a.report:
+        raise BenchUserError("bench synthesize needs --defense and --task (or --report to rewrite the report from existing results)")
+    if a.defense:
+        if a.task is None:
+            raise BenchUserError(f"--task is required with --defense: one of {', '.join(TASKS)} or all")
+        names = [d.strip() for d in a.defense.split(",") if d.strip()]
+        judges = tuple(a.judge) if a.judge is not None else default_judges(a.dataset)
+        tasks = TASKS if a.task == "all" else (a.task,)
+        dists = tuple(d.strip() for d in a.seed_dists.split(",") if d.strip())
+        for name in names:
+            for task in tasks:
+                cfg = SynthesisConfig(defense=name, dataset=a.dataset, task=task, seed=a.seed, seeds_per_class=a.seeds_per_class, seed_kinds=dists,
+                                      n=a.n, per_pair=a.per_pair, eot=a.eot, max_steps=a.max_steps, batch_size=a.batch_size, judges=judges,
+                                      options=tuple(a.option), results_dir=a.results_dir, device=a.device, progress=not a.quiet)
+                res = run_synthesis(cfg)
+                print(f"{name} {task}: {res['entry']['budget']}; {res['entry']['wall_time_s']} s")
+                print(f"wrote {res['paths']['results']} and {res['paths']['png']}")
+    if a.report:
+        from harness.synthesis_report import write_synthesis_report
+
+        changed = write_synthesis_report(a.results_dir, a.dataset, a.out)
+        print(f"{'wrote' if changed else 'unchanged'} {a.out}")
+    return 0
+
+
+COMMANDS = {"export": _cmd_export, "calibrate": _cmd_calibrate, "neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "sweep": _cmd_sweep, "synthesize": _cmd_synthesize, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:
