@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import BenchUserError
-from harness.results import atomic_write_json
+from harness.results import atomic_write, atomic_write_json
 
 SCHEMA_VERSION = 1
 TASKS = ("generate", "inpaint", "superres", "translate")
@@ -699,13 +699,9 @@ def save_small_png(fig, path: str | os.PathLike, *, grey: bool) -> Path:
     fig.savefig(buf, format="png", metadata={"Software": None})
     img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     img = img.convert("L") if grey else img.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        img.save(tmp, format="PNG", optimize=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    out = io.BytesIO()
+    img.save(out, format="PNG", optimize=True)
+    atomic_write(path, out.getvalue())
     return path
 
 
