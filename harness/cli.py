@@ -311,7 +311,12 @@ def _cmd_list(a) -> int:
 
         for d in datasets.list_datasets():
             where = datasets.find_data_dir(d.name)
-            print(f"{d.name:<15} {d.num_classes:>3} classes  {'x'.join(map(str, d.shape)):<8} {str(where) if where else 'not on disk'}")
+            if d.generated_from == "seed":
+                where = "generated from a seed"
+            elif d.generated_from is not None:
+                where = f"generated from {d.generated_from} ({where})" if where else f"generated from {d.generated_from} (not on disk)"
+            kind = "components" if d.multilabel else "classes"
+            print(f"{d.name:<15} {d.num_classes:>3} {kind:<10}  {'x'.join(map(str, d.shape)):<8} {str(where) if where else 'not on disk'}")
     else:
         from threat_models import list_suites, load_suite
 
