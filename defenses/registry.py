@@ -21,7 +21,7 @@ from harness.errors import BenchUserError
 
 ENTRY_POINT_GROUP = "bench.defenses"
 
-_BUILTIN_MODULES = ("defenses.cnn", "defenses.abs", "defenses.eabs", "defenses.adversarial", "defenses.binarize", "defenses.smoothing", "defenses.robustbench")
+_BUILTIN_MODULES = ("defenses.cnn", "defenses.abs", "defenses.eabs", "defenses.adversarial", "defenses.binarize", "defenses.smoothing", "defenses.robustbench", "defenses.cvae")
 
 _REGISTRY: dict[str, type] = {}
 _ORIGIN: dict[str, str] = {}
