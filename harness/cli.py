@@ -173,6 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="exports/robustbench", help="writes <out>/<dataset>/<Linf|L2>/<Model>.json and <Model>.bench.json (default: exports/robustbench)")
     ex.add_argument("--thesis", default=None, help="thesis table for the 'reported' field (default: docs/thesis_<dataset>.toml when it exists)")
 
+    de = sub.add_parser("decompose", help="Yao et al. section 4.1: c-VAE on novel sign combinations (ts) or overlapping items (multi-fmnist); writes docs/decomposition.md")
+    de.add_argument("--experiment", required=True, choices=["novel", "overlap"])
+    de.add_argument("--dataset", required=True, help="ts (novel) or multi-fmnist / multimnist (overlap)")
+    de.add_argument("--n", type=_positive_int, default=None, help="test images (default: all of the test type / test split)")
+    de.add_argument("--epochs", type=_positive_int, default=None, help="c-VAE training epochs when no checkpoint exists (default: novel 10, overlap 4)")
+    de.add_argument("--select-n", type=_positive_int, default=100, help="validation images for the hyperparameter choice (default 100)")
+    de.add_argument("--seed", type=_nonneg_int, default=0)
+    de.add_argument("--retrain", action="store_true", help="train the c-VAE again even if checkpoints/cvae-<dataset>-<experiment> exists")
+    de.add_argument("--checkpoint-dir", default="checkpoints")
+    de.add_argument("--results-dir", default=DEFAULT_RESULTS)
+    de.add_argument("--doc", default="docs/decomposition.md")
+    de.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all cores)")
+    de.add_argument("--quiet", action="store_true")
+
     ls = sub.add_parser("list", help="list defenses, attacks, datasets or suites")
     ls.add_argument("what", choices=["defenses", "attacks", "datasets", "suites"])
     return p
@@ -341,6 +355,18 @@ def _cmd_neat(a) -> int:
     return 0
 
 
+def _cmd_decompose(a) -> int:
+    from harness.decompose import run_decompose
+
+    if a.threads is not None:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    run_decompose(a.experiment, a.dataset, n=a.n, epochs=a.epochs, seed=a.seed, select_n=a.select_n, results_dir=a.results_dir, doc=a.doc,
+                  checkpoint_dir=a.checkpoint_dir, retrain=a.retrain, progress=not a.quiet)
+    return 0
+
+
 def _cmd_calibrate(a) -> int:
     from harness.calibrate import calibrate
 
@@ -376,7 +402,7 @@ def _cmd_reproduction(a) -> int:
     return 0
 
 
-COMMANDS = {"export": _cmd_export, "calibrate": _cmd_calibrate, "neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "sweep": _cmd_sweep, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
+COMMANDS = {"decompose": _cmd_decompose, "export": _cmd_export, "calibrate": _cmd_calibrate, "neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "sweep": _cmd_sweep, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:
