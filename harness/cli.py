@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true", help="recompute instead of resuming")
     r.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint exists")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
-    r.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default) or resnet18 (32x32 RGB data); results go to <defense>-<arch>.json")
+    r.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default), resnet18 or resnet50 (32x32 RGB data); results go to <defense>-<arch>.json")
     r.add_argument("--check-budget", type=_positive_int, nargs="?", const=100, default=0, metavar="N", help="after the attacks, rerun each gradient attack with a step budget on the first N samples (default 100) with twice the steps and 5 restarts and record the accuracy difference (budget saturation check)")
     r.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="a defense option (repeatable), e.g. --option steps=5 for vsmooth-*; results go to <defense>-<key><value>.json")
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="config_set", help="override a key of the training recipe (repeatable; recorded in the card), e.g. --set lr_schedule=cosine --set anneal_epochs=20")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all cores); on a shared machine give the free cores (and set OMP_WAIT_POLICY=PASSIVE)")
-    t.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default) or resnet18 (32x32 RGB data); checkpoint <defense>-<arch>-<dataset>")
+    t.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default), resnet18 or resnet50 (32x32 RGB data); checkpoint <defense>-<arch>-<dataset>")
 
     tb = sub.add_parser("table", help="print the thesis-style table with Wilson intervals and McNemar p-values")
     tb.add_argument("--dataset", default="fmnist")
