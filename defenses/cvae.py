@@ -188,20 +188,32 @@ class CVAE(Defense):
             out["y_trace"] = torch.stack(ys)
         return out
 
+    def compose_present(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x^f(z, y)`` for binary ``y``, running each decoder only on the rows where its component is on
+        (equal to ``compose(decode(z), y)``; a candidate with 2 of 10 components costs 2 decoder passes)."""
+        xf = torch.zeros(len(z), *self.input_shape, device=z.device, dtype=z.dtype)
+        for i, d in enumerate(self.decoders):
+            rows = torch.nonzero(y[:, i] > 0).flatten()
+            if len(rows):
+                xf = xf.index_add(0, rows, d(z[rows, i]) * y[rows, i, None, None, None])
+        return xf
+
     def _refine(self, x: torch.Tensor, z0: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``z^dagger(y) = argmin_z ||x^f(z, y) - x||^2`` (eq. 2) by Adam from ``z0``, for rows ``(x, z0, y)``;
-        returns ``(f, z)`` at the end."""
+        """``z^dagger(y) = argmin_z ||x^f(z, y) - x||^2`` (eq. 2) by Adam from ``z0``, for rows ``(x, z0, y)``
+        with binary candidate labels ``y``; returns ``(f, z)`` at the end."""
         cfg = self.config
         z = z0.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=cfg.refine_lr)
         with torch.enable_grad():
             for _ in range(cfg.refine_steps):
-                f = (self.compose(self.decode(z), y) - x).flatten(1).pow(2).sum(1)
+                f = (self.compose_present(z, y) - x).flatten(1).pow(2).sum(1)
+                if not f.requires_grad:  # only all-zero candidates: nothing to refine
+                    break
                 opt.zero_grad(set_to_none=True)
                 f.sum().backward()
                 opt.step()
         with torch.no_grad():
-            f = (self.compose(self.decode(z), y) - x).flatten(1).pow(2).sum(1)
+            f = (self.compose_present(z, y) - x).flatten(1).pow(2).sum(1)
         return f, z.detach()
 
     # -- logic flow, multi-label -----------------------------------------------------------------

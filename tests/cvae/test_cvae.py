@@ -33,19 +33,37 @@ def test_candidate_sets_cap_enumerates_those_nearest_half():
     assert {(int(c[0]), int(c[3])) for c in cand} == {(0, 0), (0, 1), (1, 0), (1, 1)}
 
 
+class _Fixed(torch.nn.Module):
+    """A decoder that draws a fixed image (z only enters with weight 0, so gradients exist)."""
+
+    def __init__(self, image):
+        super().__init__()
+        self.image = image
+
+    def forward(self, z):
+        return self.image[None].expand(len(z), -1, -1, -1) + 0.0 * z.sum(-1)[:, None, None, None]
+
+
 def _hand_made_model():
-    """A ts-shaped c-VAE whose decoders draw fixed, disjoint component images (z only shifts them by 0)."""
+    """A ts-shaped c-VAE whose decoders draw fixed, disjoint component images."""
     m = CVAE(num_classes=4, input_shape=(1, 64, 64), dataset="ts").eval()
     templates = torch.zeros(4, 1, 64, 64)
     for i in range(4):
         templates[i, 0, 16 * i : 16 * i + 12, 8:56] = 1.0
-
-    def decode(z):
-        return templates[None].expand(len(z), -1, -1, -1, -1) + 0.0 * z.sum(-1)[..., None, None, None]
-
-    m.decode = decode
+    m.decoders = torch.nn.ModuleList(_Fixed(t) for t in templates)
     m.config = replace(m.config, steps=60, lr=0.05, refine_steps=2, c=0.1, beta=5.0, b=-2.5, y_lower=0.2, y_upper=0.8)
     return m, templates
+
+
+def test_refinement_picks_the_best_candidate():
+    """Undecided components are enumerated and the candidate with the smallest ||x^f - x||^2 wins."""
+    m, t = _hand_made_model()
+    x = (t[0] + t[2])[None]
+    f, _ = m._refine(x.expand(4, -1, -1, -1), torch.zeros(4, 4, 8), torch.tensor([[1, 0, 1, 0], [1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0.]]))
+    assert f.argmin().item() == 0 and f[0].item() == 0.0
+    m.config = replace(m.config, steps=0, y_init=0.5, y_lower=0.2, y_upper=0.8)  # y* = 0.5 everywhere: all 16 sets enumerated
+    out = m.decompose(x)
+    assert out["candidates"].tolist() == [16] and out["labels"].tolist() == [[1, 0, 1, 0]]
 
 
 def test_decompose_recovers_components_of_a_composite():
