@@ -42,6 +42,8 @@ PAPER = {
 }
 #: training budgets (CPU): epochs of eq. (1) for the c-VAE and of cross-entropy for the CNN
 DEFAULT_EPOCHS = {"novel": 10, "overlap": 4}
+#: recipe changes per experiment: ts has only 5400 training images, so batch 32 (4x the Adam steps per epoch)
+TRAIN_OVERRIDES = {"novel": {"batch_size": 32}, "overlap": {}}
 CNN_EPOCHS = 3
 
 
@@ -111,7 +113,7 @@ def _cvae(dataset: str, experiment: str, train, val, *, epochs: int, seed: int, 
         model.eval()
         log(f"loaded {path} (trained {card.get('epochs')} epochs in {card.get('wall_time_s')} s)")
         return model, dict(card, path=str(path))
-    config = dict(model.default_train_config(dataset), epochs=int(epochs), select_n=0)
+    config = dict(model.default_train_config(dataset), **TRAIN_OVERRIDES[experiment], epochs=int(epochs), select_n=0)
     log(f"training cvae on {dataset} ({len(train.x)} images, {epochs} epochs, {device_name(torch.device('cpu'))})")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -121,9 +123,12 @@ def _cvae(dataset: str, experiment: str, train, val, *, epochs: int, seed: int, 
         train_wall = time.perf_counter() - t0
     model.eval()
     t1 = time.perf_counter()
-    sel = model.select_decomposition(val.x[:select_n], val.y[:select_n], progress=progress)
+    # a component present in every training image carries no information (the ts circle; the paper
+    # notes its sub-network stays blank): left out of the validation score
+    informative = ~(train.y == 1).all(0)
+    sel = model.select_decomposition(val.x[:select_n], val.y[:select_n], progress=progress, components=informative)
     sel_wall = time.perf_counter() - t1
-    log(f"chosen on val[:{select_n}]: {sel['inference']} (exact-set accuracy {sel['val_exact']:.3f})")
+    log(f"chosen on val[:{select_n}]: {sel['inference']} (exact-set accuracy over components {informative.tolist()}: {sel['val_exact']:.3f})")
     card = {"defense": "cvae", "dataset": dataset, "experiment": experiment, "command": command_line(), "config": config,
             "epochs": int(epochs), "seed": seed, "wall_time_s": round(train_wall + sel_wall, 1), "train_wall_time_s": round(train_wall, 1),
             "selection_wall_time_s": round(sel_wall, 1), "history": metrics["history"], "train_size": len(train.x),
@@ -253,11 +258,14 @@ def _novel(dataset, *, n, epochs, seed, select_n, out_dir, checkpoint_dir, retra
     novel_wall = time.perf_counter() - t0
     want = torch.tensor(TS_SIGNS[NOVEL_TEST])
     ok = (dn["labels"] == want).all(1) & ~dn["noise"]
+    informative = ~(train.y == 1).all(0)  # the circle is in every sign
+    ok_inf = (dn["labels"] == want)[:, informative].all(1) & ~dn["noise"]
     vec, counts = torch.unique(dn["labels"], dim=0, return_counts=True)
     t0 = time.perf_counter()
     ds = _run_decompose(model, test_seen.x)
     seen_wall = time.perf_counter() - t0
     ok_seen = (ds["labels"] == test_seen.y).all(1) & ~ds["noise"]
+    ok_seen_inf = (ds["labels"] == test_seen.y)[:, informative].all(1) & ~ds["noise"]
 
     # the CNN: a 3-way sign-type classifier trained on the same images
     map_t = {t: i for i, t in enumerate(train_types)}
@@ -269,6 +277,7 @@ def _novel(dataset, *, n, epochs, seed, select_n, out_dir, checkpoint_dir, retra
     seen_truth = torch.tensor([map_t[int(t)] for t in sign_type(test_seen.y.numpy())])
     cnn_calls = {NOVEL_TRAIN[i]: int((pred_novel == i).sum()) for i in range(len(NOVEL_TRAIN))}
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     fig_trace = out_dir / f"novel-{dataset}-labels.png"
     _plot_trace(dn["y_trace"], TS_COMPONENTS, fig_trace, f"c-VAE on {len(test_novel.x)} '{NOVEL_TEST}' test images: y during eq. (3), mean ± 3 std")
     fig_parts = out_dir / f"novel-{dataset}-decompositions.png"
@@ -279,12 +288,15 @@ def _novel(dataset, *, n, epochs, seed, select_n, out_dir, checkpoint_dir, retra
     return {
         "paper": PAPER["novel"],
         "train_types": list(NOVEL_TRAIN), "test_type": NOVEL_TEST, "train_size": len(train.x),
-        "cvae": {"novel_recognised": _rate(int(ok.sum()), len(ok)), "novel_rejected_as_noise": _rate(int(dn["noise"].sum()), len(ok)),
+        "informative_components": [TS_COMPONENTS[i] for i in np.flatnonzero(informative.numpy())],
+        "cvae": {"novel_recognised": _rate(int(ok.sum()), len(ok)), "novel_recognised_informative": _rate(int(ok_inf.sum()), len(ok)),
+                 "seen_exact_informative": _rate(int(ok_seen_inf.sum()), len(ok_seen)), "novel_rejected_as_noise": _rate(int(dn["noise"].sum()), len(ok)),
                  "novel_decompositions": {str(v.tolist()): int(c) for v, c in zip(vec, counts)},
                  "seen_exact": _rate(int(ok_seen.sum()), len(ok_seen)), "mean_candidates": float(dn["candidates"].float().mean()),
                  "inference": asdict(inf), "checkpoint": {"path": card.get("path"), "sha256": card.get("sha256"), "epochs": card.get("epochs"),
                                                          "train_wall_time_s": card.get("train_wall_time_s"), "selection_wall_time_s": card.get("selection_wall_time_s"),
-                                                         "val_exact": card.get("val_exact"), "select_n": card.get("selection", {}).get("n")},
+                                                         "val_exact": card.get("val_exact"), "select_n": card.get("selection", {}).get("n"),
+                                                         "config": card.get("config")},
                  "wall_time_s": {"novel": round(novel_wall, 1), "seen": round(seen_wall, 1)}},
         "cnn": {"novel_called_left_turn": _rate(cnn_calls["left turn"], len(pred_novel)), "novel_calls": cnn_calls,
                 "seen_accuracy": _rate(int((pred_seen == seen_truth).sum()), len(pred_seen)), "epochs": CNN_EPOCHS, "train_wall_time_s": round(cnn_wall, 1),
@@ -307,6 +319,7 @@ def _overlap(dataset, *, n, epochs, seed, select_n, out_dir, checkpoint_dir, ret
     # both true components among the chosen ones (a looser view of the same decisions)
     both_found = ((d["labels"] * truth).sum(1) == 2) & ~d["noise"]
     fig = out_dir / f"overlap-{dataset}-samples.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
     good, bad = torch.nonzero(ok).flatten()[:6], torch.nonzero(~ok).flatten()[:6]
     pick = torch.cat([good, bad])
     if len(pick):
@@ -356,12 +369,14 @@ def write_doc(results_dir: str, doc: str) -> str:
                       f"'{r['test_type']}' test images, which neither model saw in training.", "",
                       "| Model | Result on the novel sign | Paper | On the seen sign types (test) |", "|---|---|---|---|",
                       f"| c-VAE (decomposition = [1, 1, 1, 0]) | recognised {_fmt_rate(c['novel_recognised'])} | 95% | exact set {_fmt_rate(c['seen_exact'])} |",
+                      f"| c-VAE, ignoring the circle (in every sign) | {', '.join(r['informative_components'])} right: {_fmt_rate(c['novel_recognised_informative'])} | | {_fmt_rate(c['seen_exact_informative'])} |",
                       f"| CNN (3 sign types) | called 'left turn' {_fmt_rate(r['cnn']['novel_called_left_turn'])} | 99% | accuracy {_fmt_rate(r['cnn']['seen_accuracy'])} |", "",
                       f"c-VAE decompositions of the novel sign: {', '.join(f'{k}: {v}' for k, v in c['novel_decompositions'].items())}; rejected as noise "
                       f"{_fmt_rate(c['novel_rejected_as_noise'])}; {c['mean_candidates']:.2f} candidate label sets per image on average. "
                       f"CNN calls: {', '.join(f'{k}: {v}' for k, v in r['cnn']['novel_calls'].items())}.", "",
                       f"Command: `{r['command']}`. Budget: {budget}. CNN: {r['cnn']['arch']}, {r['cnn']['epochs']} epochs ({r['cnn']['train_wall_time_s']} s).", "",
-                      f"Chosen on the validation split: {chosen}.", "",
+                      f"Chosen on the validation split (exact-set accuracy over {', '.join(r['informative_components'])}; the circle, in every "
+                      f"training sign, carries no information and is left out of the score): {chosen}.", "",
                       f"![component labels during inference]({rel / r['figures']['labels']})", "",
                       f"![decompositions of the novel sign]({rel / r['figures']['decompositions']})", ""]
         else:

@@ -26,8 +26,8 @@ def _result(experiment):
     inf = {"steps": 25, "refine_steps": 10, "beta": 5.0, "b": -2.5, "c": 0.1, "y_lower": 0.2, "y_upper": 0.8, "noise_threshold": 3.0}
     base = {"experiment": experiment, "command": "bench decompose ...", "device": "cpu", "threads": 1, "wall_time_s": 9.0, "code_commit": "abc"}
     if experiment == "novel":
-        return dict(base, dataset="ts", train_types=["left turn"], test_type="no left turn", train_size=10,
-                    cvae={"novel_recognised": _rate(19, 20), "novel_rejected_as_noise": _rate(0, 20), "novel_decompositions": {"[1, 1, 1, 0]": 19},
+        return dict(base, dataset="ts", train_types=["left turn"], test_type="no left turn", train_size=10, informative_components=["slash"],
+                    cvae={"novel_recognised": _rate(19, 20), "novel_recognised_informative": _rate(20, 20), "seen_exact_informative": _rate(10, 10), "novel_rejected_as_noise": _rate(0, 20), "novel_decompositions": {"[1, 1, 1, 0]": 19},
                           "seen_exact": _rate(9, 10), "mean_candidates": 1.5, "inference": inf, "checkpoint": ck},
                     cnn={"novel_called_left_turn": _rate(20, 20), "novel_calls": {"left turn": 20}, "seen_accuracy": _rate(10, 10), "epochs": 3,
                          "train_wall_time_s": 1.0, "arch": "cnn"},
