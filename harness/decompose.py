@@ -296,7 +296,7 @@ def _novel(dataset, *, n, epochs, seed, select_n, out_dir, checkpoint_dir, retra
                  "inference": asdict(inf), "checkpoint": {"path": card.get("path"), "sha256": card.get("sha256"), "epochs": card.get("epochs"),
                                                          "train_wall_time_s": card.get("train_wall_time_s"), "selection_wall_time_s": card.get("selection_wall_time_s"),
                                                          "val_exact": card.get("val_exact"), "select_n": card.get("selection", {}).get("n"),
-                                                         "config": card.get("config")},
+                                                         "config": card.get("config"), "trained_by": card.get("command")},
                  "wall_time_s": {"novel": round(novel_wall, 1), "seen": round(seen_wall, 1)}},
         "cnn": {"novel_called_left_turn": _rate(cnn_calls["left turn"], len(pred_novel)), "novel_calls": cnn_calls,
                 "seen_accuracy": _rate(int((pred_seen == seen_truth).sum()), len(pred_seen)), "epochs": CNN_EPOCHS, "train_wall_time_s": round(cnn_wall, 1),
@@ -333,7 +333,8 @@ def _overlap(dataset, *, n, epochs, seed, select_n, out_dir, checkpoint_dir, ret
                  "mean_candidates": float(d["candidates"].float().mean()), "inference": asdict(model.config),
                  "checkpoint": {"path": card.get("path"), "sha256": card.get("sha256"), "epochs": card.get("epochs"),
                                 "train_wall_time_s": card.get("train_wall_time_s"), "selection_wall_time_s": card.get("selection_wall_time_s"),
-                                "val_exact": card.get("val_exact"), "select_n": card.get("selection", {}).get("n")},
+                                "val_exact": card.get("val_exact"), "select_n": card.get("selection", {}).get("n"),
+                                "trained_by": card.get("command")},
                  "wall_time_s": round(wall, 1)},
         "figures": {"samples": fig.name},
     }
@@ -361,6 +362,8 @@ def write_doc(results_dir: str, doc: str) -> str:
                   f"images ({ck['selection_wall_time_s']} s; validation exact-set accuracy {ck['val_exact']:.3f}); inference {c['inference']['steps']} "
                   f"eq. (3) steps + {c['inference']['refine_steps']} refinement steps per candidate; {r['device']}, {r['threads']} thread(s); "
                   f"whole command {r['wall_time_s']} s; commit {str(r.get('code_commit'))[:10]}")
+        if ck.get("trained_by") and ck["trained_by"] != r["command"]:
+            budget += f"; the c-VAE checkpoint was trained by `{ck['trained_by']}`"
         inf = c["inference"]
         chosen = ", ".join(f"{k} = {inf[k]:.4g}" if isinstance(inf[k], float) else f"{k} = {inf[k]}" for k in ("beta", "b", "c", "y_lower", "y_upper", "noise_threshold"))
         if r["experiment"] == "novel":
