@@ -141,3 +141,25 @@ def test_multilabel_model_refuses_predict():
     m = CVAE(num_classes=4, input_shape=(1, 64, 64), dataset="ts")
     with pytest.raises(BenchUserError, match="multi-label"):
         m.predict(torch.rand(1, 1, 64, 64))
+
+
+def test_shipped_checkpoint_loads_with_its_card():
+    """checkpoints/cvae-fmnist: weights verified against the card, the validation choice applied."""
+    from harness import checkpoints
+    from harness.models import load_defense
+
+    path = checkpoints.shipped_dir() / "cvae-fmnist.safetensors"
+    if not path.is_file():
+        pytest.skip("no shipped cvae checkpoint")
+    m = CVAE(num_classes=10, input_shape=(1, 28, 28), dataset="fmnist")
+    card = checkpoints.load_checkpoint(m, path)
+    m.load_card(card)
+    assert card["defense"] == "cvae" and card["inference"]["noise_threshold"] is not None
+    assert m.config.noise_threshold == card["inference"]["noise_threshold"] and m.config.beta == card["inference"]["beta"]
+    assert {"beta", "b", "c", "y_lower"} <= set(card["selection"]["grid"][0])
+    m.eval()
+    m.use_smoke_test_budget()
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    s = m.predict(x)
+    assert s.shape == (2, 10) and torch.isfinite(s).all()
+    assert m.abstain(x, s).dtype == torch.bool
