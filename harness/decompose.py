@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from harness import datasets
-from harness.checkpoints import load_checkpoint, read_card, save_checkpoint
+from harness.checkpoints import load_checkpoint, save_checkpoint
 from harness.errors import BenchUserError
 from harness.provenance import code_commit, command_line, device_name, package_versions
 from harness.results import atomic_write_json

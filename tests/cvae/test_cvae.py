@@ -146,7 +146,6 @@ def test_multilabel_model_refuses_predict():
 def test_shipped_checkpoint_loads_with_its_card():
     """checkpoints/cvae-fmnist: weights verified against the card, the validation choice applied."""
     from harness import checkpoints
-    from harness.models import load_defense
 
     path = checkpoints.shipped_dir() / "cvae-fmnist.safetensors"
     if not path.is_file():
