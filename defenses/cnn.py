@@ -6,8 +6,8 @@ without its mean/variance heads), which keeps the CNN from being squeezed throug
 
 The CNN family (``cnn``, ``cnn-gauss`` and the adversarially trained ``adv-*`` of
 :mod:`defenses.adversarial`) takes one option, ``arch``: ``"table2.1"`` (default, the network
-above) or ``"resnet18"`` (:mod:`defenses.resnet`, 32x32 RGB data sets only; ``bench train
---arch resnet18``). A non-default arch gets its own checkpoint, ``<name>-<arch>-<dataset>``.
+above) or ``"resnet18"`` or ``"resnet50"`` (:mod:`defenses.resnet`, 32x32 RGB data sets only;
+``bench train --arch resnet18``; ResNet-50 is the network of Vuong's CIFAR-10 report). A non-default arch gets its own checkpoint, ``<name>-<arch>-<dataset>``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from torch import nn
 from defenses.base import Defense
 from defenses.networks import ConvTrunk, layout_for, trunk_features
 from defenses.registry import register
-from defenses.resnet import RESNET_DATASETS, ResNet18, resnet_recipe
+from defenses.resnet import RESNET_DATASETS, ResNet18, ResNet50, resnet_recipe
 from defenses.training import NOISE_SIGMA, supervised_recipe, train_classifier
 from benchcore.errors import BenchUserError
 
 DEFAULT_ARCH = "table2.1"
-ARCHS = (DEFAULT_ARCH, "resnet18")
+ARCHS = (DEFAULT_ARCH, "resnet18", "resnet50")
+_RESNETS = {"resnet18": ResNet18, "resnet50": ResNet50}
 
 
 class CNNNet(nn.Module):
@@ -39,13 +40,14 @@ class CNNNet(nn.Module):
 
 
 def build_net(arch: str, input_shape: tuple[int, int, int], num_classes: int, dataset: str) -> nn.Module:
-    """The logits network of the CNN family for ``arch`` (``table2.1``: :class:`CNNNet`; ``resnet18``: :class:`ResNet18`)."""
+    """The logits network of the CNN family for ``arch`` (``table2.1``: :class:`CNNNet`; ``resnet18`` /
+    ``resnet50``: :class:`ResNet18` / :class:`ResNet50`)."""
     if arch == DEFAULT_ARCH:
         return CNNNet(input_shape, num_classes, dataset)
-    if arch == "resnet18":
+    if arch in _RESNETS:
         if dataset not in RESNET_DATASETS:
-            raise BenchUserError(f"--arch resnet18 is for the 32x32 RGB data sets ({', '.join(RESNET_DATASETS)}), not {dataset!r}; drop --arch")
-        return ResNet18(input_shape, num_classes)
+            raise BenchUserError(f"--arch {arch} is for the 32x32 RGB data sets ({', '.join(RESNET_DATASETS)}), not {dataset!r}; drop --arch")
+        return _RESNETS[arch](input_shape, num_classes)
     raise BenchUserError(f"unknown --arch {arch!r}; known: {', '.join(ARCHS)}")
 
 
@@ -75,16 +77,16 @@ class CNN(Defense):
         return NOISE_SIGMA.get(dataset, 0.01)
 
     def default_train_config(self, dataset: str) -> dict:
-        """Thesis recipe (Adam, batch 512, noise) for ``table2.1``; the ResNet recipe for ``resnet18``.
+        """Thesis recipe (Adam, batch 512, noise) for ``table2.1``; the ResNet recipe for ``resnet18`` / ``resnet50``.
 
         An instance method (the recipe depends on ``arch``); the harness calls it on instances.
         """
-        if self.arch == "resnet18":
-            return resnet_recipe(dataset, noise_sigma=self.noise_sigma(dataset))
+        if self.arch in _RESNETS:
+            return resnet_recipe(dataset, noise_sigma=self.noise_sigma(dataset), arch=self.arch)
         return dict(supervised_recipe(dataset), noise_sigma=self.noise_sigma(dataset))
 
     def checkpoint_name(self) -> str:
-        """``cnn`` for the Table 2.1 network, ``cnn-resnet18`` for ResNet-18 (the archs never share weights)."""
+        """``cnn`` for the Table 2.1 network, ``cnn-resnet18`` / ``cnn-resnet50`` for the ResNets (the archs never share weights)."""
         return arch_checkpoint_name(self.name, self.arch)
 
     def extra_info(self) -> dict:

@@ -20,7 +20,7 @@ from benchcore.plugins import DuplicateNameError, PluginRegistry
 
 ENTRY_POINT_GROUP = "bench.defenses"
 
-_BUILTIN_MODULES = ("defenses.cnn", "defenses.abs", "defenses.eabs", "defenses.adversarial", "defenses.binarize", "defenses.smoothing", "defenses.robustbench")
+_BUILTIN_MODULES = ("defenses.cnn", "defenses.abs", "defenses.eabs", "defenses.adversarial", "defenses.binarize", "defenses.smoothing", "defenses.robustbench", "defenses.cvae")
 
 
 

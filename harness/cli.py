@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true", help="recompute instead of resuming")
     r.add_argument("--no-train", action="store_true", help="fail instead of training when no checkpoint exists")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
-    r.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default) or resnet18 (32x32 RGB data); results go to <defense>-<arch>.json")
+    r.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default), resnet18 or resnet50 (32x32 RGB data); results go to <defense>-<arch>.json")
     r.add_argument("--check-budget", type=_positive_int, nargs="?", const=100, default=0, metavar="N", help="after the attacks, rerun each gradient attack with a step budget on the first N samples (default 100) with twice the steps and 5 restarts and record the accuracy difference (budget saturation check)")
     r.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="a defense option (repeatable), e.g. --option steps=5 for vsmooth-*; results go to <defense>-<key><value>.json")
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="config_set", help="override a key of the training recipe (repeatable; recorded in the card), e.g. --set lr_schedule=cosine --set anneal_epochs=20")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all cores); on a shared machine give the free cores (and set OMP_WAIT_POLICY=PASSIVE)")
-    t.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default) or resnet18 (32x32 RGB data); checkpoint <defense>-<arch>-<dataset>")
+    t.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default), resnet18 or resnet50 (32x32 RGB data); checkpoint <defense>-<arch>-<dataset>")
 
     tb = sub.add_parser("table", help="print the thesis-style table with Wilson intervals and McNemar p-values")
     tb.add_argument("--dataset", default="fmnist")
@@ -193,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--out", default="docs/synthesis.md", help="report path (default docs/synthesis.md)")
     sy.add_argument("--device", default="auto")
     sy.add_argument("--quiet", action="store_true")
+
+    de = sub.add_parser("decompose", help="Yao et al. section 4.1: c-VAE on novel sign combinations (ts) or overlapping items (multi-fmnist); writes docs/decomposition.md")
+    de.add_argument("--experiment", required=True, choices=["novel", "overlap"])
+    de.add_argument("--dataset", required=True, help="ts (novel) or multi-fmnist / multimnist (overlap)")
+    de.add_argument("--n", type=_positive_int, default=None, help="test images (default: all of the test type / test split)")
+    de.add_argument("--epochs", type=_positive_int, default=None, help="c-VAE training epochs when no checkpoint exists (default: novel 10, overlap 4)")
+    de.add_argument("--select-n", type=_positive_int, default=100, help="validation images for the hyperparameter choice (default 100)")
+    de.add_argument("--seed", type=_nonneg_int, default=0)
+    de.add_argument("--retrain", action="store_true", help="train the c-VAE again even if checkpoints/cvae-<dataset>-<experiment> exists")
+    de.add_argument("--checkpoint-dir", default="checkpoints")
+    de.add_argument("--results-dir", default=DEFAULT_RESULTS)
+    de.add_argument("--doc", default="docs/decomposition.md")
+    de.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all cores)")
+    de.add_argument("--quiet", action="store_true")
 
     ls = sub.add_parser("list", help="list defenses, attacks, datasets or suites")
     ls.add_argument("what", choices=["defenses", "attacks", "datasets", "suites"])
@@ -335,7 +349,12 @@ def _cmd_list(a) -> int:
 
         for d in datasets.list_datasets():
             where = datasets.find_data_dir(d.name)
-            print(f"{d.name:<15} {d.num_classes:>3} classes  {'x'.join(map(str, d.shape)):<8} {str(where) if where else 'not on disk'}")
+            if d.generated_from == "seed":
+                where = "generated from a seed"
+            elif d.generated_from is not None:
+                where = f"generated from {d.generated_from} ({where})" if where else f"generated from {d.generated_from} (not on disk)"
+            kind = "components" if d.multilabel else "classes"
+            print(f"{d.name:<15} {d.num_classes:>3} {kind:<10}  {'x'.join(map(str, d.shape)):<8} {str(where) if where else 'not on disk'}")
     else:
         from threat_models import list_suites, load_suite
 
@@ -357,6 +376,18 @@ def _cmd_neat(a) -> int:
     print(res["table"])
     for kind, path in res["paths"].items():
         print(f"wrote {path}")
+    return 0
+
+
+def _cmd_decompose(a) -> int:
+    from harness.decompose import run_decompose
+
+    if a.threads is not None:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    run_decompose(a.experiment, a.dataset, n=a.n, epochs=a.epochs, seed=a.seed, select_n=a.select_n, results_dir=a.results_dir, doc=a.doc,
+                  checkpoint_dir=a.checkpoint_dir, retrain=a.retrain, progress=not a.quiet)
     return 0
 
 
@@ -423,7 +454,7 @@ def _cmd_synthesize(a) -> int:
     return 0
 
 
-COMMANDS = {"export": _cmd_export, "calibrate": _cmd_calibrate, "neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "sweep": _cmd_sweep, "synthesize": _cmd_synthesize, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
+COMMANDS = {"decompose": _cmd_decompose, "export": _cmd_export, "calibrate": _cmd_calibrate, "neat": _cmd_neat, "reproduction": _cmd_reproduction, "run": _cmd_run, "sweep": _cmd_sweep, "synthesize": _cmd_synthesize, "train": _cmd_train, "table": _cmd_table, "plot": _cmd_plot, "leaderboard": _cmd_leaderboard, "list": _cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

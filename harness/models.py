@@ -60,6 +60,7 @@ def build_defense(name: str, dataset: str, **options):
     """Instantiate defense ``name`` for ``dataset`` (untrained); ``options`` (e.g. ``arch``) go to its constructor."""
     cls = get_defense(name)
     info = datasets.get_info(dataset)
+    datasets.require_single_label(dataset, f"defense {name!r}")
     if dataset not in cls.datasets:
         raise BenchUserError(f"defense {name!r} does not support dataset {dataset!r} (supports: {', '.join(cls.datasets)})")
     options = clean_options(options)

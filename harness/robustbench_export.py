@@ -47,6 +47,7 @@ SIDECAR_SUFFIX = ".bench.json"
 _ARCHITECTURES = {
     "table2.1": "CNN (Ju 2021 thesis Table 2.1)",
     "resnet18": "ResNet-18",
+    "resnet50": "ResNet-50",
 }
 _GENERATIVE = {
     "abs": "ABS: one VAE per class (Ju 2021 thesis Table 2.1)",

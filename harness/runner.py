@@ -419,6 +419,7 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
     if cfg.norm not in NORMS:
         raise BenchUserError(f"unknown norm {cfg.norm!r}; use one of {', '.join(NORMS)}")
     datasets.get_info(cfg.dataset)
+    datasets.require_single_label(cfg.dataset, "bench run")
     check_results_dir(cfg.results_dir, cfg.dataset, cfg.norm)
     ctx = prepare(cfg, log=log)
     manifest = dict(ctx.manifest, attacks={})

@@ -51,6 +51,14 @@ The three sources are looked for in ``<root or $BENCH_DATA or cache>/supertraffi
 the ``gtsrb`` directories). GTSRB is required; a missing DFG or BelgiumTS raises DataMissingError
 unless ``BENCH_ST10_ALLOW_PARTIAL=1``, which builds the set from the sources that are present.
 
+Multi-label component data sets (Yao et al. 2019, section 3.3), generated offline and
+deterministically by :mod:`harness.datasets._synthetic`: ``ts`` (traffic signs from four components,
+from a seed alone), ``multi-fmnist`` and ``multimnist`` (two images of different classes overlaid at
+36x36, built from the Fashion-MNIST / MNIST split of the same name, so they need those files). Their
+``Split.y`` is ``(N, n)`` multi-hot int64 and ``num_classes`` the number of components ``n``; each
+split (train / val / test) is generated from its own seed. Single-label code paths refuse them with
+:func:`require_single_label`.
+
 Importing this package loads nothing and imports neither torch nor scipy.
 """
 
@@ -77,6 +85,7 @@ __all__ = [
     "load",
     "find_data_dir",
     "train_val_indices",
+    "require_single_label",
     "SYSTEM_DATA_ROOT",
     "EMBEDDED_DIR",
 ]
@@ -98,6 +107,10 @@ class DatasetInfo:
     class_names: tuple[str, ...]  # empty for supertraffic10: its classes are chosen from the data
     files: tuple[str, ...]  # canonical files/directories expected in the data directory
     description: str
+    #: multi-label component data set (``Split.y`` is ``(N, num_classes)`` multi-hot; see :mod:`._synthetic`)
+    multilabel: bool = False
+    #: generated offline from a seed (``"seed"``) or from another data set's images (its name); None = files on disk
+    generated_from: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,7 +120,7 @@ class Split:
     name: str  # data set name
     split: str  # "train" | "val" | "test"
     x: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
-    y: torch.Tensor  # (N,) int64
+    y: torch.Tensor  # (N,) int64; multi-label data sets: (N, num_classes) int64 in {0, 1}
     num_classes: int
     checksum: str  # sha256 over the source files used (see the module docstring)
     source: str  # directory loaded from, or "embedded"
@@ -151,6 +164,23 @@ _INFOS: dict[str, DatasetInfo] = {
             _GTSRB_FILES + ("BelgiumTSC_Training/Training/", "BelgiumTSC_Testing/Testing/",
                             "DFG/train.json", "DFG/test.json", "DFG/JPEGImages/"),
             "GTSRB + DFG + BelgiumTS crops >= 32 px, the 10 most frequent unified classes, 32x32 RGB.",
+        ),
+        DatasetInfo(
+            "ts", 4, (1, 64, 64), ("circle", "slash", "left arrow", "right arrow"), (),
+            "Yao et al. traffic signs (multi-label): 4 components, 4 sign types, 64x64, generated from a seed.",
+            multilabel=True, generated_from="seed",
+        ),
+        DatasetInfo(
+            "multi-fmnist", 10, (1, 36, 36),
+            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+            _IDX_FILES,
+            "Two Fashion-MNIST items of different classes overlaid at 36x36, ~80% overlap (multi-label, two ones).",
+            multilabel=True, generated_from="fmnist",
+        ),
+        DatasetInfo(
+            "multimnist", 10, (1, 36, 36), _DIGITS, _IDX_FILES,
+            "Yao et al. / Sabour et al. multiMNIST: two MNIST digits of different classes overlaid at 36x36 (multi-label).",
+            multilabel=True, generated_from="mnist",
         ),
     )
 }
@@ -225,9 +255,13 @@ def find_data_dir(name: str, split: str | None = None, *, root: str | os.PathLik
     ``split=None`` asks for a directory with all of the data set's files. Returns None when no
     directory qualifies (the embedded Fashion-MNIST test set is not a directory and is not returned).
     """
-    get_info(name)
+    info = get_info(name)
     if split is not None:
         _check_split(split)
+    if info.generated_from == "seed":
+        return None
+    if info.generated_from is not None:
+        return find_data_dir(info.generated_from, split, root=root)
     if name == "supertraffic10":
         from . import _traffic
 
@@ -490,6 +524,40 @@ def _load_st10(part: str, root, verify: bool):
 
 # --- public entry point -----------------------------------------------------------------------------
 
+def require_single_label(name: str, what: str = "this command") -> None:
+    """Raise a one-line BenchUserError when ``name`` is a multi-label (component) data set.
+
+    Single-label code paths (``bench run`` / ``train`` / ``calibrate``, the Defense contract's
+    ``(N,)`` labels) call this; multi-label data sets are used by ``bench decompose``.
+    """
+    info = get_info(name)
+    if info.multilabel:
+        raise BenchUserError(f"data set {name!r} is multi-label (component vectors of {info.num_classes} components), "
+                             f"{what} needs single-label data; use `bench decompose` for it")
+
+
+def _load_generated(info: DatasetInfo, split: str, root, download, verify):
+    """A generated split (:mod:`._synthetic`): ``ts`` from its seed, overlays from the source data set's split."""
+    from . import _synthetic as S
+
+    if info.name == "ts":
+        key = ("ts", split)
+        x, y = _memoized(key, lambda: S.generate_ts(split))
+        return x, y, S.digest(x, y), "generated"
+    src = load(info.generated_from, split, root=root, download=download, verify_checksums=verify)
+    key = (info.name, split, src.checksum, src.source)
+
+    def build():
+        import numpy as np
+
+        imgs = np.rint(src.x.numpy() * 255).astype(np.uint8)
+        x, y, _ = S.make_overlays(imgs, src.y.numpy(), S.OVERLAY_COUNT[split], seed=S.OVERLAY_SEEDS[split], num_classes=info.num_classes)
+        return x, y
+
+    x, y = _memoized(key, build)
+    return x, y, S.digest(x, y, extra=src.checksum), f"generated from {src.source}"
+
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise BenchUserError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
@@ -538,6 +606,11 @@ def load(
     part = "test" if split == "test" else "train"
 
     class_names = info.class_names
+    if info.generated_from is not None:  # generated per split (train / val / test each from its own seed)
+        x, y, checksum, source = _load_generated(info, split, root, download, verify)
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32).div_(255.0)
+        yt = torch.from_numpy(np.array(y, dtype=np.int64, copy=True))
+        return Split(name, split, xt, yt, info.num_classes, checksum, source, tuple(class_names), checksum_verified=verify)
     if name == "supertraffic10":
         x, y, checksum, source, class_names = _load_st10(part, root, verify)
     else:
@@ -564,6 +637,10 @@ def provenance(split: Split) -> dict:
     from . import _checksums
 
     part = "test" if split.split == "test" else "train"
+    info = get_info(split.name)
+    if info.generated_from is not None:
+        return {"dataset": split.name, "split": split.split, "size": len(split), "source": split.source, "files": [],
+                "generator": "harness.datasets._synthetic", "checksum": split.checksum, "checksum_verified": bool(split.checksum_verified)}
     d = EMBEDDED_DIR if split.source == "embedded" else Path(split.source)
     files = []
     for rel in _PART_FILES.get(split.name, {}).get(part, ()):

@@ -46,7 +46,7 @@ def load(*args, **kw):
 
 def test_registry_and_info():
     names = [i.name for i in D.list_datasets()]
-    assert names == ["mnist", "fmnist", "svhn", "cifar10", "gtsrb", "supertraffic10"]
+    assert names == ["mnist", "fmnist", "svhn", "cifar10", "gtsrb", "supertraffic10", "ts", "multi-fmnist", "multimnist"]
     assert D.get_info("fmnist").shape == (1, 28, 28)
     assert len(D.get_info("gtsrb").class_names) == 43
     assert D.get_info("cifar10").class_names[0] == "airplane"

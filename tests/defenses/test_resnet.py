@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from defenses.resnet import ResNet18
+from defenses.resnet import ResNet18, ResNet50
 from defenses.training import augment_batch, make_optimizer, make_scheduler
 from harness import checkpoints
 from harness.cli import main
@@ -25,6 +25,20 @@ def test_forward_backward_shapes():
     out[:, 3].sum().backward()
     assert x.grad.shape == x.shape and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_resnet50_forward_backward_and_arch():
+    net = ResNet50((3, 32, 32), 10)
+    assert sum(p.numel() for p in net.parameters()) == 23_520_842  # the standard CIFAR ResNet-50 (Bottleneck [3, 4, 6, 3])
+    assert [len(s) for s in net.stages] == [3, 4, 6, 3] and net.head.in_features == 2048
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    net(x)[:, 1].sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    d = build_defense("cnn", "cifar10", arch="resnet50")
+    assert isinstance(d.net, ResNet50) and d.checkpoint_name() == "cnn-resnet50"
+    assert d.default_train_config("cifar10")["arch"] == "resnet50"
+    with pytest.raises(BenchUserError, match="--arch resnet50 is for the 32x32 RGB"):
+        build_defense("cnn", "fmnist", arch="resnet50")
 
 
 def test_arch_option():

@@ -1,0 +1,58 @@
+"""`bench decompose`: user errors and the document rendered from result files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.decompose import _rate, write_doc
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--experiment", "novel", "--dataset", "multi-fmnist"], "runs on ts"),
+    (["--experiment", "overlap", "--dataset", "ts"], "multi-fmnist or multimnist"),
+    (["--experiment", "bogus", "--dataset", "ts"], "invalid choice"),
+])
+def test_user_errors_exit_2(args, msg, capsys):
+    assert main(["decompose", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench: error:") and msg in err[0]
+
+
+def _result(experiment):
+    ck = {"path": "checkpoints/x", "sha256": "ab", "epochs": 2, "train_wall_time_s": 1.0, "selection_wall_time_s": 2.0, "val_exact": 0.5, "select_n": 10}
+    inf = {"steps": 25, "refine_steps": 10, "beta": 5.0, "b": -2.5, "c": 0.1, "y_lower": 0.2, "y_upper": 0.8, "noise_threshold": 3.0}
+    base = {"experiment": experiment, "command": "bench decompose ...", "device": "cpu", "threads": 1, "wall_time_s": 9.0, "code_commit": "abc"}
+    if experiment == "novel":
+        return dict(base, dataset="ts", train_types=["left turn"], test_type="no left turn", train_size=10, informative_components=["slash"],
+                    cvae={"novel_recognised": _rate(19, 20), "novel_recognised_informative": _rate(20, 20), "seen_exact_informative": _rate(10, 10), "novel_rejected_as_noise": _rate(0, 20), "novel_decompositions": {"[1, 1, 1, 0]": 19},
+                          "seen_exact": _rate(9, 10), "mean_candidates": 1.5, "inference": inf, "checkpoint": ck},
+                    cnn={"novel_called_left_turn": _rate(20, 20), "novel_calls": {"left turn": 20}, "seen_accuracy": _rate(10, 10), "epochs": 3,
+                         "train_wall_time_s": 1.0, "arch": "cnn"},
+                    figures={"labels": "a.png", "decompositions": "b.png"})
+    return dict(base, dataset="multi-fmnist", train_size=10,
+                cvae={"exact_set_accuracy": _rate(6, 10), "both_true_components_found": _rate(7, 10), "rejected_as_noise": _rate(0, 10),
+                      "predicted_ones": {"2": 10}, "mean_candidates": 2.0, "inference": inf, "checkpoint": ck, "wall_time_s": 3.0},
+                figures={"samples": "c.png"})
+
+
+def test_doc_is_rendered_from_the_result_files(tmp_path):
+    folder = tmp_path / "results" / "decomposition"
+    folder.mkdir(parents=True)
+    for e, d in (("novel", "ts"), ("overlap", "multi-fmnist")):
+        (folder / f"{e}-{d}.json").write_text(json.dumps(_result(e)))
+    doc = tmp_path / "docs" / "decomposition.md"
+    text = write_doc(str(tmp_path / "results"), str(doc))
+    assert doc.read_text() == text
+    assert "recognised 95.0% [" in text and "(19/20)" in text
+    assert "called 'left turn' 100.0% [" in text
+    assert "| c-VAE | 60.0% [" in text and "65.6%" in text
+    assert "bench decompose ..." in text and "2 epochs of eq. (1)" in text
+    assert write_doc(str(tmp_path / "results"), str(doc)) == text  # a pure function of the files
+
+
+def test_empty_doc(tmp_path):
+    text = write_doc(str(tmp_path / "none"), str(tmp_path / "d.md"))
+    assert "No results yet" in text
