@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from defenses.base import Defense, straight_through
 from defenses.networks import ConvSpec, Decoder, Encoder, Layout
 from defenses.registry import register
-from harness.errors import BenchUserError, CheckpointError
+from benchcore.errors import BenchUserError, CheckpointError
 
 _C = ConvSpec
 #: per input size: encoder convolutions and per-component decoder (the Table 2.1 MNIST layout for

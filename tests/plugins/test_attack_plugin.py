@@ -30,6 +30,9 @@ def test_installed_attack_plugin_is_listed_runs_and_is_priced(plugins_path, benc
     assert listed.returncode == 0, listed.stderr
     line = next(ln for ln in listed.stdout.splitlines() if ln.startswith("bim "))
     assert "bounded" in line and "gradient" in line and "plugin" in line
+    # the plugin's shipped weights are for the real Fashion-MNIST: train it on the fixture data first
+    t = run_bench("train", "--defense", "linear-svm", "--dataset", "fmnist", "--quiet", env_extra=env)
+    assert t.returncode == 0, t.stderr
     out = bench_env / "r"
     r = run_bench("run", "--defense", "linear-svm", "--norm", "linf", "--n", "20", "--attacks", "fgm,bim", "--results-dir", str(out), "--quiet", env_extra=env)
     assert r.returncode == 0, r.stderr

@@ -22,7 +22,8 @@ def test_there_are_committed_result_files():
     assert len(RESULT_FILES) >= 20
 
 
-ALL_JSON = sorted((ROOT / "results").rglob("*.json"))
+#: evaluation and fooling-image files (synthesis and decomposition outputs have their own modules' formats)
+ALL_JSON = sorted(p for p in (ROOT / "results").rglob("*.json") if p.parent.name in ("linf", "l2", "neat"))
 
 
 @pytest.mark.parametrize("path", ALL_JSON, ids=lambda p: str(p.relative_to(ROOT / "results")))
