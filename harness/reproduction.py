@@ -67,6 +67,9 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
     clean_ours = _ours({"d": data}, "d", stats.CLEAN)[0]
     clean_ref = t["clean"][defense_index]
     epochs = m.get("checkpoint_epochs")
+    status = checkpoint_status(defense, m.get("dataset", ""), m.get("checkpoint_sha256"))
+    if status.startswith("older"):
+        parts.append(f"this row evaluated an older checkpoint than the one found today ({status[len('older ('):-1]}): rerun it")
     if row == "clean":
         parts.append(f"checkpoint trained {epochs} epochs (model card); the clean gap is the checkpoint's")
         return "; ".join(parts)
@@ -92,6 +95,18 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
     if note:
         parts.append(note)
     return "; ".join(parts)
+
+
+def checkpoint_status(defense: str, dataset: str, sha: str | None) -> str:
+    """Whether a result file evaluated the checkpoint that is found today: ``current``, or
+    ``older (now N epochs)`` when the defense has been retrained since (its row is then stale)."""
+    from harness.checkpoints import find_checkpoint, read_card
+
+    path = find_checkpoint(defense, dataset)
+    if path is None or not sha:
+        return "—"
+    card = read_card(path)
+    return "current" if card.get("sha256") == sha else f"older (now {card.get('epochs')} epochs)"
 
 
 def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.PathLike, *, dataset: str = "fmnist") -> str:
@@ -135,9 +150,10 @@ def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.Pa
         for d in defenses:
             if d in results:
                 m = results[d]["manifest"]
-                brows.append([defense_label(d), m.get("n"), m.get("suite"), "; ".join(f"{a}: {v.get('budget', '')}" for a, v in m.get("attacks", {}).items()), m.get("checkpoint_epochs")])
+                brows.append([defense_label(d), m.get("n"), m.get("suite"), "; ".join(f"{a}: {v.get('budget', '')}" for a, v in m.get("attacks", {}).items()),
+                              m.get("checkpoint_epochs"), checkpoint_status(d, dataset, m.get("checkpoint_sha256"))])
         if brows:
-            lines += ["Budgets of our runs:", "", tabulate(brows, headers=["Defense", "n", "suite", "attacks", "training epochs"], tablefmt="github"), ""]
+            lines += ["Budgets of our runs:", "", tabulate(brows, headers=["Defense", "n", "suite", "attacks", "training epochs", "checkpoint"], tablefmt="github"), ""]
         far = []
         for row in rows:
             for i, d in enumerate(defenses):
