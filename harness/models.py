@@ -320,8 +320,12 @@ def load_defense(
     announce=print,
     options: dict | None = None,
     norm: str | None = None,
+    checkpoint: str | Path | None = None,
 ):
     """A ready defense in eval mode plus its checkpoint card (``{}`` for weight-free defenses).
+
+    ``checkpoint`` loads that file instead of the one the search path finds (e.g. an independent
+    judge trained with another seed); it must exist.
 
     A missing checkpoint is trained for the defense that owns it: the wrapped base of a wrapper
     (``checkpoint_module()`` is a Defense), else the checkpoint's name, with the same ``options``.
@@ -338,7 +342,9 @@ def load_defense(
         card = external(norm=norm)
     elif model.trainable:
         ckpt_name = model.checkpoint_name()
-        path = find_checkpoint(ckpt_name, dataset)
+        path = Path(checkpoint) if checkpoint is not None else find_checkpoint(ckpt_name, dataset)
+        if checkpoint is not None and not path.is_file():
+            raise BenchUserError(f"checkpoint {path} not found")
         if path is None:
             owner = model.checkpoint_module()
             owner_name = owner.name if isinstance(owner, Defense) and owner.name else ckpt_name

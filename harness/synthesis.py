@@ -352,22 +352,14 @@ def _resolve(path: str) -> Path:
 def load_judge(spec: JudgeSpec, dataset: str, *, device: torch.device, announce=print):
     """A judge model in eval mode and its card: from ``spec.checkpoint`` when given, else the
     checkpoint ``bench run`` would use. Never trains."""
-    from harness.checkpoints import load_checkpoint
-    from harness.models import build_defense, load_defense
+    from harness.models import load_defense
 
     if spec.checkpoint is None:
         return load_defense(spec.name, dataset, device=device, train_if_missing=False, progress=False, announce=announce, options=dict(spec.options))
     path = _resolve(spec.checkpoint)
     if not path.is_file():
         raise BenchUserError(f"judge checkpoint {path} not found; train one with `bench train --defense {spec.name} --dataset {dataset} --seed 1 --out {path.parent}`")
-    model = build_defense(spec.name, dataset, **dict(spec.options))
-    card = load_checkpoint(model.checkpoint_module(), path)
-    card["path"] = str(path)
-    model.load_card(card)
-    model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, card
+    return load_defense(spec.name, dataset, device=device, train_if_missing=False, progress=False, announce=announce, options=dict(spec.options), checkpoint=path)
 
 
 @dataclass
