@@ -57,3 +57,14 @@ def run_bench(*args: str, cwd=None, env_extra: dict | None = None, timeout: int 
     """Run the real ``bench`` console entry point in a subprocess (environment inherited)."""
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def single_torch_thread():
+    """Generator for an autouse fixture of a test package: one torch thread while its tests run
+    (small batches on a loaded 2-core machine run far slower with two), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
