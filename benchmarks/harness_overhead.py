@@ -49,7 +49,7 @@ def main() -> None:
     def harness():
         model = EOTModel(defense, draws=1)
         cands = run_attack(model, x, y, threat, spec, seed=0)
-        v = verify(defense, x, y, cands, threat, clean_correct=torch.ones(len(x), dtype=torch.bool, device=device), generator=None)
+        v = verify(defense, x, y, cands, threat, generator=None)
         return v.correct.float().mean().item()
 
     def best(fn):

@@ -1,17 +1,27 @@
 """Evaluate one defense on one dataset and norm with one attack suite; write the result file.
 
-Data flow: dataset -> defense -> attack (propose) -> verify -> record. The result file is rewritten
-atomically after the clean pass and after every attack, so an interrupted run keeps every finished
-attack and a rerun resumes with the first unfinished one (``fresh=True`` recomputes everything).
+The pipeline, top to bottom (one function per stage, no shared mutable state between them):
+
+1. :func:`prepare` -- validate the configuration, load the data and the defense, expand the suite
+   into :class:`AttackJob` s (:class:`EvalContext`);
+2. :func:`clean_pass` -- score the clean samples (:class:`CleanPass`);
+3. per attack job, :func:`attack` -- :func:`propose` candidates block by block, :func:`harness.verify.verify`
+   them with the defense's real ``predict``, one outcome per sample (:class:`AttackRun`);
+4. :class:`Evaluation` -- the one owner of the manifest and the records: it records the clean pass
+   and each attack run, the budget check (:mod:`harness.saturation`) and the trust checks
+   (:func:`model_trust`), and saves the file atomically after each stage.
+
+:func:`evaluate` (``bench run``) chains them; a sweep job (:func:`harness.sweep.run_job`) runs the same
+stages on a block-aligned range of samples. An interrupted run keeps every finished attack and a
+rerun resumes with the first unfinished one (``fresh=True`` recomputes everything).
 
 Eps sweeps: an attack of a suite may list ``eps = [0.0, 0.1, ...]`` (e.g. ``suites/fgm-sweep.toml``,
 Yao et al. Table 1). It then runs once per eps, each verified against a ThreatModel with that eps and
 recorded under its own attack key ``<name>@<eps>`` (``fgm@0.2``) whose manifest entry holds the eps.
 
-Batching and randomness: samples are processed in blocks of ``batch_size`` consecutive sample ids,
-each block seeded from (seed, attack hash, block index), so the records of a sample do not depend
-on how the samples are split into sweep shards (:mod:`harness.sweep` evaluates block-aligned
-ranges with :func:`evaluate_samples`, the same function ``bench run`` uses).
+Batching and randomness: samples are processed in blocks of ``batch_size`` consecutive sample ids
+(:func:`blocks`), each block seeded from (seed, attack hash, block index), so the records of a sample
+do not depend on how the samples are split into sweep shards.
 """
 
 from __future__ import annotations
@@ -171,14 +181,7 @@ class EvalContext:
     manifest: dict  # everything but "clean_wall_time_s" and "created"; "attacks" is empty
 
 
-@dataclass(frozen=True)
-class SampleResult:
-    """What :func:`evaluate_samples` computed for one block-aligned range of sample positions."""
-
-    records: list[dict]  # per-sample records in sample-id order, with the given attacks filled in
-    clean_wall_time_s: float
-    attacks: dict[str, dict]  # attack key -> manifest entry (spec, hash, eps, wall time, ...)
-
+# -- stage 1: prepare ---------------------------------------------------------------------------
 
 def prepare(cfg: RunConfig, *, log=print) -> EvalContext:
     """Validate ``cfg``, load data and defense and expand the suite into attack jobs."""
@@ -235,114 +238,193 @@ def prepare(cfg: RunConfig, *, log=print) -> EvalContext:
     return EvalContext(cfg=cfg, device=device, threat=threat, ids=ids, x=test.x[ids], y=test.y[ids], defense=defense, card=card, draws=draws, jobs=jobs, manifest=manifest)
 
 
-def evaluate_samples(
-    ctx: EvalContext,
-    *,
-    start: int = 0,
-    stop: int | None = None,
-    jobs: list[AttackJob] | None = None,
-    records: list[dict] | None = None,
-    on_clean=None,
-    on_attack=None,
-    log=None,
-) -> SampleResult:
-    """Clean pass plus ``jobs`` (default: all of ``ctx.jobs``) on sample positions ``[start, stop)`` of ``ctx.ids``.
+# -- stage 2: clean pass ------------------------------------------------------------------------
 
-    Batching is by *blocks* of ``batch_size`` consecutive sample positions (block ``b`` holds
-    positions ``b*bs .. b*bs+bs-1``); an attack runs on the clean-correct samples of one block at a
-    time, with generator seeds from (seed, attack hash, block index). So a sample's record depends
-    only on ``(n, seed, batch_size)``, never on which range is evaluated: ``start`` must be a
-    multiple of ``batch_size``, and evaluating the blocks in several ranges (sweep shards) gives
-    exactly the records of one run over all of them.
-
-    ``records`` (clean records of the range from an earlier run) skips the clean pass. ``on_clean(records,
-    wall)`` and ``on_attack(key, entry, records)`` are called after the clean pass and after each attack
-    (``bench run`` rewrites its result file there).
-    """
-    cfg, device, bs, draws = ctx.cfg, ctx.device, ctx.cfg.batch_size, ctx.draws
+def blocks(ctx: EvalContext, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
+    """The blocks ``(b0, b1)`` of sample positions ``[start, stop)``: ``batch_size`` consecutive
+    positions each, block ``k`` holding ``k*bs .. k*bs+bs-1``. A sample's records depend only on
+    ``(n, seed, batch_size)`` (every block is seeded from its index), never on which range is evaluated,
+    so ``start`` must be a multiple of ``batch_size``: sweep shards give exactly the records of one run."""
+    bs = ctx.cfg.batch_size
     stop = len(ctx.ids) if stop is None else stop
     if start % bs or not 0 <= start <= stop <= len(ctx.ids):
         raise BenchUserError(f"sample range [{start}, {stop}) is not block-aligned for batch size {bs} and n={len(ctx.ids)}")
-    jobs = ctx.jobs if jobs is None else jobs
-    blocks = [(b, min(b + bs, stop)) for b in range(start, stop, bs)]
-    clean_wall = 0.0
-    if records is None:
-        t0 = time.perf_counter()
-        records = []
-        for b0, b1 in blocks:
-            gen = torch.Generator(device=device).manual_seed(_batch_seed(cfg.seed, "clean", b0 // bs))
-            xb, yb = ctx.x[b0:b1].to(device), ctx.y[b0:b1].to(device)
-            ok, abst = score(ctx.defense, xb, yb, generator=gen, draws=draws)
-            # thesis eq. 2.7: an L2 lower bound on the adversarial distance, for defenses that have one
-            cert = ctx.defense.certified_radius(xb, yb, generator=gen) if cfg.norm == "l2" and hasattr(ctx.defense, "certified_radius") else None
-            for j in range(len(xb)):
-                records.append({"index": ctx.ids[b0 + j], "label": int(yb[j]), "clean_correct": bool(ok[j]), "clean_abstained": bool(abst[j]), "attacks": {}})
-                if cert is not None:
-                    records[-1]["certified_l2"] = float(cert[j])
-        clean_wall = time.perf_counter() - t0
-        if on_clean is not None:
-            on_clean(records, clean_wall)
-    if len(records) != stop - start:
-        raise BenchUserError(f"{len(records)} clean records for {stop - start} samples; pass --fresh to recompute")
-    clean_ok = [r["clean_correct"] for r in records]
-    entries: dict[str, dict] = {}
-    for job in jobs:
-        spec, threat, h = job.spec, job.threat, job.hash
-        ainfo = get_attack(spec.name)
-        model = EOTModel(ctx.defense, draws=spec.eot)
-        t0 = time.perf_counter()
-        results = {}
-        report = AttackReport()
-        bar = tqdm(total=sum(clean_ok), desc=f"{job.key} ({job.budget})", unit="img", disable=not cfg.progress, dynamic_ncols=True)
-        for b0, b1 in blocks:
-            idx = [p for p in range(b0, b1) if clean_ok[p - start]]  # positions in ctx.ids
+    return [(b, min(b + bs, stop)) for b in range(start, stop, bs)]
+
+
+@dataclass(frozen=True)
+class CleanPass:
+    """The clean records of a range of sample positions (no attack outcomes yet) and its wall time."""
+
+    records: list[dict]
+    wall_time_s: float
+
+    @property
+    def accuracy(self) -> float:
+        return sum(r["clean_correct"] for r in self.records) / max(1, len(self.records))
+
+
+def clean_pass(ctx: EvalContext, start: int = 0, stop: int | None = None) -> CleanPass:
+    """Score the clean samples of ``[start, stop)`` with the real ``predict`` (``ctx.draws`` draws for a
+    randomized defense), plus the certified L2 radius of thesis eq. 2.7 where the defense has one."""
+    bs, device = ctx.cfg.batch_size, ctx.device
+    t0 = time.perf_counter()
+    records: list[dict] = []
+    for b0, b1 in blocks(ctx, start, stop):
+        gen = torch.Generator(device=device).manual_seed(_batch_seed(ctx.cfg.seed, "clean", b0 // bs))
+        xb, yb = ctx.x[b0:b1].to(device), ctx.y[b0:b1].to(device)
+        ok, abst = score(ctx.defense, xb, yb, generator=gen, draws=ctx.draws)
+        cert = ctx.defense.certified_radius(xb, yb, generator=gen) if ctx.cfg.norm == "l2" and hasattr(ctx.defense, "certified_radius") else None
+        for j in range(len(xb)):
+            records.append({"index": ctx.ids[b0 + j], "label": int(yb[j]), "clean_correct": bool(ok[j]), "clean_abstained": bool(abst[j]), "attacks": {}})
+            if cert is not None:
+                records[-1]["certified_l2"] = float(cert[j])
+    return CleanPass(records, round(time.perf_counter() - t0, 3))
+
+
+# -- stage 3: attack: propose -> verify -> outcomes ---------------------------------------------
+
+@dataclass(frozen=True)
+class AttackRun:
+    """One attack job on a range of samples: the manifest entry and one outcome per record of the range."""
+
+    key: str
+    entry: dict  # AttackEntry of the manifest: spec, hash, eps, kind, library, budget, wall time, notes
+    outcomes: list[dict]  # Outcome per record, in record order
+
+    @property
+    def accuracy(self) -> float:
+        return sum(o["correct"] for o in self.outcomes) / max(1, len(self.outcomes))
+
+
+def propose(ctx: EvalContext, job: AttackJob, xb: torch.Tensor, yb: torch.Tensor, seed: int) -> tuple[list[torch.Tensor], AttackReport]:
+    """The attack's unverified candidates (one batch per restart) for one block of clean-correct
+    samples, against the defense behind EOT (the suite's draws), and what the adapter reported."""
+    model = EOTModel(ctx.defense, draws=job.spec.eot)
+    model.generator = torch.Generator(device=ctx.device).manual_seed(seed)
+    report = AttackReport()
+    cands = run_attack(model, xb, yb, job.threat, job.spec, seed=seed % (1 << 31), report=report)
+    return cands, report
+
+
+def outcome(v, j: int, report: AttackReport, *, minimization: bool) -> dict:
+    """The Outcome of sample ``j`` of a verified block ``v`` (:class:`harness.verify.Verified`)."""
+    out = {"correct": bool(v.correct[j]), "abstained": bool(v.abstained[j]), "norm": _num(float(v.norm[j]))}
+    if minimization:
+        out["min_norm"] = _num(float(v.min_norm[j]))
+    r = int(v.kept[j])  # the restart whose candidate was kept; the component that found it (AutoAttack)
+    if 0 <= r < len(report.found_by) and report.found_by[r] is not None and report.found_by[r][j] is not None:
+        out["by"] = report.found_by[r][j]
+    return out
+
+
+def not_attacked(record: dict, *, minimization: bool) -> dict:
+    """The Outcome of a sample misclassified (or abstained on) before the attack: adversarial at distance 0.
+    The one place this rule lives (:func:`harness.verify.verify` sees clean-correct samples only)."""
+    out = {"correct": False, "abstained": bool(record["clean_abstained"]), "norm": 0.0}
+    if minimization:
+        out["min_norm"] = 0.0
+    return out
+
+
+def attack(ctx: EvalContext, job: AttackJob, clean: list[dict], start: int = 0) -> AttackRun:
+    """Run ``job`` on the clean-correct samples of the range whose clean records are ``clean``
+    (positions ``start .. start+len(clean)``), block by block: propose, then verify every candidate
+    with the defense's real ``predict`` (:mod:`harness.verify`); the others are :func:`not_attacked`."""
+    bs, device = ctx.cfg.batch_size, ctx.device
+    minimization = get_attack(job.spec.name).kind == "minimization"
+    ok = [r["clean_correct"] for r in clean]
+    found: dict[int, dict] = {}
+    notes = AttackReport()
+    t0 = time.perf_counter()
+    with tqdm(total=sum(ok), desc=f"{job.key} ({job.budget})", unit="img", disable=not ctx.cfg.progress, dynamic_ncols=True) as bar:
+        for b0, b1 in blocks(ctx, start, start + len(clean)):
+            idx = [p for p in range(b0, b1) if ok[p - start]]  # positions in ctx.ids
             if not idx:
                 continue
             xb, yb = ctx.x[idx].to(device), ctx.y[idx].to(device)
-            seed = _batch_seed(cfg.seed, h, b0 // bs)
-            model.generator = torch.Generator(device=device).manual_seed(seed)
-            block = AttackReport()
-            cands = run_attack(model, xb, yb, threat, spec, seed=seed % (1 << 31), report=block)
-            for n in block.notes:
-                report.note(n)
+            seed = _batch_seed(ctx.cfg.seed, job.hash, b0 // bs)
+            cands, report = propose(ctx, job, xb, yb, seed)
+            for n in report.notes:
+                notes.note(n)
             vgen = torch.Generator(device=device).manual_seed(seed ^ 0x5EED)
-            v = verify(ctx.defense, xb, yb, cands, threat, clean_correct=torch.ones(len(idx), dtype=torch.bool, device=device), generator=vgen, draws=draws, unbounded=ainfo.kind == "minimization")
+            v = verify(ctx.defense, xb, yb, cands, job.threat, generator=vgen, draws=ctx.draws, unbounded=minimization)
             for j, p in enumerate(idx):
-                results[p - start] = {"correct": bool(v.correct[j]), "abstained": bool(v.abstained[j]), "norm": _num(float(v.norm[j]))}
-                if ainfo.kind == "minimization":
-                    results[p - start]["min_norm"] = _num(float(v.min_norm[j]))
-                r = int(v.kept[j])
-                if r >= 0 and r < len(block.found_by) and block.found_by[r] is not None and block.found_by[r][j] is not None:
-                    results[p - start]["by"] = block.found_by[r][j]  # the component that found the kept adversarial
+                found[p - start] = outcome(v, j, report, minimization=minimization)
             bar.update(len(idx))
-        bar.close()
-        for k, r in enumerate(records):
-            if k in results:
-                r["attacks"][job.key] = results[k]
-            else:  # misclassified (or abstained on) before the attack: adversarial at distance 0
-                entry = {"correct": False, "abstained": bool(r["clean_abstained"]), "norm": 0.0}
-                if ainfo.kind == "minimization":
-                    entry["min_norm"] = 0.0
-                r["attacks"][job.key] = entry
-        wall = time.perf_counter() - t0
-        entries[job.key] = {
-            "spec": spec.to_dict(),
-            "spec_hash": h,
-            "eps": threat.eps,
-            "eps_label": threat.eps_label,
-            "kind": ainfo.kind,
-            "library": ainfo.library,
-            "budget": job.budget,
-            "wall_time_s": round(wall, 3),
-        }
-        if report.notes:
-            entries[job.key]["notes"] = list(report.notes)
-        if on_attack is not None:
-            on_attack(job.key, entries[job.key], records)
-        if log is not None and records:
-            acc = sum(r["attacks"][job.key]["correct"] for r in records) / len(records)
-            log(f"  {job.key:<9} accuracy {acc:.3f}  ({job.budget}; {wall:.1f} s)")
-    return SampleResult(records=records, clean_wall_time_s=round(clean_wall, 3), attacks=entries)
+    outcomes = [found[k] if k in found else not_attacked(r, minimization=minimization) for k, r in enumerate(clean)]
+    info = get_attack(job.spec.name)
+    entry = {
+        "spec": job.spec.to_dict(),
+        "spec_hash": job.hash,
+        "eps": job.threat.eps,
+        "eps_label": job.threat.eps_label,
+        "kind": info.kind,
+        "library": info.library,
+        "budget": job.budget,
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+    }
+    if notes.notes:
+        entry["notes"] = list(notes.notes)
+    return AttackRun(job.key, entry, outcomes)
+
+
+# -- stage 4: record: the evaluation being built, and its checks -------------------------------
+
+class Evaluation:
+    """The result being built: the one owner of its manifest and records (the dict of a
+    :class:`harness.results.ResultFile`), filled stage by stage and saved atomically after each."""
+
+    def __init__(self, manifest: dict, records: list[dict]):
+        self.manifest = manifest
+        self.records = records
+
+    @classmethod
+    def start(cls, ctx: EvalContext, clean: CleanPass) -> "Evaluation":
+        """A new evaluation from its clean pass."""
+        manifest = dict(ctx.manifest, attacks={}, clean_wall_time_s=clean.wall_time_s, created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        return cls(manifest, clean.records)
+
+    @classmethod
+    def resume(cls, path: Path, ctx: EvalContext) -> "Evaluation":
+        """The evaluation of an existing result file, refreshed with this run's provenance; refused
+        (:class:`BenchUserError`) when the file holds another evaluation."""
+        old = load_result(path)
+        _check_same_evaluation(path, old, ctx, ctx.manifest)
+        old["manifest"].update({k: v for k, v in ctx.manifest.items() if k != "attacks"})
+        return cls(old["manifest"], old["records"])
+
+    @property
+    def clean_accuracy(self) -> float:
+        return sum(r["clean_correct"] for r in self.records) / max(1, len(self.records))
+
+    def is_done(self, job: AttackJob) -> bool:
+        """True when the file holds ``job`` at the same budget (same spec hash)."""
+        done = self.manifest["attacks"].get(job.key)
+        return bool(done) and done.get("spec_hash") == job.hash
+
+    def add(self, run: AttackRun) -> None:
+        """Record an attack: its manifest entry and one outcome per record."""
+        if len(run.outcomes) != len(self.records):
+            raise RuntimeError(f"attack {run.key}: {len(run.outcomes)} outcomes for {len(self.records)} records; this is a harness bug")
+        for r, o in zip(self.records, run.outcomes):
+            r["attacks"][run.key] = o
+        self.manifest["attacks"][run.key] = run.entry
+
+    def set_budget_check(self, entry: dict) -> None:
+        self.manifest["budget_check"] = entry
+
+    def set_trust(self, warnings: list[str], gradient_check: dict) -> None:
+        """The trust checks: the defense's own (:func:`model_trust`) plus those of the outcomes (:func:`harness.sanity.outcome_checks`)."""
+        self.manifest["gradient_check"] = gradient_check
+        self.manifest["warnings"] = list(warnings) + outcome_checks(self.data)
+
+    @property
+    def data(self) -> dict:
+        return {"schema": SCHEMA_VERSION, "manifest": self.manifest, "records": self.records}
+
+    def save(self, path: Path) -> Path:
+        return write_result(path, self.data)
 
 
 def check_results_dir(results_dir: str | os.PathLike, dataset: str, norm: str) -> Path:
@@ -403,69 +485,40 @@ def model_trust(ctx: EvalContext) -> tuple[list[str], dict]:
     return warnings, check
 
 
-def final_checks(ctx: EvalContext, data: dict, *, log=None) -> None:
-    """The trust checks recorded in every manifest: :func:`model_trust` and the outcome checks of
-    :mod:`harness.sanity` (``warnings``, ``gradient_check``)."""
-    warnings, check = model_trust(ctx)
-    data["manifest"]["gradient_check"] = check
-    data["manifest"]["warnings"] = warnings + outcome_checks(data)
-    if log is not None:
-        for w in data["manifest"]["warnings"]:
-            log(f"WARNING: {w}")
-
-
 def evaluate(cfg: RunConfig, *, log=print) -> Path:
-    """Run ``cfg`` and return the path of the result file."""
+    """Run ``cfg`` and return the path of the result file: prepare -> clean pass -> for each attack
+    not yet in the file: propose -> verify -> record -> save; then the budget check and the trust checks."""
     if cfg.norm not in NORMS:
         raise BenchUserError(f"unknown norm {cfg.norm!r}; use one of {', '.join(NORMS)}")
     datasets.get_info(cfg.dataset)
     datasets.require_single_label(cfg.dataset, "bench run")
     check_results_dir(cfg.results_dir, cfg.dataset, cfg.norm)
     ctx = prepare(cfg, log=log)
-    manifest = dict(ctx.manifest, attacks={})
     path = result_path(cfg.results_dir, cfg.dataset, cfg.norm, variant_key(cfg.defense, cfg.options))
-    data = None
     if path.exists() and not cfg.fresh:
-        old = load_result(path)
-        _check_same_evaluation(path, old, ctx, manifest)
-        data = old
-        data["manifest"].update({k: v for k, v in manifest.items() if k != "attacks"})
-        log(f"resuming {path}: {len(old['manifest'].get('attacks', {}))} attack(s) already done")
-    holder: dict = {"data": data}
-
-    def on_clean(recs, wall):
-        m = dict(manifest)
-        m["clean_wall_time_s"] = round(wall, 3)
-        m["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        holder["data"] = {"schema": SCHEMA_VERSION, "manifest": m, "records": recs}
-        write_result(path, holder["data"])
-
-    def on_attack(key, entry, recs):
-        holder["data"]["manifest"]["attacks"][key] = entry
-        write_result(path, holder["data"])
-
-    todo = []
+        ev = Evaluation.resume(path, ctx)
+        log(f"resuming {path}: {len(ev.manifest['attacks'])} attack(s) already done")
+    else:
+        ev = Evaluation.start(ctx, clean_pass(ctx))
+        ev.save(path)
+    log(f"{cfg.defense} on {cfg.dataset}: clean accuracy {ev.clean_accuracy:.3f} on {len(ctx.ids)} samples ({ctx.threat.norm} eps={ctx.threat.eps_label})")
     for job in ctx.jobs:
-        done = data["manifest"]["attacks"].get(job.key) if data is not None else None
-        if not (done and done.get("spec_hash") == job.hash):
-            todo.append(job)
-    existing = data["records"] if data is not None else None
-    if existing is not None:
-        ok = sum(r["clean_correct"] for r in existing)
-        log(f"{cfg.defense} on {cfg.dataset}: clean accuracy {ok / len(existing):.3f} on {len(ctx.ids)} samples ({ctx.threat.norm} eps={ctx.threat.eps_label})")
-
-    def on_clean_log(recs, wall):
-        on_clean(recs, wall)
-        ok = sum(r["clean_correct"] for r in recs)
-        log(f"{cfg.defense} on {cfg.dataset}: clean accuracy {ok / len(recs):.3f} on {len(ctx.ids)} samples ({ctx.threat.norm} eps={ctx.threat.eps_label})")
-
-    evaluate_samples(ctx, jobs=todo, records=existing, on_clean=on_clean_log, on_attack=on_attack, log=log)
-    final = holder["data"]
+        if ev.is_done(job):
+            continue
+        run = attack(ctx, job, ev.records)
+        ev.add(run)
+        ev.save(path)
+        log(f"  {job.key:<9} accuracy {run.accuracy:.3f}  ({job.budget}; {run.entry['wall_time_s']:.1f} s)")
     if cfg.check_budget:
-        saturation.run(ctx, final, n=cfg.check_budget, write=lambda d: write_result(path, d), log=log)
-    final_checks(ctx, final, log=log)
-    write_result(path, final)
-    return path
+        def keep(entry: dict) -> None:  # resumable: saved after each doubled attack
+            ev.set_budget_check(entry)
+            ev.save(path)
+
+        ev.set_budget_check(saturation.run(ctx, ev.data, n=cfg.check_budget, save=keep, log=log))
+    ev.set_trust(*model_trust(ctx))
+    for w in ev.manifest["warnings"]:
+        log(f"WARNING: {w}")
+    return ev.save(path)
 
 
 def config_dict(cfg: RunConfig) -> dict:

@@ -58,14 +58,14 @@ def _acc(records: list[dict], key: str) -> float:
     return sum(bool(r["attacks"][key]["correct"]) for r in records if key in r["attacks"]) / max(1, len(records))
 
 
-def run(ctx, data: dict, *, n: int = DEFAULT_N, write=None, log=None) -> dict:
-    """Run the check for ``ctx``'s attacks that ``data`` (the result file of ``ctx``) holds.
+def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
+    """Run the check for ``ctx``'s attacks that ``data`` (the result file of ``ctx``, read only) holds.
 
     Resumable: an attack whose entry was computed for the same spec (``of``) and doubled spec is
-    kept; ``write(data)`` is called after each attack (``bench run`` rewrites its file there).
-    Returns the ``budget_check`` manifest entry (also stored in ``data``).
+    kept; ``save(entry)`` is called with the ``budget_check`` entry so far after each attack (``bench
+    run`` records it in its file there). Returns the ``budget_check`` manifest entry.
     """
-    from harness.runner import AttackJob, evaluate_samples  # the runner calls this module
+    from harness.runner import AttackJob, attack  # the runner calls this module
 
     man = data["manifest"]
     m = min(int(n), len(data["records"]))
@@ -73,7 +73,6 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, write=None, log=None) -> dict:
     if old.get("n") != m or old.get("factor") != FACTOR or old.get("restarts") != RESTARTS:
         old = {}
     entry = {"n": m, "factor": FACTOR, "restarts": RESTARTS, "threshold": THRESHOLD, "attacks": dict(old.get("attacks") or {})}
-    man["budget_check"] = entry
     head = data["records"][:m]
     done = man.get("attacks") or {}
     jobs, skipped = [], []
@@ -88,31 +87,27 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, write=None, log=None) -> dict:
         prev = entry["attacks"].get(job.key) or {}
         if prev.get("of") == job.hash and prev.get("spec_hash") == h2:
             continue
-        jobs.append(AttackJob(job.key, spec2, job.threat, h2, job.randomized))
+        jobs.append((job, AttackJob(job.key, spec2, job.threat, h2, job.randomized)))
     entry["attacks"] = {k: v for k, v in entry["attacks"].items() if k in done and v.get("of") == done[k].get("spec_hash")}
     if skipped:
         entry["not_checked"] = skipped
-    fresh = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in head]
-
-    def on_attack(key, info, recs):
-        orig = next(j for j in ctx.jobs if j.key == key)
-        acc, acc2 = _acc(head, key), _acc(recs, key)
-        entry["attacks"][key] = {
-            "of": orig.hash, "spec_hash": next(j.hash for j in jobs if j.key == key), "budget": orig.budget,
-            "budget_doubled": info["budget"], "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6),
-            "saturated": acc - acc2 <= THRESHOLD, "wall_time_s": info["wall_time_s"],
+    clean = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in head]
+    for orig, job in jobs:
+        run2 = attack(ctx, job, clean)
+        acc, acc2 = _acc(head, orig.key), run2.accuracy
+        entry["attacks"][orig.key] = {
+            "of": orig.hash, "spec_hash": job.hash, "budget": orig.budget,
+            "budget_doubled": run2.entry["budget"], "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6),
+            "saturated": acc - acc2 <= THRESHOLD, "wall_time_s": run2.entry["wall_time_s"],
             # test-set indices robust at the suite's budget but broken by the doubled one
-            "found_more": [r["index"] for r, r2 in zip(head, recs) if r["attacks"][key]["correct"] and not r2["attacks"][key]["correct"]],
+            "found_more": [r["index"] for r, o in zip(head, run2.outcomes) if r["attacks"][orig.key]["correct"] and not o["correct"]],
         }
         entry["all"] = worst_case(head, done, entry["attacks"])
         if log is not None:
-            log(f"  budget check {key:<9} accuracy {acc:.3f} -> {acc2:.3f} with {info['budget']} on the first {m} samples")
-        if write is not None:
-            write(data)
-
-    if jobs:
-        evaluate_samples(ctx, start=0, stop=m, jobs=jobs, records=fresh, on_attack=on_attack)
-    elif entry["attacks"]:
+            log(f"  budget check {orig.key:<9} accuracy {acc:.3f} -> {acc2:.3f} with {run2.entry['budget']} on the first {m} samples")
+        if save is not None:
+            save(entry)
+    if not jobs and entry["attacks"]:
         entry["all"] = worst_case(head, done, entry["attacks"])
     return entry
 

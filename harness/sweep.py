@@ -1,7 +1,7 @@
 """Sweep plans: defenses x datasets x norms x suites expanded into independent jobs, run by an executor, merged.
 
 One job = (defense, dataset, norm, suite, attack key, shard). A shard is a contiguous, block-aligned
-range of the run's sample positions (blocks of ``batch_size``; see :func:`harness.runner.evaluate_samples`),
+range of the run's sample positions (blocks of ``batch_size``; see :func:`harness.runner.blocks`),
 so the merged records equal those of ``bench run`` with the same n, seed, batch size and attacks.
 
 Every job recomputes the clean pass of its shard (deterministic, and cheap next to any attack)
@@ -25,7 +25,6 @@ import os
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -285,23 +284,21 @@ def is_done(job: SweepJob, results_dir: str | os.PathLike) -> bool:
 
 
 def run_job(job: SweepJob, results_dir: str) -> str:
-    """Evaluate one job (on the worker: checkpoint and data are resolved here) and write its partial file."""
-    from harness.runner import evaluate_samples, prepare
+    """Evaluate one job (on the worker: checkpoint and data are resolved here) with the stages of
+    ``bench run`` (:mod:`harness.runner`) and write its partial file."""
+    from harness.runner import Evaluation, attack, clean_pass, model_trust, prepare
 
     ctx = prepare(_cfg(job, attacks=None), log=lambda *_: None)
     todo = [] if job.attack == CLEAN_KEY else [a for a in ctx.jobs if a.key == job.attack]
     if job.attack != CLEAN_KEY and not todo:
         raise BenchUserError(f"job {job.name}: attack {job.attack!r} not in suite {job.suite!r}")
-    res = evaluate_samples(ctx, start=job.start, stop=job.stop, jobs=todo)
-    manifest = dict(ctx.manifest)
-    manifest["clean_wall_time_s"] = res.clean_wall_time_s
-    manifest["attacks"] = res.attacks
+    ev = Evaluation.start(ctx, clean_pass(ctx, job.start, job.stop))
+    for a in todo:
+        ev.add(attack(ctx, a, ev.records, job.start))
     if job.start == 0:  # the trust checks of `bench run` on the defense, on the same first block
-        from harness.runner import model_trust
-
-        manifest["model_warnings"], manifest["gradient_check"] = model_trust(ctx)
+        ev.manifest["model_warnings"], ev.manifest["gradient_check"] = model_trust(ctx)
     path = job.partial_path(results_dir)
-    atomic_write_json(path, {"job": asdict(job), "job_hash": job.spec_hash, "manifest": manifest, "records": res.records})
+    atomic_write_json(path, {"job": asdict(job), "job_hash": job.spec_hash, "manifest": ev.manifest, "records": ev.records})
     _test_hooks(job)
     return str(path)
 

@@ -71,8 +71,10 @@ class Verified:
 
 
 @torch.no_grad()
-def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, clean_correct: torch.Tensor, generator, draws: int = 1, unbounded: bool = False) -> Verified:
-    """Verify attack ``candidates`` (one batch per restart) against ``defense``.
+def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, generator, draws: int = 1, unbounded: bool = False) -> Verified:
+    """Verify attack ``candidates`` (one batch per restart) against ``defense`` for inputs ``x`` that
+    the defense classifies correctly (the runner attacks only those; a sample misclassified to begin
+    with is recorded as adversarial at distance 0 by :func:`harness.runner.not_attacked`).
 
     ``unbounded=True`` (minimization attacks) additionally re-scores each candidate *without*
     projection to record the smallest adversarial distance found at any size.
@@ -92,7 +94,7 @@ def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, clean_corre
         if not threat.contains(proj, x).all():
             raise RuntimeError("projection left the threat model; this is a harness bug")
         ok, abst = score(defense, proj, y, generator=generator, draws=draws)
-        adv = clean_correct & ~ok
+        adv = ~ok
         d = threat.distance(proj, x)
         better = adv & (torch.isnan(best) | (d < best))
         best = torch.where(better, d, best)
@@ -102,15 +104,13 @@ def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, clean_corre
             lo, hi = threat.bounds
             raw = cand.clamp(lo, hi)
             ok_raw, _ = score(defense, raw, y, generator=generator, draws=draws)
-            adv_raw = clean_correct & ~ok_raw
+            adv_raw = ~ok_raw
             d_raw = threat.distance(raw, x)
             # the projected candidate is an adversarial too, possibly closer
             for a, dd in ((adv_raw, d_raw), (adv, d)):
                 m = a & (torch.isnan(best_min) | (dd < best_min))
                 best_min = torch.where(m, dd, best_min)
-    # samples misclassified to begin with are adversarial at distance 0
-    zero = torch.zeros_like(best)
-    best = torch.where(clean_correct, best, zero)
-    best_min = torch.where(clean_correct, best_min, zero) if unbounded else nan
-    correct = clean_correct & torch.isnan(best)
+    if not unbounded:
+        best_min = nan
+    correct = torch.isnan(best)
     return Verified(correct=correct, abstained=best_abst & ~correct, norm=best, min_norm=best_min, kept=torch.where(correct, torch.full_like(kept, -1), kept))

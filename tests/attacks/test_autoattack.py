@@ -28,7 +28,7 @@ def test_standard_on_a_deterministic_model_breaks_it(norm, eps, monkeypatch):
     cands = run_attack(model, x, y, threat, AttackSpec("autoattack", params=CHEAP), seed=0)
     assert seen == ["standard"]
     assert cands[0].shape == x.shape
-    v = verify(d, x, y, cands, threat, clean_correct=torch.ones(len(x), dtype=torch.bool), generator=None)
+    v = verify(d, x, y, cands, threat, generator=None)
     assert (~v.correct).float().mean() > 0.5
 
 
@@ -106,7 +106,7 @@ def test_components_and_warnings_are_reported_for_a_masked_defense():
     threat = ThreatModel(norm="linf", eps=0.25)
     cands = run_attack(EOTModel(d), x, y, threat, AttackSpec("autoattack", params=(("n_iter", 5), ("n_queries", 300))), seed=0, report=report)
     (found,) = report.found_by
-    v = verify(d, x, y, cands, threat, clean_correct=torch.ones(len(x), dtype=torch.bool), generator=None)
+    v = verify(d, x, y, cands, threat, generator=None)
     assert (~v.correct).sum() >= 4
     by = [found[i] for i in range(len(x)) if not v.correct[i]]
     assert set(by) <= {"apgd-ce", "apgd-t", "fab-t", "square"} and "square" in by, by
@@ -121,7 +121,7 @@ def test_square_alone_breaks_a_masked_defense():
     threat = ThreatModel(norm="linf", eps=0.25)
     spec = AttackSpec("square", params=(("n_queries", 300),))
     cands = run_attack(EOTModel(d), x, y, threat, spec, seed=0)
-    v = verify(d, x, y, cands, threat, clean_correct=torch.ones(len(x), dtype=torch.bool), generator=None)
+    v = verify(d, x, y, cands, threat, generator=None)
     assert (~v.correct).sum() >= 8
     torch.testing.assert_close(run_attack(EOTModel(d), x, y, threat, spec, seed=0)[0], cands[0])  # seeded
     assert budget_string(spec).startswith("300 queries") and get_attack("square").uses == "gradient-free"

@@ -32,7 +32,7 @@ def test_boundary_finds_small_adversarials_and_records_min_norm():
     spec = AttackSpec("boundary", params=(("steps", 200),))
     cands = run_attack(d, x, y, threat, spec, seed=0)
     assert len(cands) == 1 and cands[0].shape == x.shape
-    v = verify(d, x, y, cands, threat, clean_correct=torch.ones(len(x), dtype=torch.bool), generator=None, unbounded=True)
+    v = verify(d, x, y, cands, threat, generator=None, unbounded=True)
     assert (~v.correct).any()
     assert torch.isfinite(v.min_norm).all()  # every sample had a start, so every one has an adversarial
     start_dist = (starting_points(d.net, x, y, generator=torch.Generator().manual_seed(0))[0] - x).flatten(1).norm(dim=1)

@@ -213,3 +213,31 @@ def test_budget_check_on_a_merged_sweep_survives_a_re_merge(env):
     assert list(check["attacks"]) == ["pgd"] and check["not_checked"] == ["fgm"]  # FGM has no step budget
     assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lambda *_: None) == 0
     assert _merged(out)["manifest"]["budget_check"] == check
+
+
+def test_runner_stages_by_hand_give_bench_runs_records(env):
+    """The pipeline's stages (prepare -> clean_pass -> attack -> Evaluation) on the second block alone
+    give exactly the records `bench run` wrote for it; misclassified samples are adversarial at distance 0."""
+    from harness.errors import BenchUserError
+    from harness.runner import Evaluation, attack, blocks, clean_pass, not_attacked, prepare
+
+    tmp, _, _ = env
+    ref = _reference(tmp / "ref")
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", n=40, seed=0, batch_size=20, attacks=("pgd", "fgm"), progress=False, device="cpu", train_if_missing=False)
+    ctx = prepare(cfg, log=lambda *_: None)
+    with pytest.raises(BenchUserError, match="not block-aligned"):
+        blocks(ctx, 10, 40)
+    clean = clean_pass(ctx, 20, 40)
+    ev = Evaluation.start(ctx, clean)
+    runs = [attack(ctx, job, ev.records, 20) for job in ctx.jobs]
+    for run in runs:
+        ev.add(run)
+    assert ev.records == ref["records"][20:]
+    assert [r.key for r in runs] == ["pgd", "fgm"] and ev.manifest["attacks"]["pgd"]["spec_hash"] == ref["manifest"]["attacks"]["pgd"]["spec_hash"]
+    # a sample the defense got wrong (here: marked so) is not attacked and is adversarial at distance 0
+    marked = [dict(r, attacks={}, clean_correct=(k != 3)) for k, r in enumerate(clean.records)]
+    run = attack(ctx, ctx.jobs[0], marked, 20)
+    assert run.outcomes[3] == not_attacked(marked[3], minimization=False) == {"correct": False, "abstained": False, "norm": 0.0}
+    assert not_attacked({"clean_abstained": True}, minimization=True) == {"correct": False, "abstained": True, "norm": 0.0, "min_norm": 0.0}
+    with pytest.raises(RuntimeError, match="outcomes for"):
+        ev.add(type(runs[0])("x", {}, runs[0].outcomes[:3]))
