@@ -274,7 +274,7 @@ def evaluate_samples(
             xb, yb = ctx.x[b0:b1].to(device), ctx.y[b0:b1].to(device)
             ok, abst = score(ctx.defense, xb, yb, generator=gen, draws=draws)
             # thesis eq. 2.7: an L2 lower bound on the adversarial distance, for defenses that have one
-            cert = ctx.defense.certified_radius(xb, yb, generator=gen) if cfg.norm == "l2" and hasattr(ctx.defense, "certified_radius") else None
+            cert = ctx.defense.certified_radius(xb, yb, generator=gen) if cfg.norm == "l2" else None
             for j in range(len(xb)):
                 records.append({"index": ctx.ids[b0 + j], "label": int(yb[j]), "clean_correct": bool(ok[j]), "clean_abstained": bool(abst[j]), "attacks": {}})
                 if cert is not None:
