@@ -1,4 +1,4 @@
-"""Atomic file writing: the one function every file bench writes goes through.
+"""Atomic file writing: the one function every file bench writes goes through; file hashing.
 
 A crash (or a kill) during a write leaves either the old file or the new one, never a torn file:
 the content goes to a temporary file in the same folder, is flushed and fsynced, gets normal
@@ -7,6 +7,7 @@ permissions (``0666 & ~umask``, not ``mkstemp``'s 0600) and replaces the target 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -54,3 +55,12 @@ def dumps_json(obj: Any) -> str:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as JSON (:func:`dumps_json`) atomically."""
     return atomic_write(path, dumps_json(obj))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file (read in 1 MiB chunks): what model cards and manifests record."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -6,11 +6,14 @@ batch 512), without the noise augmentation of the other models. Each training st
 maximisation of Madry et al. eq. (2.1), ``min_theta E max_{||delta|| <= eps} L(theta, x + delta, y)``,
 approximately with PGD and takes an Adam step on the cross-entropy of the PGD examples.
 
-* Start: the trained ``cnn`` checkpoint of the same data set (and arch). If there is none, training
-  stops with a :class:`~harness.errors.BenchUserError` that gives the ``bench train`` command for it
-  (we do not train the 50-epoch CNN implicitly inside another training).
+* Start: the trained ``cnn`` checkpoint of the same data set (and arch), declared by
+  :meth:`AdversarialCNN.init_checkpoint_name` and found through the harness's checkpoint store
+  (:class:`~defenses.base.TrainingServices`). If there is none, training stops with a
+  :class:`~benchcore.errors.BenchUserError` that gives the ``bench train`` command for it (we do not
+  train the 50-epoch CNN implicitly inside another training).
 * Inner PGD: the harness's foolbox adapter (:func:`harness.attacks.run_attack` with an
-  :class:`~threat_models.AttackSpec`), never a private copy: 10 steps, ``rel_stepsize`` 0.25 (step
+  :class:`~threat_models.AttackSpec`, handed to ``fit`` as ``TrainingServices.run_attack``; this
+  package does not import the harness), never a private copy: 10 steps, ``rel_stepsize`` 0.25 (step
   ``eps / 4``, i.e. 2.5 eps of travel), random start, at the data set's default eps
   (:func:`threat_models.default_threat`: FMNIST L∞ 0.1, L2 1.5). The network is in eval mode while
   attacked (BatchNorm statistics and dropout fixed) and in train mode for the update.
@@ -22,11 +25,12 @@ approximately with PGD and takes an Adam step on the cross-entropy of the PGD ex
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
+from defenses.base import TrainingServices
 from defenses.cnn import CNN, arch_checkpoint_name
 from defenses.registry import register
 from defenses.training import train_classifier
@@ -48,10 +52,9 @@ def pgd_spec(config: dict) -> AttackSpec:
     return AttackSpec("pgd", params=(("steps", steps), ("rel_stepsize", float(config["pgd_rel_stepsize"])), ("random_start", True)))
 
 
-def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, spec: AttackSpec, *, seed: int) -> torch.Tensor:
-    """PGD examples for ``model`` (attacked in eval mode; its previous mode is restored), projected into ``threat``."""
-    from harness.attacks import run_attack  # imports foolbox; only needed when training
-
+def pgd_examples(run_attack: Callable[..., list[torch.Tensor]], model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, spec: AttackSpec, *, seed: int) -> torch.Tensor:
+    """PGD examples for ``model`` by ``run_attack`` (:attr:`TrainingServices.run_attack`; the model is
+    attacked in eval mode and its previous mode restored), projected into ``threat``."""
     was = model.training
     model.eval()
     try:
@@ -70,6 +73,8 @@ class AdversarialCNN(CNN):
 
     norm: ClassVar[str] = ""
     gradient_policy = "exact autograd gradient of the logits"
+    #: the harness's attacks and checkpoint store, handed over before ``fit`` (:meth:`use_training_services`)
+    _services: TrainingServices | None = None
 
     def default_train_config(self, dataset: str) -> dict:
         """Thesis section 2.3: Adam, lr 1e-4, no decay, batch 512, from the trained CNN; PGD-10 at the default eps."""
@@ -100,30 +105,40 @@ class AdversarialCNN(CNN):
     def extra_info(self) -> dict:
         return {"arch": self.arch, "adversarial_training": f"PGD {self.norm}"}
 
-    def _load_init(self) -> dict:
-        from harness.checkpoints import find_checkpoint, load_checkpoint  # training only: the harness's checkpoint store
+    def use_training_services(self, services: TrainingServices) -> None:
+        """Keep the harness's PGD and checkpoint store for :meth:`fit`."""
+        self._services = services
 
+    def _require_services(self) -> TrainingServices:
+        if self._services is None:
+            raise RuntimeError(f"{self.name} trains with the harness's PGD and checkpoint store: call use_training_services() before fit() "
+                               "(harness.models.train_defense, i.e. `bench train`, does)")
+        return self._services
+
+    def _load_init(self) -> dict:
+        services = self._require_services()
         name = self.init_checkpoint_name()
-        path = find_checkpoint(name, self.dataset)
+        path = services.find_checkpoint(name, self.dataset)
         if path is None:
             arch = "" if self.arch == "table2.1" else f" --arch {self.arch}"
             raise BenchUserError(
                 f"{self.name} fine-tunes the trained cnn, but there is no {name} checkpoint for {self.dataset}; "
                 f"train it first with `bench train --defense cnn --dataset {self.dataset}{arch}`"
             )
-        card = load_checkpoint(self, path)  # same module layout as the CNN's checkpoint
+        card = services.load_checkpoint(self, path)  # same module layout as the CNN's checkpoint
         return {"path": str(path), "sha256": card["sha256"], "val_acc": card.get("val_acc"), "epochs": card.get("epochs")}
 
     def fit(self, train, val, *, config, device, generator, progress=True) -> dict:
         if config.get("norm", self.norm) != self.norm:
             raise ValueError(f"{self.name} trains against {self.norm} PGD; the config says norm={config['norm']!r}")
         init = self._load_init()
+        run_attack = self._require_services().run_attack
         self.to(device)
         threat = ThreatModel(norm=self.norm, eps=float(config["eps"]))
         spec = pgd_spec(config)
 
         def loss_fn(model, xb, yb, gen):
-            adv = pgd_examples(model, xb, yb, threat, spec, seed=_seed(gen))
+            adv = pgd_examples(run_attack, model, xb, yb, threat, spec, seed=_seed(gen))
             return nn.functional.cross_entropy(model(adv), yb)
 
         val_fn = None
@@ -132,7 +147,7 @@ class AdversarialCNN(CNN):
             xv, yv = val.x[:n_val].to(device), val.y[:n_val].to(device)
 
             def val_fn(model):
-                adv = pgd_examples(model, xv, yv, threat, spec, seed=0)  # fixed seed: comparable across epochs
+                adv = pgd_examples(run_attack, model, xv, yv, threat, spec, seed=0)  # fixed seed: comparable across epochs
                 with torch.no_grad():
                     return {"val_pgd_acc": (model(adv).argmax(1) == yv).float().mean().item()}
 

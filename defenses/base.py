@@ -20,6 +20,7 @@ seed or draw from the global RNG.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
@@ -109,12 +110,40 @@ class DefenseInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TrainingServices:
+    """What the harness lends a defense's ``fit`` (:meth:`Defense.use_training_services`).
+
+    Defenses sit below the harness and never import it; a recipe that needs the harness's attacks
+    or checkpoint store (adversarial training fine-tunes a trained checkpoint and attacks the model
+    in every step) gets them here, handed over before ``fit``.
+    """
+
+    #: ``run_attack(model, x, y, threat, spec, *, seed) -> list[Tensor]``: the harness's attack
+    #: adapters (one unverified candidate batch per restart; :func:`harness.attacks.run_attack`)
+    run_attack: Callable[..., list[torch.Tensor]]
+    #: ``find_checkpoint(checkpoint_name, dataset) -> Path | None`` on the harness's search path
+    find_checkpoint: Callable[[str, str], Any]
+    #: ``load_checkpoint(module, path) -> card``: strict load of a checkpoint into ``module``
+    load_checkpoint: Callable[[torch.nn.Module, Any], dict]
+
+
+_CONTRACT_ARGS = ("self", "num_classes", "input_shape", "dataset")
+
+
 class Defense(torch.nn.Module):
     """Base class of every defense (built-in or plugin).
 
     Subclasses set the class attributes below, build their modules in ``__init__(*, num_classes,
     input_shape, dataset)`` and implement :meth:`predict`. Trainable defenses also implement
     :meth:`fit`; the harness saves/loads their ``state_dict`` as safetensors.
+
+    Every hook is an instance method (wrappers answer for their base, see :class:`defenses.wrapper.WrapperDefense`),
+    except :meth:`option_names`, which the harness asks before it builds an instance. Optional
+    capabilities are declared here with a default that means "not supported", never probed with
+    ``hasattr``: :meth:`certified_radius` (None), :attr:`supports_rejection` /
+    :attr:`reject_threshold` (False / None), :meth:`init_checkpoint_name` (None),
+    :meth:`load_external_weights` (None), :meth:`wrapped_base` (None).
     """
 
     #: registry name, e.g. ``"cnn"``
@@ -129,6 +158,12 @@ class Defense(torch.nn.Module):
     datasets: ClassVar[tuple[str, ...]] = ALL_DATASETS
     #: False for defenses without learned weights (no checkpoint needed)
     trainable: ClassVar[bool] = True
+    #: True when the defense can refuse to classify above a calibrated threshold (``bench calibrate``
+    #: sets :attr:`reject_threshold` and :meth:`abstain` uses it); False: no reject option
+    supports_rejection: ClassVar[bool] = False
+    #: the calibrated reject threshold (loaded from the model card by :meth:`load_card`); None = never reject.
+    #: Only meaningful when :attr:`supports_rejection`.
+    reject_threshold: float | None = None
 
     def __init__(self, *, num_classes: int, input_shape: tuple[int, int, int], dataset: str):
         super().__init__()
@@ -165,15 +200,53 @@ class Defense(torch.nn.Module):
         """Train in place on ``train`` (a :class:`harness.datasets.Split`); return metrics incl. ``val_acc``."""
         raise NotImplementedError(f"defense {self.name!r} has no training recipe")
 
-    @classmethod
-    def default_train_config(cls, dataset: str) -> dict:
+    def default_train_config(self, dataset: str) -> dict:
         """The training recipe for ``dataset`` (JSON-serialisable; recorded in the model card)."""
         return {}
 
-    @classmethod
-    def checkpoint_name(cls) -> str:
+    def checkpoint_name(self) -> str:
         """Name of the checkpoint this defense loads (wrappers reuse their base's checkpoint)."""
-        return cls.name
+        return self.name
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The keyword options the constructor takes besides the contract's (``bench run --option KEY=VALUE``).
+
+        Default: the named parameters of ``__init__`` after ``num_classes``, ``input_shape`` and
+        ``dataset``, in order. A class method: the harness validates options before it builds the
+        defense. Wrappers return their base's options plus their own.
+        """
+        params = inspect.signature(cls.__init__).parameters.values()
+        return tuple(p.name for p in params if p.name not in _CONTRACT_ARGS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+    # -- optional capabilities (declared defaults: not supported) ------------------------------
+    def certified_radius(self, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """A per-sample L2 robustness bound ``(B,)`` (nonnegative; 0 where the prediction is wrong),
+        recorded as ``certified_l2`` in L2 evaluations. Default: None (the defense has no bound)."""
+        return None
+
+    def init_checkpoint_name(self) -> str | None:
+        """The checkpoint ``fit`` starts from (fine-tuning), or None when training starts from scratch.
+
+        The harness refuses ``bench train --resume`` for fine-tuned defenses (each run starts from
+        this checkpoint again)."""
+        return None
+
+    def load_external_weights(self, *, norm: str | None) -> dict | None:
+        """Load weights kept outside bench's checkpoint store and return their card (``sha256``, ``path``, ...).
+
+        Default: None -- the harness loads :meth:`checkpoint_name` from its store into
+        :meth:`checkpoint_module`. ``norm`` is the evaluation's threat model (None when the caller
+        has none), since such stores may keep one file per threat model."""
+        return None
+
+    def wrapped_base(self) -> Defense | None:
+        """The defense this one wraps (input transform, smoothing ...), or None. Attacks that
+        transfer from the undefended model use it (:mod:`harness.attacks.transfer`)."""
+        return None
+
+    def use_training_services(self, services: TrainingServices) -> None:
+        """Receive the harness's attacks and checkpoint store before ``fit``. Default: not needed."""
 
     def load_card(self, card: dict) -> None:
         """Apply settings stored in the checkpoint's model card (e.g. a calibrated threshold). Default: none."""

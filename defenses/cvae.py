@@ -117,15 +117,14 @@ class CVAE(Defense):
     gradient_policy = "envelope gradient with the optimised z* and y* held fixed, d score_k / dx = 2 (Dec_k(z_k*) - x)"
     datasets = ("mnist", "fmnist")
 
-    def __init__(self, *, num_classes, input_shape, dataset, steps: int | None = None, refine_steps: int | None = None):
-        """``num_classes`` is the number of components ``n`` (the classes of a single-label data set)."""
-        super().__init__(num_classes=num_classes, input_shape=input_shape, dataset=dataset)
-        from harness import datasets as _d
+    def __init__(self, *, num_classes, input_shape, dataset, steps: int | None = None, refine_steps: int | None = None, multilabel: bool = False):
+        """``num_classes`` is the number of components ``n`` (the classes of a single-label data set).
 
-        try:
-            self.multilabel = bool(_d.get_info(dataset).multilabel)
-        except BenchUserError:
-            self.multilabel = False
+        ``multilabel``: ``dataset`` is a multi-label component data set (``bench decompose``, which
+        knows the data set, says so); such a model decomposes and refuses ``predict``. Not a user
+        option (:meth:`option_names`): ``bench run`` / ``train`` take single-label data only."""
+        super().__init__(num_classes=num_classes, input_shape=input_shape, dataset=dataset)
+        self.multilabel = bool(multilabel)
         size = self.input_shape[1]
         if size not in _NETS or self.input_shape[1] != self.input_shape[2]:
             raise BenchUserError(f"cvae has networks for square inputs of size {', '.join(map(str, _NETS))}, not {self.input_shape}")
@@ -341,7 +340,11 @@ class CVAE(Defense):
         self.config = replace(DecompositionConfig(**chosen), **self._overrides)
 
     @classmethod
-    def default_train_config(cls, dataset: str) -> dict:
+    def option_names(cls) -> tuple[str, ...]:
+        """The inference overrides ``steps`` and ``refine_steps`` (``multilabel`` is the caller's, not the user's)."""
+        return ("steps", "refine_steps")
+
+    def default_train_config(self, dataset: str) -> dict:
         """Eq. (1) with Adam lr 1e-3 (the paper's); C = 1, batch 128; a CPU budget of epochs; the
         validation grid of :meth:`select_hyperparameters` on ``select_n`` images."""
         return {"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epochs": 3, "kl_weight": 1.0, "select_n": 200}

@@ -89,6 +89,9 @@ class InferenceConfig:
 class GenerativeClassifier(Defense):
     """K class-conditional (V)AEs / AAEs classifying by the smallest class loss (see module docstring)."""
 
+    #: reconstruction-error rejection (seed 000 section 3.2), calibrated by ``bench calibrate``
+    supports_rejection = True
+
     aae: bool = False
     discriminative: bool = False
     variational: bool = False
@@ -315,8 +318,7 @@ class GenerativeClassifier(Defense):
         return torch.where(correct, eps, torch.zeros_like(eps))
 
     # -- training (Algorithm 1) --------------------------------------------------------------
-    @classmethod
-    def default_train_config(cls, dataset: str) -> dict:
+    def default_train_config(self, dataset: str) -> dict:
         return {"optimizer": "adam", "lr": 1e-3, "batch_size": 512, "epochs": 20, "lr_halve_every": 200, "noise_sigma": NOISE_SIGMA.get(dataset, 0.01), "beta": 1.0, "gamma": 10.0}
 
     def _recon_losses(self, xb: torch.Tensor, x_in: torch.Tensor, generator: torch.Generator, beta: float):

@@ -37,6 +37,8 @@ from torch import nn
 from defenses.base import Defense
 from defenses.registry import register_family
 from benchcore.errors import BenchUserError, CheckpointError
+from benchcore.io import sha256_file
+from benchcore.paths import user_checkpoint_dir
 
 #: our norm -> RobustBench's threat-model folder
 THREAT_DIRS = {"linf": "Linf", "l2": "L2"}
@@ -125,9 +127,7 @@ ENTRIES: dict[str, Entry] = {
 
 def robustbench_root() -> Path:
     """The RobustBench ``model_dir``: ``$BENCH_CHECKPOINTS/robustbench``, else the user cache's ``robustbench``."""
-    from harness.checkpoints import user_dir
-
-    base = Path(os.environ["BENCH_CHECKPOINTS"]) if os.environ.get("BENCH_CHECKPOINTS") else user_dir()
+    base = Path(os.environ["BENCH_CHECKPOINTS"]) if os.environ.get("BENCH_CHECKPOINTS") else user_checkpoint_dir()
     return base / "robustbench"
 
 
@@ -290,8 +290,6 @@ class RobustBenchDefense(Defense):
                     f"no checkpoint for RobustBench entry {e.name}: put its .pt file (RobustBench's own, or a weights-only state dict; "
                     f"or a .safetensors next to it) at {pt} -- or set {DOWNLOAD_ENV}=1 to fetch it from its published source"
                 )
-        from harness.checkpoints import sha256_file
-
         source = _load_into(self.net, read_state_dict(path), path, e)
         self._loaded = {"checkpoint_threat_model": THREAT_DIRS[listed], "normalization_from": source}
         return {"path": str(path), "sha256": sha256_file(path), "robustbench_entry": e.name, "architecture": e.architecture, "format": path.suffix.lstrip(".")}
@@ -311,8 +309,6 @@ class RobustBenchPackageDefense(RobustBenchDefense):
         self._loaded = {}
 
     def load_external_weights(self, *, norm: str | None) -> dict:
-        from harness.checkpoints import sha256_file
-
         utils = _import_robustbench()
         e = self.entry
         threat = THREAT_DIRS[norm or "linf"]

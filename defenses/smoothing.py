@@ -43,13 +43,12 @@ Built in: ``vsmooth-cnn`` (base ``cnn``) and ``vsmooth-cnn-gauss`` (base ``cnn-g
     from defenses.registry import get_defense, register
     register(smoothed(get_defense("adv-linf")))   # -> "vsmooth-adv-linf"
 
-The wrapper has no weights: it loads its base's checkpoint (``checkpoint_name`` /
-``checkpoint_module`` delegate), and ``bench train --defense vsmooth-<base>`` trains the base.
+The wrapper has no weights: it loads its base's checkpoint (a :class:`~defenses.wrapper.WrapperDefense`:
+every hook but the decision is the base's), and ``bench train --defense vsmooth-<base>`` trains the base.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -59,6 +58,7 @@ import torch.nn.functional as F
 from defenses.base import Defense, straight_through
 from defenses.cnn import CNN, CNNGauss
 from defenses.registry import register
+from defenses.wrapper import WrapperDefense, require_base, wrapper_class
 from benchcore.errors import BenchUserError
 
 NORMS = ("linf", "l2")
@@ -88,8 +88,44 @@ def _view(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.view(-1, *([1] * (ndim - 1)))
 
 
-class _SmoothingMixin:
-    """The Algorithm 5 machinery; mixed into the per-base Defense class built by :func:`smoothed`."""
+class VariationalSmoothing(WrapperDefense):
+    """Variational randomized smoothing (thesis Algorithm 5) over :attr:`base_class`; made per base by :func:`smoothed`.
+
+    Own options: ``norm``, ``radius``, ``steps``, ``sigma``, ``rel_stepsize``, ``random_start``
+    (module docstring); the others go to the base.
+    """
+
+    own_options = _OPTIONS
+
+    def __init__(self, *, num_classes: int, input_shape: tuple[int, int, int], dataset: str, **options: Any):
+        super().__init__(num_classes=num_classes, input_shape=input_shape, dataset=dataset, **options)
+        self._explicit = {key for key in _OPTIONS if options.get(key) is not None}
+        self._own = self.own(options)
+        self._init_smoothing(dataset=dataset, **self._own)
+
+    def set_threat(self, norm: str, eps: float) -> None:
+        """Optimise mu* in the evaluation's ball (thesis 4.3), unless norm/radius were given as options."""
+        own = dict(self._own)
+        if "norm" not in self._explicit:
+            own["norm"] = norm
+        if "radius" not in self._explicit and own["norm"] == norm:
+            own["radius"] = eps
+        self._init_smoothing(dataset=self.dataset, **own)
+        self.base.set_threat(norm, eps)
+
+    def abstain(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Never: the smoothed scores are not the base's, so a base's reject rule does not apply to them."""
+        return Defense.abstain(self, x, scores)
+
+    def wrapper_info(self) -> dict:
+        return {
+            "norm": self.norm,
+            "radius": self.radius,
+            "steps": self.steps,
+            "sigma": self.sigma,
+            "rel_stepsize": self.rel_stepsize,
+            "random_start": self.random_start,
+        }
 
     def _init_smoothing(self, *, dataset: str, norm: str, radius: float | None, steps: int, sigma: float, rel_stepsize: float | None, random_start: bool) -> None:
         if norm not in NORMS:
@@ -193,86 +229,19 @@ def smoothed(base_cls: type[Defense]) -> type[Defense]:
     The wrapper's constructor takes the base's keyword options (e.g. ``arch``, forwarded) plus
     ``norm``, ``radius``, ``steps``, ``sigma``, ``rel_stepsize`` and ``random_start`` (module docstring).
     """
-    if not (isinstance(base_cls, type) and issubclass(base_cls, Defense)) or not base_cls.name:
-        raise ValueError(f"smoothed() needs a registered Defense subclass with a name, got {base_cls!r}")
-    base_sig = inspect.signature(base_cls.__init__)
-    clash = set(_OPTIONS) & set(base_sig.parameters)
+    require_base(base_cls, "smoothed()")
+    clash = set(_OPTIONS) & set(base_cls.option_names())
     if clash:
         raise ValueError(f"smoothed(): base {base_cls.name!r} already takes option(s) {', '.join(sorted(clash))}")
-
-    class VariationalSmoothing(_SmoothingMixin, Defense):
-        __doc__ = f"Variational randomized smoothing (thesis Algorithm 5) over {base_cls.__name__}."
-
-        name = f"{PREFIX}{base_cls.name}"
-        paper = f"Ju 2021, thesis chapter 4, Algorithm 5 (variational randomized smoothing, one-step projected mu*, sigma 0.05) over {base_cls.name} ({base_cls.paper})"
-        gradient_policy = "autograd gradient through the final Gaussian noise draw x + eps into the base model, with the per-class noise means mu*_y held fixed"
-        randomized = True
-        datasets = base_cls.datasets
-        trainable = base_cls.trainable
-        base_class = base_cls
-
-        def __init__(self, *, num_classes: int, input_shape: tuple[int, int, int], dataset: str, **options: Any):
-            super().__init__(num_classes=num_classes, input_shape=input_shape, dataset=dataset)
-            self._explicit = {key for key in _OPTIONS if options.get(key) is not None}
-            own = {key: options.pop(key, default) for key, default in _OPTIONS.items()}
-            self.base = base_cls(num_classes=num_classes, input_shape=input_shape, dataset=dataset, **options)
-            self._own = own
-            self._init_smoothing(dataset=dataset, **own)
-
-        def set_threat(self, norm: str, eps: float) -> None:
-            """Optimise mu* in the evaluation's ball (thesis 4.3), unless norm/radius were given as options."""
-            own = dict(self._own)
-            if "norm" not in self._explicit:
-                own["norm"] = norm
-            if "radius" not in self._explicit and own["norm"] == norm:
-                own["radius"] = eps
-            self._init_smoothing(dataset=self.dataset, **own)
-            self.base.set_threat(norm, eps)
-
-        def use_smoke_test_budget(self) -> None:
-            self.base.use_smoke_test_budget()
-
-        def checkpoint_name(self) -> str:
-            """The base's checkpoint (smoothing has no weights)."""
-            return self.base.checkpoint_name()
-
-        def checkpoint_module(self) -> torch.nn.Module:
-            return self.base.checkpoint_module()
-
-        def load_card(self, card: dict) -> None:
-            """Settings of the checkpoint's card belong to the base."""
-            hook = getattr(self.base, "load_card", None)
-            if hook is not None:
-                hook(card)
-
-        def default_train_config(self, dataset: str) -> dict:
-            return self.base.default_train_config(dataset)
-
-        def fit(self, train, val, *, config, device, generator, progress=True) -> dict:
-            """Train the base (the checkpoint is the base's)."""
-            return self.base.fit(train, val, config=config, device=device, generator=generator, progress=progress)
-
-        def extra_info(self) -> dict:
-            return {
-                "base": base_cls.name,
-                "norm": self.norm,
-                "radius": self.radius,
-                "steps": self.steps,
-                "sigma": self.sigma,
-                "rel_stepsize": self.rel_stepsize,
-                "random_start": self.random_start,
-                **self.base.extra_info(),
-            }
-
-    # the wrapper takes the base's options plus its own: expose them to introspection (build_defense)
-    own_params = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in _OPTIONS.items()]
-    params = list(base_sig.parameters.values())
-    var_kw = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
-    params = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    VariationalSmoothing.__init__.__signature__ = base_sig.replace(parameters=[*params, *own_params, *var_kw])
-    VariationalSmoothing.__name__ = VariationalSmoothing.__qualname__ = f"VariationalSmoothing{base_cls.__name__}"
-    VariationalSmoothing.__module__ = __name__
-    return VariationalSmoothing
+    return wrapper_class(
+        VariationalSmoothing, base_cls,
+        name=f"{PREFIX}{base_cls.name}",
+        class_name=f"VariationalSmoothing{base_cls.__name__}",
+        __doc__=f"Variational randomized smoothing (thesis Algorithm 5) over {base_cls.__name__}.",
+        paper=f"Ju 2021, thesis chapter 4, Algorithm 5 (variational randomized smoothing, one-step projected mu*, sigma 0.05) over {base_cls.name} ({base_cls.paper})",
+        gradient_policy="autograd gradient through the final Gaussian noise draw x + eps into the base model, with the per-class noise means mu*_y held fixed",
+        randomized=True,
+    )
 
 
 VSmoothCNN = register(smoothed(CNN))

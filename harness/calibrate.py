@@ -68,7 +68,7 @@ def calibrate(
         raise BenchUserError(f"--draws must be >= 1, got {draws}")
     dev = resolve_device(device)
     model, card = load_defense(defense, dataset, device=dev, train_if_missing=False, progress=progress, announce=announce, options=options)
-    if not hasattr(model, "reject_threshold"):
+    if not model.supports_rejection:
         raise BenchUserError(f"defense {defense!r} has no reject option (only generative classifiers such as abs and eabs abstain)")
     path = find_checkpoint(model.checkpoint_name(), dataset)
     if path is None or "sha256" not in card:

@@ -18,18 +18,17 @@ without ``train_state`` load as before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
-from platformdirs import user_cache_dir
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from harness.errors import CheckpointError
-from benchcore.io import atomic_write, atomic_write_json
+from benchcore.io import atomic_write, atomic_write_json, sha256_file
+from benchcore.paths import user_checkpoint_dir
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -45,8 +44,8 @@ def shipped_dir() -> Path:
 
 
 def user_dir() -> Path:
-    """Where ``bench train`` writes by default."""
-    return Path(user_cache_dir("bench")) / "checkpoints"
+    """Where ``bench train`` writes by default (:func:`benchcore.paths.user_checkpoint_dir`)."""
+    return user_checkpoint_dir()
 
 
 def search_dirs() -> list[Path]:
@@ -69,14 +68,6 @@ def find_checkpoint(defense: str, dataset: str) -> Path | None:
         if p.is_file():
             return p
     return None
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(module: torch.nn.Module, path: str | os.PathLike, card: dict) -> dict:

@@ -105,7 +105,7 @@ def _cvae(dataset: str, experiment: str, train, val, *, epochs: int, seed: int, 
     from defenses.cvae import CVAE
 
     info = datasets.get_info(dataset)
-    model = CVAE(num_classes=info.num_classes, input_shape=info.shape, dataset=dataset)
+    model = CVAE(num_classes=info.num_classes, input_shape=info.shape, dataset=dataset, multilabel=info.multilabel)
     path = checkpoint_dir / f"cvae-{dataset}-{experiment}.safetensors"
     if path.is_file() and not retrain:
         card = load_checkpoint(model, path)
@@ -117,7 +117,7 @@ def _cvae(dataset: str, experiment: str, train, val, *, epochs: int, seed: int, 
     log(f"training cvae on {dataset} ({len(train.x)} images, {epochs} epochs, {device_name(torch.device('cpu'))})")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = CVAE(num_classes=info.num_classes, input_shape=info.shape, dataset=dataset)
+        model = CVAE(num_classes=info.num_classes, input_shape=info.shape, dataset=dataset, multilabel=info.multilabel)
         t0 = time.perf_counter()
         metrics = model.fit(train, None, config=config, device=torch.device("cpu"), generator=torch.Generator().manual_seed(seed), progress=progress)
         train_wall = time.perf_counter() - t0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from defenses.base import Defense
+from defenses.base import Defense, TrainingServices
 from defenses.registry import get_defense
 from harness import datasets
 from defenses.training import OPTIONAL_CONFIG_KEYS, TrainProgress, decode_state, encode_state, make_scheduler
@@ -27,9 +27,6 @@ from harness.checkpoints import (
 )
 from harness.errors import BenchUserError, CheckpointError
 from harness.provenance import code_commit, command_line, device_name, package_versions
-
-
-_CONTRACT_ARGS = ("self", "num_classes", "input_shape", "dataset")
 
 
 def clean_options(options: dict | None) -> dict:
@@ -65,7 +62,7 @@ def build_defense(name: str, dataset: str, **options):
         raise BenchUserError(f"defense {name!r} does not support dataset {dataset!r} (supports: {', '.join(cls.datasets)})")
     options = clean_options(options)
     if options:
-        accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in _CONTRACT_ARGS]
+        accepted = list(cls.option_names())
         unknown = [k for k in options if k not in accepted]
         if unknown:
             has = f"its options: {', '.join(accepted)}" if accepted else "it has no options"
@@ -124,6 +121,17 @@ def train_defense(
                       seed=seed, progress=progress, announce=announce, options=options, config_overrides=config_overrides, resume=resume)
 
 
+def _run_attack(model, x, y, threat, spec, *, seed):
+    """:func:`harness.attacks.run_attack`, imported when a defense attacks during training (it imports foolbox)."""
+    from harness.attacks import run_attack
+
+    return run_attack(model, x, y, threat, spec, seed=seed)
+
+
+#: what the harness lends a defense's ``fit`` (adversarial training: PGD and the checkpoint it fine-tunes)
+TRAINING_SERVICES = TrainingServices(run_attack=_run_attack, find_checkpoint=find_checkpoint, load_checkpoint=load_checkpoint)
+
+
 def _resumable(model) -> bool:
     """Whether ``model.fit`` takes ``resume`` / ``on_epoch_end`` (:class:`defenses.training.TrainProgress`)."""
     params = inspect.signature(model.fit).parameters
@@ -165,8 +173,9 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
     state: tuple[dict, dict] | None = None
     done = 0
     module = model.checkpoint_module()
+    model.use_training_services(TRAINING_SERVICES)
     if resume:
-        if hasattr(model, "init_checkpoint_name"):
+        if model.init_checkpoint_name() is not None:
             raise BenchUserError(f"--resume: {name} fine-tunes {model.init_checkpoint_name()} from scratch in every run; train it without --resume")
         start = find_checkpoint(model.checkpoint_name(), dataset)
         if start is None:
@@ -330,16 +339,16 @@ def load_defense(
     A missing checkpoint is trained for the defense that owns it: the wrapped base of a wrapper
     (``checkpoint_module()`` is a Defense), else the checkpoint's name, with the same ``options``.
     A defense whose weights live outside bench's checkpoint store (RobustBench's layout, see
-    :mod:`defenses.robustbench`) defines ``load_external_weights(norm=...)``: it loads them itself
+    :mod:`defenses.robustbench`) overrides :meth:`Defense.load_external_weights`: it loads them itself
     and returns the card (``sha256``, ``path``, ...); ``norm`` is the evaluation's threat model
     (None when the caller has none), since such stores keep one file per threat model.
     """
     options = clean_options(options)
     model = build_defense(name, dataset, **options)
     card: dict = {}
-    external = getattr(model, "load_external_weights", None)
+    external = model.load_external_weights(norm=norm)
     if external is not None:
-        card = external(norm=norm)
+        card = external
     elif model.trainable:
         ckpt_name = model.checkpoint_name()
         path = Path(checkpoint) if checkpoint is not None else find_checkpoint(ckpt_name, dataset)

@@ -274,7 +274,7 @@ def clean_pass(ctx: EvalContext, start: int = 0, stop: int | None = None) -> Cle
         gen = torch.Generator(device=device).manual_seed(_batch_seed(ctx.cfg.seed, "clean", b0 // bs))
         xb, yb = ctx.x[b0:b1].to(device), ctx.y[b0:b1].to(device)
         ok, abst = score(ctx.defense, xb, yb, generator=gen, draws=ctx.draws)
-        cert = ctx.defense.certified_radius(xb, yb, generator=gen) if ctx.cfg.norm == "l2" and hasattr(ctx.defense, "certified_radius") else None
+        cert = ctx.defense.certified_radius(xb, yb, generator=gen) if ctx.cfg.norm == "l2" else None
         for j in range(len(xb)):
             records.append({"index": ctx.ids[b0 + j], "label": int(yb[j]), "clean_correct": bool(ok[j]), "clean_abstained": bool(abst[j]), "attacks": {}})
             if cert is not None:

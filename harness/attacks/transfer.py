@@ -89,10 +89,11 @@ def _device(defense) -> torch.device:
 
 
 def _wrapped_base(defense):
+    """The defense a wrapper wraps (:meth:`defenses.base.Defense.wrapped_base`), None for others and plain modules."""
     from defenses.base import Defense
 
-    base = getattr(defense, "base", None)
-    return base if isinstance(base, Defense) and base is not defense else None
+    base = defense.wrapped_base() if isinstance(defense, Defense) else None
+    return base if base is not defense else None
 
 
 def _load(name: str, defense) -> torch.nn.Module:

@@ -23,6 +23,9 @@ class MaskedWrapper(LinearDefense):
     def predict(self, x, *, generator=None):
         return self.base.predict((x * 8).round() / 8)
 
+    def wrapped_base(self):
+        return self.base
+
 
 def _attack(spec, defense, x, y, threat):
     cands = run_attack(EOTModel(defense), x, y, threat, spec, seed=0)

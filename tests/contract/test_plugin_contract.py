@@ -32,7 +32,9 @@ def defense(plugin):
 
 
 @pytest.mark.parametrize("check", ["test_predict_shape_and_finite", "test_declared_gradient_is_finite_and_nonzero",
-                                   "test_determinism_matches_declaration", "test_abstain_and_metadata"])
+                                   "test_determinism_matches_declaration", "test_abstain_and_metadata", "test_hooks_are_instance_methods",
+                                   "test_certified_radius_is_none_or_a_nonnegative_bound", "test_init_checkpoint_is_none_or_a_registered_checkpoint",
+                                   "test_rejection_is_declared", "test_wrapper_declarations"])
 def test_contract(defense, check):
     getattr(contract, check)(defense)
 

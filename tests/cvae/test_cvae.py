@@ -46,7 +46,7 @@ class _Fixed(torch.nn.Module):
 
 def _hand_made_model():
     """A ts-shaped c-VAE whose decoders draw fixed, disjoint component images."""
-    m = CVAE(num_classes=4, input_shape=(1, 64, 64), dataset="ts").eval()
+    m = CVAE(num_classes=4, input_shape=(1, 64, 64), dataset="ts", multilabel=True).eval()
     templates = torch.zeros(4, 1, 64, 64)
     for i in range(4):
         templates[i, 0, 16 * i : 16 * i + 12, 8:56] = 1.0
@@ -125,7 +125,7 @@ def test_load_card_applies_and_refuses():
 
 
 def test_training_loss_uses_only_present_components():
-    m = CVAE(num_classes=4, input_shape=(1, 64, 64), dataset="ts")
+    m = CVAE(num_classes=4, input_shape=(1, 64, 64), dataset="ts", multilabel=True)
     x = torch.rand(3, 1, 64, 64)
     y = torch.tensor([[1, 0, 1, 0], [1, 1, 0, 1], [1, 0, 0, 1]]).float()
     loss = m.loss(x, y, generator=torch.Generator().manual_seed(0), kl_weight=1.0)
@@ -138,7 +138,7 @@ def test_training_loss_uses_only_present_components():
 
 
 def test_multilabel_model_refuses_predict():
-    m = CVAE(num_classes=4, input_shape=(1, 64, 64), dataset="ts")
+    m = CVAE(num_classes=4, input_shape=(1, 64, 64), dataset="ts", multilabel=True)
     with pytest.raises(BenchUserError, match="multi-label"):
         m.predict(torch.rand(1, 1, 64, 64))
 

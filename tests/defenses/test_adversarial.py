@@ -67,3 +67,13 @@ def test_adv_linf_smoke(no_shipped, monkeypatch):
     assert any(not torch.equal(a, b) for a, b in zip(adv.state_dict().values(), cnn.state_dict().values()))
     x = torch.rand(2, 1, 28, 28)
     assert adv.predict(x).shape == (2, 10)
+
+
+def test_fit_takes_pgd_and_checkpoints_from_the_harness():
+    """defenses/ does not import the harness: adversarial training gets its PGD and the CNN checkpoint
+    through the declared TrainingServices, and says so when called without them."""
+    d = build_defense("adv-linf", "fmnist")
+    with pytest.raises(RuntimeError, match="use_training_services"):
+        d.fit(None, None, config=d.default_train_config("fmnist"), device=CPU, generator=torch.Generator())
+    with pytest.raises(BenchUserError, match="from scratch in every run"):  # --resume is refused: init_checkpoint_name() is declared
+        train_defense("adv-linf", "fmnist", device=CPU, progress=False, announce=_quiet, resume=True)

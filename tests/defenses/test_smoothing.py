@@ -182,3 +182,6 @@ def test_run_passes_threat_and_options_to_the_defense(bench_env):
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr and "Traceback" not in r.stderr
     r = run_bench("run", "--defense", "cnn", "--norm", "l2", "--option", "steps=2", "--results-dir", str(res))
     assert r.returncode == 2 and "does not take option(s) steps" in r.stderr
+    # a wrapper validates against its declared options: the base's (binary-cnn: arch), plus its own (vsmooth-*)
+    r = run_bench("run", "--defense", "binary-cnn", "--norm", "l2", "--option", "steps=2", "--results-dir", str(res))
+    assert r.returncode == 2 and "defense 'binary-cnn' does not take option(s) steps (its options: arch); drop it" in r.stderr

@@ -55,8 +55,7 @@ class LinearSVM(Defense):
     def predict(self, x, *, generator=None):
         return self.linear(x.flatten(1) - self.mean)
 
-    @classmethod
-    def default_train_config(cls, dataset):
+    def default_train_config(self, dataset):
         """The report's recipe in its own units (0..255 pixels): converted in :meth:`fit`."""
         return {"optimizer": "sgd", "lr_report": 1e-7, "reg_report": 2.5e-4, "delta": 1.0, "iterations": 1500, "batch_size": 200, "epochs": 1}
 
