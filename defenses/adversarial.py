@@ -33,7 +33,7 @@ from torch import nn
 from defenses.base import TrainingServices
 from defenses.cnn import CNN, arch_checkpoint_name
 from defenses.registry import register
-from defenses.training import train_classifier
+from defenses.training import EpochEnd, TrainProgress, train_classifier
 from benchcore.errors import BenchUserError
 from threat_models import AttackSpec, ThreatModel, default_threat
 
@@ -128,10 +128,14 @@ class AdversarialCNN(CNN):
         card = services.load_checkpoint(self, path)  # same module layout as the CNN's checkpoint
         return {"path": str(path), "sha256": card["sha256"], "val_acc": card.get("val_acc"), "epochs": card.get("epochs")}
 
-    def fit(self, train, val, *, config, device, generator, progress=True) -> dict:
+    def fit(self, train, val, *, config, device, generator, progress=True, resume: TrainProgress | None = None, on_epoch_end: EpochEnd | None = None) -> dict:
+        """Fine-tune from :meth:`init_checkpoint_name` (Madry PGD training). ``resume`` continues an
+        interrupted fine-tuning bit for bit (``bench train --resume``: the weights, optimiser, schedule
+        and random state come from its training state, the init checkpoint is not loaded again);
+        ``on_epoch_end`` receives the progress after every epoch, with the init checkpoint in ``extra``."""
         if config.get("norm", self.norm) != self.norm:
             raise ValueError(f"{self.name} trains against {self.norm} PGD; the config says norm={config['norm']!r}")
-        init = self._load_init()
+        init = resume.extra.get("init_checkpoint") if resume is not None else self._load_init()
         run_attack = self._require_services().run_attack
         self.to(device)
         threat = ThreatModel(norm=self.norm, eps=float(config["eps"]))
@@ -151,7 +155,8 @@ class AdversarialCNN(CNN):
                 with torch.no_grad():
                     return {"val_pgd_acc": (model(adv).argmax(1) == yv).float().mean().item()}
 
-        metrics = train_classifier(self.net, train, val, config=config, device=device, generator=generator, progress=progress, loss_fn=loss_fn, val_fn=val_fn, desc=f"train {self.checkpoint_name()}")
+        metrics = train_classifier(self.net, train, val, config=config, device=device, generator=generator, progress=progress, loss_fn=loss_fn, val_fn=val_fn,
+                                   desc=f"train {self.checkpoint_name()}", resume=resume, on_epoch_end=on_epoch_end, extra={"init_checkpoint": init})
         return dict(metrics, init_checkpoint=init)
 
 

@@ -36,6 +36,9 @@ class TrainProgress:
     #: optimiser state dicts by name (``"model"``; E-ABS also ``"discriminator"``)
     optimizers: dict[str, dict] = field(default_factory=dict)
     scheduler: dict | None = None
+    #: further facts of the training that every epoch's card records and a resume gets back
+    #: (JSON-able; e.g. the checkpoint a fine-tuning started from)
+    extra: dict = field(default_factory=dict)
 
 
 EpochEnd = Callable[[TrainProgress], None]
@@ -65,9 +68,9 @@ def opt_groups(optimizers: dict[str, torch.optim.Optimizer]) -> list[dict]:
     return list(next(iter(optimizers.values())).param_groups)
 
 
-def report_progress(on_epoch_end: EpochEnd | None, epoch: int, history: list[dict], optimizers: dict[str, torch.optim.Optimizer], scheduler) -> None:
+def report_progress(on_epoch_end: EpochEnd | None, epoch: int, history: list[dict], optimizers: dict[str, torch.optim.Optimizer], scheduler, extra: dict | None = None) -> None:
     if on_epoch_end is not None:
-        on_epoch_end(TrainProgress(epoch, [dict(h) for h in history], {k: o.state_dict() for k, o in optimizers.items()}, None if scheduler is None else scheduler.state_dict()))
+        on_epoch_end(TrainProgress(epoch, [dict(h) for h in history], {k: o.state_dict() for k, o in optimizers.items()}, None if scheduler is None else scheduler.state_dict(), dict(extra or {})))
 
 
 def encode_state(state, tensors: dict[str, torch.Tensor], prefix: str):
@@ -216,6 +219,7 @@ def train_classifier(
     desc: str = "train",
     resume: TrainProgress | None = None,
     on_epoch_end: EpochEnd | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Minimise cross-entropy of ``model(x + noise)``; returns metrics incl. per-epoch val accuracy.
 
@@ -228,7 +232,8 @@ def train_classifier(
     bar and the returned metrics (called in eval mode). All randomness (shuffling, noise, crops)
     comes from ``generator``. ``resume`` continues a training after ``resume.epoch`` of the
     ``epochs`` epochs (optimiser and schedule as they were); ``on_epoch_end`` receives the
-    :class:`TrainProgress` after every epoch (``bench train`` writes the checkpoint there).
+    :class:`TrainProgress` after every epoch (``bench train`` writes the checkpoint there), with
+    ``extra`` (facts of this training for every epoch's card, :attr:`TrainProgress.extra`).
     """
     epochs = int(config["epochs"])
     if epochs < 1:
@@ -277,7 +282,7 @@ def train_classifier(
             entry.update({k: float(v) for k, v in val_fn(model).items()})
         history.append(entry)
         bar.set_postfix(loss=f"{total / seen:.3f}", **{k: f"{v:.3f}" for k, v in entry.items() if k.startswith("val_")})
-        report_progress(on_epoch_end, epoch + 1, history, {"model": opt}, sched)
+        report_progress(on_epoch_end, epoch + 1, history, {"model": opt}, sched, extra)
     bar.close()
     model.eval()
     extra = {k: v for k, v in history[-1].items() if k not in ("epoch", "train_loss", "val_acc")}

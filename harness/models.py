@@ -175,12 +175,13 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
     module = model.checkpoint_module()
     model.use_training_services(TRAINING_SERVICES)
     if resume:
-        if model.init_checkpoint_name() is not None:
-            raise BenchUserError(f"--resume: {name} fine-tunes {model.init_checkpoint_name()} from scratch in every run; train it without --resume")
         start = find_checkpoint(model.checkpoint_name(), dataset)
         if start is None:
             raise BenchUserError(f"--resume: no checkpoint for {model.checkpoint_name()} on {dataset} to resume from; train without --resume")
         state = _find_train_state(start, name, dataset, announce) if exact else None
+        if state is None and model.init_checkpoint_name() is not None:
+            raise BenchUserError(f"--resume: {name} fine-tunes {model.init_checkpoint_name()}, and {start} has no training state to continue exactly "
+                                 "(a fine-tuning resumes only bit for bit); train it without --resume")
         if state is not None:
             tensors, meta = state
             try:
@@ -286,7 +287,7 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
 
     def on_epoch_end(p: TrainProgress) -> None:
         last = p.history[-1] if p.history else {}
-        card = make_card({"epochs": p.epoch, "val_acc": last.get("val_acc", last.get("val_acc_encoder")), "history": p.history}, time.perf_counter() - t0)
+        card = make_card({**p.extra, "epochs": p.epoch, "val_acc": last.get("val_acc", last.get("val_acc_encoder")), "history": p.history}, time.perf_counter() - t0)
         card["planned_epochs"] = int(config["epochs"])
         tensors = {f"model/{k}": v for k, v in module.state_dict().items()}
         optimizers = {k: encode_state(sd, tensors, f"optimizer/{k}") for k, sd in p.optimizers.items()}
@@ -297,7 +298,7 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
             tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
         meta = {"format": 1, "defense": name, "dataset": dataset, "epoch": p.epoch, "planned_epochs": int(config["epochs"]),
                 "config": config, "optimizers": optimizers, "scheduler": scheduler, "card": card,
-                "epoch_offset": offset, "history_before": history_before, "fit_history": p.history}
+                "epoch_offset": offset, "history_before": history_before, "fit_history": p.history, "fit_extra": p.extra}
         sha = save_train_state(state_path, tensors, meta)
         written["train_state"] = {"file": state_path.name, "sha256": sha, "epoch": p.epoch}
         save_checkpoint(module, path, dict(card, train_state=written["train_state"]))
@@ -306,7 +307,7 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
         resume_from = None
         if state is not None:
             meta, tensors = state[1], state[0]
-            resume_from = TrainProgress(done, fit_history, {k: decode_state(v, tensors) for k, v in meta["optimizers"].items()}, decode_state(meta["scheduler"], tensors))
+            resume_from = TrainProgress(done, fit_history, {k: decode_state(v, tensors) for k, v in meta["optimizers"].items()}, decode_state(meta["scheduler"], tensors), dict(meta.get("fit_extra") or {}))
         metrics = model.fit(train, val, config=config, device=device, generator=gen, progress=progress, resume=resume_from, on_epoch_end=on_epoch_end)
     else:
         metrics = model.fit(train, val, config=config, device=device, generator=gen, progress=progress)

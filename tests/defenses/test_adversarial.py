@@ -75,5 +75,28 @@ def test_fit_takes_pgd_and_checkpoints_from_the_harness():
     d = build_defense("adv-linf", "fmnist")
     with pytest.raises(RuntimeError, match="use_training_services"):
         d.fit(None, None, config=d.default_train_config("fmnist"), device=CPU, generator=torch.Generator())
-    with pytest.raises(BenchUserError, match="from scratch in every run"):  # --resume is refused: init_checkpoint_name() is declared
+    with pytest.raises(BenchUserError, match="no training state to continue exactly"):  # the shipped card has no training state
         train_defense("adv-linf", "fmnist", device=CPU, progress=False, announce=_quiet, resume=True)
+
+
+def test_fine_tuning_resumes_bit_for_bit(no_shipped):
+    """1 + 1 resumed epochs of adv-linf equal 2 epochs in one go; the resume does not reload the CNN
+    it started from, and every card (per epoch and final) names that CNN."""
+    ckpt = no_shipped / "ckpt"
+    cnn_path = train_defense("cnn", "fmnist", device=CPU, epochs=1, out_dir=ckpt, progress=False, announce=_quiet)
+    cnn_sha = json.loads(cnn_path.with_suffix(".json").read_text())["sha256"]
+    cfg = {"pgd_steps": 1, "val_pgd_samples": 16}
+    one_go = train_defense("adv-linf", "fmnist", device=CPU, epochs=2, out_dir=no_shipped / "a", progress=False, announce=_quiet, config_overrides=cfg)
+    ref = {k: v.clone() for k, v in load_defense("adv-linf", "fmnist", device=CPU, train_if_missing=False, checkpoint=one_go)[0].state_dict().items()}
+    # the resumed run writes to the search path (BENCH_CHECKPOINTS = ckpt) so that --resume finds it
+    first = train_defense("adv-linf", "fmnist", device=CPU, epochs=1, out_dir=ckpt, progress=False, announce=_quiet, config_overrides=cfg)
+    card1 = json.loads(first.with_suffix(".json").read_text())
+    assert card1["epochs"] == 1 and card1["train_state"]["epoch"] == 1 and card1["init_checkpoint"]["sha256"] == cnn_sha
+    notes = []
+    second = train_defense("adv-linf", "fmnist", device=CPU, epochs=1, out_dir=ckpt, progress=False, announce=notes.append, resume=True)
+    card2 = json.loads(second.with_suffix(".json").read_text())
+    assert any("after epoch 1" in n for n in notes)
+    assert card2["epochs"] == 2 and card2["init_checkpoint"]["sha256"] == cnn_sha and card2["resumed_from"]["epochs"] == 1
+    got = load_defense("adv-linf", "fmnist", device=CPU, train_if_missing=False)[0].state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert [h["val_pgd_acc"] for h in card2["history"]] == [h["val_pgd_acc"] for h in json.loads(one_go.with_suffix(".json").read_text())["history"]]
