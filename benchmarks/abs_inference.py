@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from harness import datasets
-from harness.eot import EOTModel
-from harness.models import build_defense, load_defense
-from harness.provenance import device_name, resolve_device
+from harness.engine.eot import EOTModel
+from harness.engine.models import build_defense, load_defense
+from harness.store.provenance import device_name, resolve_device
 from defenses.networks import Decoder
 
 

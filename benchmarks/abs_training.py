@@ -40,8 +40,8 @@ from torch import nn
 
 from harness import datasets
 from harness.errors import DataMissingError
-from harness.models import build_defense
-from harness.provenance import device_name, resolve_device
+from harness.engine.models import build_defense
+from harness.store.provenance import device_name, resolve_device
 
 FMNIST_TRAIN = 54_000
 

@@ -2,7 +2,7 @@
 
 Measures, in one run and on the same inputs:
   reference  foolbox.attacks.LinfPGD()(PyTorchModel(cnn), x, y, epsilons=eps)
-  harness    harness.attacks.run_attack (EOTModel adapter, seeded restart) + harness.verify.verify
+  harness    harness.attacks.run_attack (EOTModel adapter, seeded restart) + harness.engine.verify.verify
 Prints both wall times (best of --repeats) and their ratio (goal <= 1.15).
 
     python benchmarks/harness_overhead.py [--n 200] [--steps 40] [--repeats 3] [--device auto]
@@ -18,10 +18,10 @@ import torch
 
 from harness import datasets
 from harness.attacks import run_attack
-from harness.eot import EOTModel
-from harness.models import load_defense
-from harness.provenance import device_name, resolve_device
-from harness.verify import verify
+from harness.engine.eot import EOTModel
+from harness.engine.models import load_defense
+from harness.store.provenance import device_name, resolve_device
+from harness.engine.verify import verify
 from threat_models import AttackSpec, default_threat
 
 

@@ -1,7 +1,7 @@
 """Throughput of the Ray executor with 2 workers vs 1 on independent CPU-bound jobs.
 
 Runs the same 8 jobs (each a fixed amount of 1-thread torch matmul work, no data or checkpoints
-needed) through :class:`harness.executors.ray_executor.RayExecutor` on a local Ray instance with
+needed) through :class:`harness.orchestration.executors.ray_executor.RayExecutor` on a local Ray instance with
 ``num_cpus=1`` and then ``num_cpus=2`` (each job asks for 1 CPU), and prints both wall times and the
 speed-up (goal: >= 1.6x on a 2-core machine that is otherwise idle).
 
@@ -53,7 +53,7 @@ def overlap(results_dir: str) -> float:
 def timed(num_cpus: int, jobs: list[WorkJob]) -> tuple[float, float]:
     import ray
 
-    from harness.executors.ray_executor import RayExecutor
+    from harness.orchestration.executors.ray_executor import RayExecutor
 
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:

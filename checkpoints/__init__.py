@@ -1,1 +1,1 @@
-"""Shipped trained weights (safetensors) and their model cards; see harness.checkpoints."""
+"""Shipped trained weights (safetensors) and their model cards; see harness.store.checkpoints."""

@@ -112,7 +112,7 @@ class AdversarialCNN(CNN):
     def _require_services(self) -> TrainingServices:
         if self._services is None:
             raise RuntimeError(f"{self.name} trains with the harness's PGD and checkpoint store: call use_training_services() before fit() "
-                               "(harness.models.train_defense, i.e. `bench train`, does)")
+                               "(harness.engine.models.train_defense, i.e. `bench train`, does)")
         return self._services
 
     def _load_init(self) -> dict:

@@ -37,7 +37,7 @@ _TRACKERS: list[Counter] = []
 def declared_gradients() -> Iterator[Counter]:
     """Count the gradient helpers (``straight_through``, ``bpda_identity``) a ``predict`` call uses.
 
-    The harness reports a declared surrogate gradient as such (:mod:`harness.gradcheck`): finite
+    The harness reports a declared surrogate gradient as such (:mod:`harness.engine.gradcheck`): finite
     differences of the real decision are expected to disagree with BPDA / straight-through, so the
     trust check then relies on the attacks that use no gradient.
     """

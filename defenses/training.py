@@ -27,7 +27,7 @@ class TrainProgress:
     """Where a training stands after ``epoch`` finished epochs: what a resumable ``fit`` hands to its
     ``on_epoch_end`` callback and takes back as ``resume`` to continue bit for bit.
 
-    The caller (:func:`harness.models.train_defense`) owns the random generators: it saves their
+    The caller (:func:`harness.engine.models.train_defense`) owns the random generators: it saves their
     states with this and restores them before calling ``fit(resume=...)``.
     """
 

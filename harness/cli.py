@@ -214,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(a) -> int:
-    from harness.runner import RunConfig, evaluate
-    from harness.tables import format_report
+    from harness.engine.runner import RunConfig, evaluate
+    from harness.report.tables import format_report
 
     attacks = tuple(s.strip() for s in a.attacks.split(",") if s.strip()) if a.attacks else None
     cfg = RunConfig(
@@ -232,7 +232,7 @@ def _cmd_run(a) -> int:
 
 
 def _cmd_sweep(a) -> int:
-    from harness.sweep import expand, format_job_table, load_plan, run_sweep
+    from harness.orchestration.sweep import expand, format_job_table, load_plan, run_sweep
 
     plan = load_plan(a.plan)
     if a.dry_run:
@@ -244,8 +244,8 @@ def _cmd_sweep(a) -> int:
 def _cmd_train(a) -> int:
     import torch
 
-    from harness.models import train_defense
-    from harness.provenance import resolve_device
+    from harness.engine.models import train_defense
+    from harness.store.provenance import resolve_device
 
     if a.threads is not None:
         torch.set_num_threads(a.threads)
@@ -271,9 +271,9 @@ def _config_overrides(items: list[str]) -> dict:
 
 
 def _cmd_plot(a) -> int:
-    from harness.plots import eps_sweep_curve, sweep_plot_path
-    from harness.results import load_results
-    from harness.tables import norm_label
+    from harness.report.plots import eps_sweep_curve, sweep_plot_path
+    from harness.store.results import load_results
+    from harness.report.tables import norm_label
 
     results = load_results(a.results_dir, a.dataset, a.norm)
     if not results:
@@ -288,14 +288,14 @@ def _cmd_plot(a) -> int:
 
 
 def _cmd_table(a) -> int:
-    from harness.tables import format_report
+    from harness.report.tables import format_report
 
     print(format_report(a.results_dir, a.dataset, a.norm))
     return 0
 
 
 def _cmd_leaderboard(a) -> int:
-    from harness.leaderboard import check_leaderboard, write_leaderboard
+    from harness.report.leaderboard import check_leaderboard, write_leaderboard
 
     if a.check:
         if check_leaderboard(a.results_dir, a.out):
@@ -309,7 +309,7 @@ def _cmd_leaderboard(a) -> int:
 
 
 def _cmd_export(a) -> int:
-    from harness.robustbench_export import export_robustbench, format_summary
+    from harness.report.robustbench_export import export_robustbench, format_summary
 
     thesis = a.thesis
     if thesis is None and os.path.isfile(f"docs/thesis_{a.dataset}.toml"):
@@ -366,7 +366,7 @@ def _cmd_list(a) -> int:
 
 
 def _cmd_neat(a) -> int:
-    from harness.fooling import run_neat
+    from harness.experiments.fooling import run_neat
 
     if a.threshold is not None and not 0 < a.threshold < 1:
         raise BenchUserError(f"--threshold must be in (0, 1), got {a.threshold}")
@@ -380,7 +380,7 @@ def _cmd_neat(a) -> int:
 
 
 def _cmd_decompose(a) -> int:
-    from harness.decompose import run_decompose
+    from harness.experiments.decompose import run_decompose
 
     if a.threads is not None:
         import torch
@@ -392,7 +392,7 @@ def _cmd_decompose(a) -> int:
 
 
 def _cmd_calibrate(a) -> int:
-    from harness.calibrate import calibrate
+    from harness.engine.calibrate import calibrate
 
     if a.threads is not None:
         import torch
@@ -410,14 +410,14 @@ def _cmd_calibrate(a) -> int:
 
 
 def _cmd_reproduction(a) -> int:
-    from harness.reproduction import write_reproduction
+    from harness.report.reproduction import write_reproduction
 
     if not os.path.isfile(a.thesis):
         raise BenchUserError(f"thesis table {a.thesis} not found; run from the repository root or pass --thesis")
     changed = write_reproduction(a.results_dir, a.thesis, a.out)
     print(f"{'wrote' if changed else 'unchanged'} {a.out}")
     if os.path.isdir(a.smoothing_results):
-        from harness.smoothing_report import write_smoothing
+        from harness.report.smoothing_report import write_smoothing
 
         if not os.path.isfile(a.smoothing_thesis):
             raise BenchUserError(f"thesis table {a.smoothing_thesis} not found; run from the repository root or pass --smoothing-thesis")
@@ -427,7 +427,7 @@ def _cmd_reproduction(a) -> int:
 
 
 def _cmd_synthesize(a) -> int:
-    from harness.synthesis import TASKS, SynthesisConfig, default_judges, run_synthesis
+    from harness.experiments.synthesis import TASKS, SynthesisConfig, default_judges, run_synthesis
 
     if not a.defense and not a.report:
         raise BenchUserError("bench synthesize needs --defense and --task (or --report to rewrite the report from existing results)")
@@ -447,7 +447,7 @@ def _cmd_synthesize(a) -> int:
                 print(f"{name} {task}: {res['entry']['budget']}; {res['entry']['wall_time_s']} s")
                 print(f"wrote {res['paths']['results']} and {res['paths']['png']}")
     if a.report:
-        from harness.synthesis_report import write_synthesis_report
+        from harness.report.synthesis_report import write_synthesis_report
 
         changed = write_synthesis_report(a.results_dir, a.dataset, a.out)
         print(f"{'wrote' if changed else 'unchanged'} {a.out}")

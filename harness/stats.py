@@ -1,8 +1,8 @@
 """Statistics over result files: per-sample outcomes, accuracies with Wilson intervals, McNemar tests.
 
-Everything here works on the loaded result dicts of :mod:`harness.results` (``{"schema", "manifest",
+Everything here works on the loaded result dicts of :mod:`harness.store.results` (``{"schema", "manifest",
 "records"}``); ``results`` arguments are ``{defense: data}`` as returned by
-:func:`harness.results.load_results`.
+:func:`harness.store.results.load_results`.
 
 Row names used throughout: ``"clean"``, one per attack (the manifest's attack names), and ``"all"``
 (worst case: a sample counts as correct only if it is clean-correct and correct under every attack

@@ -23,7 +23,7 @@ CASES = {
     "import benchcore, benchcore.errors, benchcore.io": ("threat_models", "defenses", "harness"),
     "import threat_models": ("defenses", "harness"),
     "import defenses; defenses.registry.ensure_loaded()": ("harness",),
-    "import harness, harness.errors, harness.results": ("threat_models", "defenses"),
+    "import harness, harness.errors, harness.store.results": ("threat_models", "defenses"),
 }
 
 
@@ -39,7 +39,7 @@ def test_package_imports_nothing_above_it(code):
 
 def test_the_whole_harness_imports_in_a_fresh_interpreter():
     """The top layer imports everything below it without a cycle (an ImportError of a partly initialised module would fail here)."""
-    code = "import harness.runner, harness.sweep, harness.cli, harness.leaderboard, harness.reproduction, harness.smoothing_report"
+    code = "import harness.engine.runner, harness.orchestration.sweep, harness.cli, harness.report.leaderboard, harness.report.reproduction, harness.report.smoothing_report"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
 
@@ -64,9 +64,9 @@ def imported_packages(source: str) -> set[str]:
 
 
 def test_import_scan_sees_function_local_imports():
-    src = "import torch\n\ndef f():\n    from harness.checkpoints import user_dir\n\nclass C:\n    def g(self):\n        import harness.attacks\n"
+    src = "import torch\n\ndef f():\n    from harness.store.checkpoints import user_dir\n\nclass C:\n    def g(self):\n        import harness.attacks\n"
     assert imported_packages(src) == {"torch", "harness"}
-    assert imported_packages("import importlib\nimportlib.import_module('harness.models')\n") == {"importlib", "harness"}
+    assert imported_packages("import importlib\nimportlib.import_module('harness.engine.models')\n") == {"importlib", "harness"}
     assert imported_packages("from . import x\nfrom defenses.base import Defense\n") == {"defenses"}
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from harness import datasets
-from harness.checkpoints import load_checkpoint
-from harness.models import build_defense
-from harness.runner import sample_ids
+from harness.store.checkpoints import load_checkpoint
+from harness.engine.models import build_defense
+from harness.engine.runner import sample_ids
 from scipy.stats import binomtest
 
 

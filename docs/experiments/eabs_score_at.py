@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from harness import datasets
-from harness.models import load_defense
+from harness.engine.models import load_defense
 
 
 def main() -> None:

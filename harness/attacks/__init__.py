@@ -4,7 +4,7 @@ Every attack, built-in or plugin, is an :class:`harness.attacks.base.Attack` sub
 registry (:mod:`harness.attacks.registry`, entry-point group ``bench.attacks``): it declares its
 label, kind, what it uses, norms, budget string and cost, and proposes candidates per restart
 (the contract is documented in :mod:`harness.attacks.base`). Candidates are never trusted:
-:mod:`harness.verify` projects, clamps and re-scores them with the defense's ``predict``.
+:mod:`harness.engine.verify` projects, clamps and re-scores them with the defense's ``predict``.
 
 Built-ins: PGD, FGM, DDN, C&W, noise (:mod:`harness.attacks.foolbox_attacks`); DeepFool with one
 forward pass per step (:mod:`harness.attacks.deepfool`); the gradient-free attacks of thesis section
@@ -38,10 +38,10 @@ def budget_string(spec, *, randomized: bool | None = None) -> str:
 def run_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat, spec, *, seed: int, report: AttackReport | None = None) -> list[torch.Tensor]:
     """Run ``spec`` against ``model`` on one batch; one candidate batch per restart (unverified).
 
-    ``model`` is the attacked defense, usually behind an :class:`harness.eot.EOTModel`.
+    ``model`` is the attacked defense, usually behind an :class:`harness.engine.eot.EOTModel`.
     ``report``, when given, collects what the adapter reports besides candidates (:class:`AttackReport`).
     """
-    from harness.eot import EOTModel
+    from harness.engine.eot import EOTModel
 
     attack = get_attack(spec.name)
     if threat.norm not in attack.norms:

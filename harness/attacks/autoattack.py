@@ -4,7 +4,7 @@ variational smoothing results (Ju 2021, chapter 4, section 4.3 "Threat model", T
 The version follows the defense's metadata: ``standard`` (APGD-CE, APGD-T, FAB-T, Square) for a
 deterministic defense and ``rand`` (APGD-CE and APGD-DLR with AutoAttack's own EOT over 20 draws)
 for a randomized one. For ``rand`` AutoAttack's EOT replaces the harness's: the defense is attacked
-through a one-draw :class:`harness.eot.EOTModel` sharing the runner's generator, so the draws are not
+through a one-draw :class:`harness.engine.eot.EOTModel` sharing the runner's generator, so the draws are not
 averaged twice. The resolved version is part of the budget string recorded in the result file, and
 the result manifest's ``randomized`` flag says which rule applied.
 
@@ -49,7 +49,7 @@ VERSIONS = ("standard", "rand", "plus")
 DEFAULT_N_ITER = 100
 DEFAULT_N_QUERIES = 5000
 DEFAULT_EOT_ITER = 20
-#: what each AutoAttack component relies on (harness.sanity groups attacks by it)
+#: what each AutoAttack component relies on (harness.engine.sanity groups attacks by it)
 COMPONENT_USES = {"apgd-ce": "gradient", "apgd-dlr": "gradient", "apgd-t": "gradient", "fab": "gradient", "fab-t": "gradient", "square": "gradient-free"}
 
 
@@ -105,7 +105,7 @@ def resolve_version(cfg: AAConfig, defense: torch.nn.Module) -> str:
 
 def _one_draw(model: torch.nn.Module) -> torch.nn.Module:
     """For ``rand``: the defense behind an EOTModel without the harness's averaging (AutoAttack does EOT)."""
-    from harness.eot import EOTModel
+    from harness.engine.eot import EOTModel
 
     if isinstance(model, EOTModel) and model.draws > 1:
         return EOTModel(model.defense, draws=1, generator=model.generator)

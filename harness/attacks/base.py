@@ -1,7 +1,7 @@
 """The attack contract: one adapter shape for every attack, built-in or plugin.
 
 An attack adapter is a subclass of :class:`Attack` that declares what it is (class attributes) and
-proposes candidates (:meth:`Attack.propose`); the harness never trusts them: :mod:`harness.verify`
+proposes candidates (:meth:`Attack.propose`); the harness never trusts them: :mod:`harness.engine.verify`
 projects, clamps and re-scores every candidate with the defense's ``predict``. Declarations are read
 by the rest of the harness instead of lists kept elsewhere:
 
@@ -14,7 +14,7 @@ by the rest of the harness instead of lists kept elsewhere:
 ``uses``        what it relies on (:data:`USES`): ``"gradient"`` (the defense's declared gradient),
                 ``"gradient-free"`` (scores or decisions only), ``"transfer"`` (gradients of another
                 model) or ``"fooling"`` (images of no class); the trust checks of
-                :mod:`harness.sanity` compare these groups, :mod:`harness.saturation` doubles the
+                :mod:`harness.engine.sanity` compare these groups, :mod:`harness.engine.saturation` doubles the
                 budgets of gradient attacks with a ``steps`` parameter
 ``components``  component name -> what it uses, for attacks made of components that report which
                 one found an adversarial (AutoAttack's Square is gradient-free)
@@ -32,7 +32,7 @@ Calls, per attack run of the runner (:func:`harness.attacks.run_attack`):
    pyautoattack draw from torch's global RNG):
    ``attack.propose(config, model, x, y, threat=, seed=, defense=, report=) -> x_adv``, where
    ``model`` maps inputs in the threat model's bounds to scores (the harness's
-   :class:`harness.eot.EOTModel` around ``defense``), ``defense`` is the attacked defense itself
+   :class:`harness.engine.eot.EOTModel` around ``defense``), ``defense`` is the attacked defense itself
    (for adapters that need its metadata, e.g. its wrapped base) and ``report`` an
    :class:`AttackReport` collecting notes for the result manifest;
 3. ``attack.budget(spec, randomized=)`` -- the human-readable budget recorded in the manifest.
@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 import torch
 
-#: what an attack relies on (the trust checks of :mod:`harness.sanity` compare these groups)
+#: what an attack relies on (the trust checks of :mod:`harness.engine.sanity` compare these groups)
 USES = ("gradient", "gradient-free", "transfer", "fooling")
 KINDS = ("bounded", "minimization")
 

@@ -4,7 +4,7 @@ A score-based attack: random square-shaped updates at the boundary of the eps-ba
 lower the margin ``z_y - max_{j != y} z_j`` of the defense's scores. It never looks at a gradient,
 so it is the harness's default check against masked gradients (zero, shattered, saturated or
 wrongly declared): when Square beats the gradient attacks, the declared gradient is not to be
-trusted (:mod:`harness.sanity`). Inside AutoAttack ``standard`` it only runs on the samples that
+trusted (:mod:`harness.engine.sanity`). Inside AutoAttack ``standard`` it only runs on the samples that
 the gradient components failed on, with the budget of the whole AutoAttack; here it runs on every
 clean-correct sample.
 

@@ -97,14 +97,14 @@ def _wrapped_base(defense):
 
 
 def _load(name: str, defense) -> torch.nn.Module:
-    from harness.models import load_defense
+    from harness.engine.models import load_defense
 
     model, _card = load_defense(name, defense.dataset, device=_device(defense), train_if_missing=False, progress=False, announce=lambda *_: None)
     return model
 
 
 def _has_reference(dataset: str) -> bool:
-    from harness.checkpoints import find_checkpoint
+    from harness.store.checkpoints import find_checkpoint
 
     return find_checkpoint(REFERENCE, dataset) is not None
 
@@ -117,7 +117,7 @@ def distill(defense, *, samples: int, epochs: int, norm: str = "linf", eps: floa
     from defenses.cnn import build_net
     from harness import datasets
     from harness.errors import DataMissingError
-    from harness.verify import mean_scores
+    from harness.engine.verify import mean_scores
 
     device = _device(defense)
     try:

@@ -7,9 +7,9 @@ import torch
 
 from harness.attacks import budget_string, get_attack, run_attack
 from harness.attacks import autoattack as aa_mod
-from harness.eot import EOTModel
+from harness.engine.eot import EOTModel
 from harness.errors import BenchUserError
-from harness.verify import verify
+from harness.engine.verify import verify
 from tests.attacks.helpers import LinearDefense, NoisyLinearDefense, batch
 from threat_models import AttackSpec, ThreatModel
 

@@ -6,7 +6,7 @@ import torch
 from harness.attacks import budget_string, get_attack, run_attack
 from harness.attacks.boundary import starting_points
 from harness.errors import BenchUserError
-from harness.verify import verify
+from harness.engine.verify import verify
 from tests.attacks.helpers import LinearDefense, NoisyLinearDefense, batch
 from threat_models import AttackSpec, ThreatModel, load_suite
 
@@ -56,7 +56,7 @@ def test_sample_without_a_starting_point_is_left_unattacked():
 def test_randomized_defense_runs():
     d = NoisyLinearDefense().eval()
     x, y = batch(d.net, n=6)
-    from harness.eot import EOTModel
+    from harness.engine.eot import EOTModel
 
     m = EOTModel(d, draws=3, generator=torch.Generator().manual_seed(0))
     cands = run_attack(m, x, y, ThreatModel(norm="l2", eps=1.0), AttackSpec("boundary", params=(("steps", 30),), eot=3), seed=1)

@@ -7,7 +7,7 @@ from torch import nn
 
 from harness.attacks import deepfool as df
 from harness.attacks import run_attack
-from harness.eot import EOTModel
+from harness.engine.eot import EOTModel
 from harness.errors import BenchUserError
 from tests.attacks.helpers import NoisyLinearDefense, batch
 from threat_models import AttackSpec, ThreatModel

@@ -2,7 +2,8 @@
 
 import pytest
 
-from harness import stats, tables
+from harness import stats
+from harness.report import tables
 from tests.stats.make_results import fake_result, write_result
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from harness.attacks import budget_string, get_attack, run_attack
 from harness.attacks.estimation import attack_class, make_config, margin_loss
 from harness.errors import BenchUserError
-from harness.verify import verify
+from harness.engine.verify import verify
 from tests.attacks.helpers import batch, linear_model
 from threat_models import AttackSpec, ThreatModel
 

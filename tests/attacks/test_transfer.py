@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from harness.attacks import budget_string, run_attack
-from harness.eot import EOTModel
+from harness.engine.eot import EOTModel
 from harness.errors import BenchUserError
-from harness.verify import verify
+from harness.engine.verify import verify
 from tests.attacks.helpers import LinearDefense, batch
 from threat_models import AttackSpec, ThreatModel
 

@@ -75,8 +75,8 @@ def test_table_with_two_defenses_prints_mcnemar(trained):
     k, n = min(b01, b10), b01 + b10
     p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
     from harness import stats
-    from harness.results import load_results
-    from harness.tables import ordered
+    from harness.store.results import load_results
+    from harness.report.tables import ordered
 
     pair = stats.pairwise_mcnemar_long(ordered(load_results(out, "fmnist", "linf")), stats.ALL).iloc[0]  # table order: cnn first
     assert (pair["a"], pair["b"], pair["n"], pair["b01"], pair["b10"], pair["method"]) == ("cnn", "cnn-copy", 30, b01, b10, "exact")

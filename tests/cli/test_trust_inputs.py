@@ -77,9 +77,9 @@ def test_l2_eps_above_the_input_diameter(bench_env):
 
 
 def test_python_api_validates_inputs_at_the_harness_boundary():
-    from harness.eot import EOTModel
+    from harness.engine.eot import EOTModel
     from harness.errors import InputError
-    from harness.verify import score
+    from harness.engine.verify import score
     from tests.attacks.helpers import LinearDefense
 
     d = LinearDefense().eval()

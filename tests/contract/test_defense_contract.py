@@ -12,7 +12,7 @@ from defenses.registry import get_defense, list_defenses
 from defenses.wrapper import WrapperDefense
 from harness import datasets
 from harness.errors import BenchUserError
-from harness.models import build_defense
+from harness.engine.models import build_defense
 
 CASES = [(name, cls.datasets[0]) for name, cls in sorted(list_defenses().items())]
 

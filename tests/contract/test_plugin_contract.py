@@ -50,7 +50,7 @@ def test_hinge_loss_is_the_reports(plugin):
 def test_shipped_checkpoint_loads(plugin, tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_CHECKPOINTS", str(tmp_path / "none"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    from harness import checkpoints
+    from harness.store import checkpoints
 
     monkeypatch.setattr(checkpoints, "shipped_dir", lambda: tmp_path / "no-shipped")
     d = plugin.LinearSVM(num_classes=10, input_shape=(1, 28, 28), dataset="fmnist")

@@ -11,7 +11,7 @@ import torch
 from defenses.base import declared_gradients
 from defenses.cvae import CVAE
 from harness.errors import BenchUserError, CheckpointError
-from harness.models import build_defense
+from harness.engine.models import build_defense
 
 
 def test_candidate_sets_hand_made_example():
@@ -145,7 +145,7 @@ def test_multilabel_model_refuses_predict():
 
 def test_shipped_checkpoint_loads_with_its_card():
     """checkpoints/cvae-fmnist: weights verified against the card, the validation choice applied."""
-    from harness import checkpoints
+    from harness.store import checkpoints
 
     path = checkpoints.shipped_dir() / "cvae-fmnist.safetensors"
     if not path.is_file():

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.decompose import _rate, write_doc
+from harness.experiments.decompose import _rate, write_doc
 
 
 @pytest.mark.parametrize("args, msg", [

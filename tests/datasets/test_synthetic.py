@@ -125,7 +125,7 @@ def test_single_label_paths_refuse_multilabel_sets():
     with pytest.raises(BenchUserError, match="multi-label"):
         D.require_single_label("ts", "bench run")
     D.require_single_label("fmnist")
-    from harness.models import build_defense
+    from harness.engine.models import build_defense
 
     with pytest.raises(BenchUserError, match="multi-label"):
         build_defense("cnn", "multi-fmnist")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import harness.attacks
-from harness import checkpoints
+from harness.store import checkpoints
 from harness.errors import BenchUserError
-from harness.models import build_defense, load_defense, train_defense
+from harness.engine.models import build_defense, load_defense, train_defense
 
 CPU = torch.device("cpu")
 

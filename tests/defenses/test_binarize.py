@@ -5,8 +5,8 @@ import torch
 
 from defenses.binarize import THRESHOLD, binarize, binarized
 from defenses.cnn import CNN, CNNGauss
-from harness.checkpoints import save_checkpoint
-from harness.models import build_defense, load_defense
+from harness.store.checkpoints import save_checkpoint
+from harness.engine.models import build_defense, load_defense
 
 CPU = torch.device("cpu")
 

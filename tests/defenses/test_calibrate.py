@@ -3,22 +3,22 @@
 import pytest
 import torch
 
-from harness.calibrate import best_class_loss, calibrate
+from harness.engine.calibrate import best_class_loss, calibrate
 from harness.errors import BenchUserError
-from harness.models import load_defense, train_defense
+from harness.engine.models import load_defense, train_defense
 from tests.conftest import run_bench
 
 
 def _smoke_budget_loads(monkeypatch):
     """calibrate() loads the defense with its full inference budget; shrink it for a fast test."""
-    import harness.models
+    import harness.engine.models
 
     def load(*args, **kwargs):
         model, card = load_defense(*args, **kwargs)
         model.use_smoke_test_budget()
         return model, card
 
-    monkeypatch.setattr(harness.models, "load_defense", load)
+    monkeypatch.setattr(harness.engine.models, "load_defense", load)
 
 
 def test_calibrate_writes_threshold_that_load_applies(bench_env, monkeypatch):
@@ -37,7 +37,7 @@ def test_calibrate_writes_threshold_that_load_applies(bench_env, monkeypatch):
     assert card["reject_threshold"] == out["reject_threshold"] == model.reject_threshold
     assert model.info().extra["reject_threshold"] == out["reject_threshold"]
     # abstain is exactly "best class loss above the threshold", on the same images calibrate used
-    from harness.runner import sample_ids
+    from harness.engine.runner import sample_ids
 
     val = datasets.load("fmnist", "val")
     x = val.x[sample_ids(len(val.x), 40, 0)]
@@ -46,7 +46,7 @@ def test_calibrate_writes_threshold_that_load_applies(bench_env, monkeypatch):
     assert torch.equal(model.abstain(x, scores), best_class_loss(scores) > out["reject_threshold"])
     assert float(model.abstain(x, scores).float().mean()) == pytest.approx(cal["val_rejected"], abs=1e-6)
     # the test-set figure is bench run's clean scoring of the first 30 test images, threshold applied
-    from harness.verify import score
+    from harness.engine.verify import score
 
     test = datasets.load("fmnist", "test")
     ok, abst = score(model, test.x[:30], test.y[:30], generator=None)

@@ -2,13 +2,13 @@
 
 import json
 
-from harness.checkpoints import save_checkpoint
+from harness.store.checkpoints import save_checkpoint
 from harness.cli import main
-from harness.models import build_defense
-from harness.plots import eps_sweep_curve, sweep_data
-from harness.results import list_result_sets, load_results
-from harness.runner import RunConfig, evaluate
-from harness.tables import attack_label, format_report
+from harness.engine.models import build_defense
+from harness.report.plots import eps_sweep_curve, sweep_data
+from harness.store.results import list_result_sets, load_results
+from harness.engine.runner import RunConfig, evaluate
+from harness.report.tables import attack_label, format_report
 
 EPS = [0.0, 0.1, 0.2, 0.3, 0.4]
 KEYS = ["fgm@0", "fgm@0.1", "fgm@0.2", "fgm@0.3", "fgm@0.4"]

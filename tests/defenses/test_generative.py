@@ -7,7 +7,7 @@ from torch import nn
 from defenses.generative import InferenceConfig
 from defenses.networks import Decoder, layout_for
 from defenses.networks.grouped import GroupedDecoder, fold_batchnorm
-from harness.models import build_defense
+from harness.engine.models import build_defense
 
 
 def _small(name):
@@ -156,7 +156,7 @@ def test_bf16_inference_option_keeps_final_losses_fp32():
 def test_candidate_cache_survives_eval_but_not_weight_changes():
     """The harness wraps the defense in a new EOTModel (which calls eval()) per attack: that must not
     recompute the 8000-candidate cache; an optimiser step or a new state dict must."""
-    from harness.eot import EOTModel
+    from harness.engine.eot import EOTModel
 
     m = _small("eabs").eval()
     x = torch.rand(2, 1, 28, 28)

@@ -8,7 +8,7 @@ import torch
 
 from defenses.networks import layout_for
 from defenses.networks.grouped import GroupedDecoder, GroupedEncoder, per_group_default
-from harness.models import build_defense
+from harness.engine.models import build_defense
 
 LAYOUT = layout_for("fmnist")
 

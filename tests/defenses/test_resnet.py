@@ -7,10 +7,10 @@ import torch
 
 from defenses.resnet import ResNet18, ResNet50
 from defenses.training import augment_batch, make_optimizer, make_scheduler
-from harness import checkpoints
+from harness.store import checkpoints
 from harness.cli import main
 from harness.errors import BenchUserError
-from harness.models import build_defense, load_defense
+from harness.engine.models import build_defense, load_defense
 from tests.datasets.fixtures import write_cifar
 
 CPU = torch.device("cpu")

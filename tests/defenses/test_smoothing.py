@@ -8,7 +8,7 @@ from defenses.base import Defense
 from defenses.registry import list_defenses
 from defenses.smoothing import smoothed
 from harness.errors import BenchUserError
-from harness.models import build_defense
+from harness.engine.models import build_defense
 
 
 class Counting(Defense):
@@ -110,7 +110,7 @@ def test_gradient_flows_through_the_noise_draw_with_mu_fixed():
 
 
 def test_real_cnn_base_under_no_grad_and_eot():
-    from harness.eot import EOTModel
+    from harness.engine.eot import EOTModel
 
     d = build_defense("vsmooth-cnn", "fmnist").eval()
     x = torch.rand(2, 1, 28, 28, generator=gen(0))
@@ -132,7 +132,7 @@ def test_invalid_options():
 
 
 def test_execution_options_share_the_result_file():
-    from harness.models import variant_key
+    from harness.engine.models import variant_key
 
     assert variant_key("eabs", {"precision": "bf16"}) == "eabs"
     assert variant_key("eabs", {"precision": "bf16", "steps": 20}) == "eabs-steps20"

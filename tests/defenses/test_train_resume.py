@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from harness.checkpoints import read_card
+from harness.store.checkpoints import read_card
 from harness.errors import BenchUserError
-from harness.models import build_defense, train_defense
+from harness.engine.models import build_defense, train_defense
 
 CPU = torch.device("cpu")
 QUIET = {"progress": False, "announce": lambda *_: None}
@@ -67,7 +67,7 @@ def _assert_bit_identical(a: dict, b: dict):
 
 
 def test_eabs_two_epochs_equal_one_plus_one_resumed(bench_env):
-    from harness.checkpoints import load_train_state, train_state_path
+    from harness.store.checkpoints import load_train_state, train_state_path
 
     whole = train_defense("eabs", "fmnist", device=CPU, epochs=2, seed=3, out_dir=bench_env / "whole", config_overrides=TINY, **QUIET)
     first = train_defense("eabs", "fmnist", device=CPU, epochs=1, seed=3, out_dir=bench_env / "ckpt", config_overrides=TINY, **QUIET)
@@ -91,7 +91,7 @@ def test_training_killed_mid_epoch_resumes_from_last_finished_epoch(bench_env, m
 
     from defenses.generative import GenerativeClassifier
     from harness import datasets
-    from harness.checkpoints import load_checkpoint
+    from harness.store.checkpoints import load_checkpoint
 
     whole = train_defense("eabs", "fmnist", device=CPU, epochs=3, seed=5, out_dir=bench_env / "whole", config_overrides=TINY, **QUIET)
     steps = math.ceil(len(datasets.load("fmnist", "train").x) / TINY["batch_size"])
@@ -117,7 +117,7 @@ def test_training_killed_mid_epoch_resumes_from_last_finished_epoch(bench_env, m
 
 
 def test_resume_without_training_state_starts_a_fresh_optimiser(bench_env):
-    from harness.checkpoints import train_state_path
+    from harness.store.checkpoints import train_state_path
 
     first = train_defense("abs", "fmnist", device=CPU, epochs=1, config_overrides=TINY, out_dir=bench_env / "ckpt", **QUIET)
     train_state_path(first).unlink()  # like a checkpoint written before training states existed
@@ -136,7 +136,7 @@ def test_resume_without_training_state_starts_a_fresh_optimiser(bench_env):
 def test_stop_between_state_file_and_checkpoint_pair_resumes_from_the_state(bench_env, monkeypatch):
     """Stopped after epoch 2's training state was written but before its weights / card: the card
     still says epoch 1, the (newer, complete) state file wins and the run continues exactly."""
-    import harness.models as models
+    import harness.engine.models as models
 
     whole = train_defense("eabs", "fmnist", device=CPU, epochs=3, seed=7, out_dir=bench_env / "whole", config_overrides=TINY, **QUIET)
     real_save, calls = models.save_checkpoint, []
@@ -179,7 +179,7 @@ def test_lr_factor_warmup_constant_then_cosine_tail():
 def test_resume_may_anneal_a_constant_rate_run(bench_env):
     """A run begun at a constant rate resumes exactly (weights, random state) but with a cosine tail:
     the schedule continues at the stopped epoch, the card records the new recipe."""
-    from harness.checkpoints import load_train_state, train_state_path
+    from harness.store.checkpoints import load_train_state, train_state_path
 
     first = read_card(train_defense("eabs", "fmnist", device=CPU, epochs=1, seed=3, out_dir=bench_env / "ckpt", config_overrides=TINY, **QUIET))
     path = train_defense("eabs", "fmnist", device=CPU, epochs=2, out_dir=bench_env / "ckpt", resume=True,

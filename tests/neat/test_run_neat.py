@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from harness import checkpoints
+from harness.store import checkpoints
 from harness.errors import BenchUserError
-from harness.fooling import load_fooling_set, run_neat
-from harness.models import train_defense
+from harness.experiments.fooling import load_fooling_set, run_neat
+from harness.engine.models import train_defense
 
 CPU = torch.device("cpu")
 

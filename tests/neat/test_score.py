@@ -5,7 +5,7 @@ import torch
 
 from defenses.base import Defense
 from harness.attacks.neat import FoolingSet
-from harness.fooling import score_fooling
+from harness.experiments.fooling import score_fooling
 
 
 class HalfAbstainer(Defense):

@@ -1,4 +1,4 @@
-"""Typed result files (harness/results.py): every committed file loads unchanged, round-trips
+"""Typed result files (harness/store/results.py): every committed file loads unchanged, round-trips
 losslessly, new files are written as schema 2, malformed files are refused with a one-line error,
 and the spec hashes the committed files record are the ones today's suites produce (so resuming works)."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import BenchUserError
-from harness.results import ABSENT, READABLE_SCHEMAS, SCHEMA_VERSION, FoolingFile, ResultFile, load_result, read_any, read_result, write_fooling, write_result
+from harness.store.results import ABSENT, READABLE_SCHEMAS, SCHEMA_VERSION, FoolingFile, ResultFile, load_result, read_any, read_result, write_fooling, write_result
 from threat_models import AttackSpec, ThreatModel, list_suites, load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +109,7 @@ def test_malformed_files_are_refused_with_one_line(tmp_path, damage, message):
 def test_committed_spec_hashes_are_what_todays_suites_produce():
     """Resuming a committed file must find its finished attacks: the recorded hash of every attack key
     equals the hash of the spec the suite loader builds today (eps sweeps: hash plus eps)."""
-    from harness.runner import attack_jobs
+    from harness.engine.runner import attack_jobs
 
     checked = 0
     for path in RESULT_FILES:

@@ -16,7 +16,7 @@ import torch
 from defenses import robustbench as rb
 from harness.cli import main
 from harness.errors import BenchUserError, CheckpointError
-from harness.models import load_defense
+from harness.engine.models import load_defense
 from tests.conftest import run_bench
 from tests.datasets.fixtures import write_cifar
 
@@ -67,7 +67,7 @@ def test_run_robustbench_standard_on_cifar_fixture(cifar, tiny_standard, capsys)
 
 def test_defense_contract_on_cifar10(tiny_standard):
     """The checks of tests/contract (which builds every registered defense for fmnist) for a family member."""
-    from harness.models import build_defense
+    from harness.engine.models import build_defense
 
     d = build_defense("robustbench:Standard", "cifar10").eval()
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)).requires_grad_(True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.robustbench_export import FIELDS, OPTIONAL, build_entry, eps_string, export_robustbench
+from harness.report.robustbench_export import FIELDS, OPTIONAL, build_entry, eps_string, export_robustbench
 from tests.stats.make_results import bools, fake_result, write_result
 
 REPO = Path(__file__).resolve().parents[2]

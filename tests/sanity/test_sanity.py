@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from defenses.base import Defense, bpda_identity
-from harness.sanity import group_accuracies, model_checks, outcome_checks, verdict
+from harness.engine.sanity import group_accuracies, model_checks, outcome_checks, verdict
 from tests.stats.make_results import bools, fake_result
 
 

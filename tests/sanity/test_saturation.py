@@ -1,4 +1,4 @@
-"""Budget saturation check (`bench run --check-budget`, harness/saturation.py)."""
+"""Budget saturation check (`bench run --check-budget`, harness/engine/saturation.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from harness.models import train_defense
-from harness.results import load_result, load_results
-from harness.runner import RunConfig, evaluate
-from harness.sanity import verdict
-from harness.saturation import RESTARTS, stronger, worst_case
-from harness.tables import UNSATURATED, format_report, render_table
+from harness.engine.models import train_defense
+from harness.store.results import load_result, load_results
+from harness.engine.runner import RunConfig, evaluate
+from harness.engine.sanity import verdict
+from harness.engine.saturation import RESTARTS, stronger, worst_case
+from harness.report.tables import UNSATURATED, format_report, render_table
 from tests.conftest import run_bench
 from threat_models import AttackSpec
 

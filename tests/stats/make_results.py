@@ -1,11 +1,11 @@
-"""Build result files in the schema of :mod:`harness.results` for the stats/tables tests."""
+"""Build result files in the schema of :mod:`harness.store.results` for the stats/tables tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from harness.results import SCHEMA_VERSION, result_path
-from harness.results import write_result as _write_result_file
+from harness.store.results import SCHEMA_VERSION, result_path
+from harness.store.results import write_result as _write_result_file
 
 DEFAULT_BUDGETS = {"pgd": "80 steps x 5 restarts, EOT 1", "deepfool": "50 steps", "noise": "1000 draws",
                    "ddn": "1000 steps", "cw": "1000 steps x 9 binary search"}

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from harness.reproduction import render_reproduction, write_reproduction
+from harness.report.reproduction import render_reproduction, write_reproduction
 from tests.stats.make_results import bools, fake_result, write_result
 
 THESIS = Path(__file__).resolve().parents[2] / "docs" / "thesis_fmnist.toml"

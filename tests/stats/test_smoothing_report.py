@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.smoothing_report import load_runs, render_smoothing, write_smoothing
+from harness.report.smoothing_report import load_runs, render_smoothing, write_smoothing
 from tests.stats.make_results import bools, fake_result, write_result
 
 THESIS = Path(__file__).resolve().parents[2] / "docs" / "thesis_smoothing.toml"

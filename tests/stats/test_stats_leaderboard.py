@@ -5,8 +5,9 @@ import math
 import pytest
 from make_results import bools, fake_result, write_result
 
-from harness import leaderboard, plots, stats
-from harness.results import atomic_write_json, load_result
+from harness import stats
+from harness.report import leaderboard, plots
+from harness.store.results import atomic_write_json, load_result
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_curve_data_from_minimum_distances(tmp_path):
 
 
 def test_curve_matches_all_accuracy_at_eps(results_dir):
-    from harness.results import load_results
+    from harness.store.results import load_results
     res = load_results(results_dir, "fmnist", "linf")
     curve = plots.curve_data(res)
     acc = stats.accuracy_table(res)

@@ -3,7 +3,7 @@
 import pytest
 from make_results import bools, fake_result, write_result
 
-from harness import tables
+from harness.report import tables
 from harness.errors import BenchUserError
 
 

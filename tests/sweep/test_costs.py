@@ -6,7 +6,7 @@ import re
 
 from harness.attacks import list_attacks
 from harness.cli import main
-from harness.sweep import CLEAN_COST
+from harness.orchestration.sweep import CLEAN_COST
 
 
 def test_dry_run_prices_every_registered_attack(bench_env, capsys):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import sweep
+from harness.orchestration import sweep
 from harness.cli import main
-from harness.runner import RunConfig, evaluate
+from harness.engine.runner import RunConfig, evaluate
 from tests.conftest import run_bench, write_learnable_idx
 
 PLAN = """
@@ -127,7 +127,7 @@ def test_local_and_ray_sweeps_equal_bench_run(env):
     try:
         assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(tmp / "ray"), executor="ray", progress=False, log=lambda *_: None) == 0
         # retries on Ray: a task that always raises is tried 1 + max_retries times, then reported
-        from harness.executors.ray_executor import RayExecutor
+        from harness.orchestration.executors.ray_executor import RayExecutor
 
         marks = tmp / "marks"
         marks.mkdir()
@@ -219,7 +219,7 @@ def test_runner_stages_by_hand_give_bench_runs_records(env):
     """The pipeline's stages (prepare -> clean_pass -> attack -> Evaluation) on the second block alone
     give exactly the records `bench run` wrote for it; misclassified samples are adversarial at distance 0."""
     from harness.errors import BenchUserError
-    from harness.runner import Evaluation, attack, blocks, clean_pass, not_attacked, prepare
+    from harness.engine.runner import Evaluation, attack, blocks, clean_pass, not_attacked, prepare
 
     tmp, _, _ = env
     ref = _reference(tmp / "ref")

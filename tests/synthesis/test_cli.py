@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import checkpoints
-from harness.models import train_defense
+from harness.store import checkpoints
+from harness.engine.models import train_defense
 from tests.conftest import run_bench
 
 ROOT = Path(__file__).resolve().parents[2]

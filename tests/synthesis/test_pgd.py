@@ -1,4 +1,4 @@
-"""The synthesis PGD loop, seeds and settings (harness/synthesis.py) on tiny stub models."""
+"""The synthesis PGD loop, seeds and settings (harness/experiments/synthesis.py) on tiny stub models."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 
 from defenses.base import Defense
 from harness.errors import BenchUserError
-from harness.synthesis import (
+from harness.experiments.synthesis import (
     PAPER_TABLE1,
     fit_seed_model,
     l2,

@@ -1,9 +1,9 @@
-"""The gradient-consistency check (harness/gradcheck.py) on tiny linear defenses."""
+"""The gradient-consistency check (harness/engine/gradcheck.py) on tiny linear defenses."""
 
 import torch
 
 from defenses.base import bpda_identity, straight_through
-from harness.gradcheck import check_gradients, describe
+from harness.engine.gradcheck import check_gradients, describe
 from tests.attacks.helpers import LinearDefense, batch
 
 

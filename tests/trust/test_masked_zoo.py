@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from defenses import registry
-from harness.leaderboard import ranked_defenses, render_leaderboard
-from harness.models import train_defense
-from harness.results import load_result, load_results
-from harness.runner import RunConfig, evaluate
-from harness.sanity import verdict
+from harness.report.leaderboard import ranked_defenses, render_leaderboard
+from harness.engine.models import train_defense
+from harness.store.results import load_result, load_results
+from harness.engine.runner import RunConfig, evaluate
+from harness.engine.sanity import verdict
 from tests.conftest import write_learnable_idx
 from tests.trust import zoo
 

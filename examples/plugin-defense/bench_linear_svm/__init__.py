@@ -88,7 +88,7 @@ class LinearSVM(Defense):
     def load_external_weights(self, *, norm=None):
         """bench's own checkpoint of ``linear-svm`` on this data set if there is one (``bench train``),
         else the one shipped in this package; the model card comes with it."""
-        from harness.checkpoints import find_checkpoint, load_checkpoint, stem
+        from harness.store.checkpoints import find_checkpoint, load_checkpoint, stem
         from harness.errors import CheckpointError
 
         path = find_checkpoint(self.name, self.dataset)

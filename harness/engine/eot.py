@@ -26,7 +26,7 @@ class EOTModel(nn.Module):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from harness.verify import check_inputs
+        from harness.engine.verify import check_inputs
 
         check_inputs(self.defense, x)
         if self.draws == 1:

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from harness import datasets
-from harness.checkpoints import load_checkpoint, save_checkpoint
+from harness.store.checkpoints import load_checkpoint, save_checkpoint
 from harness.errors import BenchUserError
-from harness.provenance import code_commit, command_line, device_name, package_versions
-from harness.results import atomic_write_json
+from harness.store.provenance import code_commit, command_line, device_name, package_versions
+from harness.store.results import atomic_write_json
 from harness.stats import wilson_interval
 
 EXPERIMENTS = {"novel": ("ts",), "overlap": ("multi-fmnist", "multimnist")}

@@ -1,4 +1,4 @@
-"""``docs/synthesis.md``: the image-synthesis measurement (:mod:`harness.synthesis`) as tables and grids.
+"""``docs/synthesis.md``: the image-synthesis measurement (:mod:`harness.experiments.synthesis`) as tables and grids.
 
 A pure function of ``<results>/<dataset>/synthesis/*.json`` (written by ``bench synthesize``), plus
 one figure it draws next to them (``generate-loss.png``, the mean target loss per PGD iteration, the
@@ -18,8 +18,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness import stats
-from harness.synthesis import PAPER_TABLE1, SEED_KINDS, TASKS, save_small_png, synthesis_dir
-from harness.tables import MISSING, defense_label, defense_order, format_cell, format_pvalue
+from harness.experiments.synthesis import PAPER_TABLE1, SEED_KINDS, TASKS, save_small_png, synthesis_dir
+from harness.report.tables import MISSING, defense_label, defense_order, format_cell, format_pvalue
 
 LOSS_PLOT = "generate-loss.png"
 REFERENCE = "cnn"
@@ -360,6 +360,6 @@ def render_synthesis(results_dir: str | os.PathLike, dataset: str, out_path: str
 
 def write_synthesis_report(results_dir: str | os.PathLike, dataset: str, out_path: str | os.PathLike) -> bool:
     """Write ``docs/synthesis.md`` (and the loss plot); return whether the document changed."""
-    from harness.reproduction import write_if_changed
+    from harness.report.reproduction import write_if_changed
 
     return write_if_changed(out_path, render_synthesis(results_dir, dataset, out_path))

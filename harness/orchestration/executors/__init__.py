@@ -1,6 +1,6 @@
 """Sweep executors: ``local`` (sequential, in-process) and ``ray`` (tasks on a Ray cluster).
 
-Both take a list of :class:`harness.sweep.SweepJob`, run :func:`harness.sweep.run_job` on each,
+Both take a list of :class:`harness.orchestration.sweep.SweepJob`, run :func:`harness.orchestration.sweep.run_job` on each,
 retry a failed job up to ``max_retries`` times, keep going with the other jobs, show a live
 progress bar (done / running / failed, ETA) and return ``{job name: error}`` for the jobs that
 still failed.

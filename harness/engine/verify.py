@@ -74,7 +74,7 @@ class Verified:
 def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, generator, draws: int = 1, unbounded: bool = False) -> Verified:
     """Verify attack ``candidates`` (one batch per restart) against ``defense`` for inputs ``x`` that
     the defense classifies correctly (the runner attacks only those; a sample misclassified to begin
-    with is recorded as adversarial at distance 0 by :func:`harness.runner.not_attacked`).
+    with is recorded as adversarial at distance 0 by :func:`harness.engine.runner.not_attacked`).
 
     ``unbounded=True`` (minimization attacks) additionally re-scores each candidate *without*
     projection to record the smallest adversarial distance found at any size.

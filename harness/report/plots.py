@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 
 from harness import stats
 from benchcore.io import atomic_write
-from harness.results import list_result_sets, load_results
-from harness.tables import attack_label, defense_label, defense_order, norm_label
+from harness.store.results import list_result_sets, load_results
+from harness.report.tables import attack_label, defense_label, defense_order, norm_label
 
 PLOT_NAME = "robustness_curve.png"
 
@@ -146,7 +146,7 @@ def sweep_plot_path(results_dir: str | os.PathLike, dataset: str, norm: str) -> 
 def sweep_data(results: dict[str, dict]) -> pd.DataFrame:
     """Accuracy per (defense, swept attack, eps) with Wilson 95% intervals: columns defense,
     attack, eps, acc, lo, hi, n. Swept attacks are the result keys ``<name>@<eps>`` written by
-    :mod:`harness.runner` for a suite attack with ``eps = [...]``; the eps is the manifest entry's
+    :mod:`harness.engine.runner` for a suite attack with ``eps = [...]``; the eps is the manifest entry's
     (the key's suffix for older files). Empty when no file has a swept attack."""
     acc = stats.accuracy_table(results)
     rows = []

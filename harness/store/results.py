@@ -27,9 +27,9 @@ defense options)::
                   "notes": ["transfer source: ..."]}   # optional: what the adapter reported
         },                                           # eps sweeps: one key per eps ("fgm@0.2") with its own eps
         "clean_wall_time_s": 0.4, "created": "2026-11-23T08:00:00Z",
-        "budget_check": {...},                       # optional: bench run --check-budget (harness/saturation.py documents it)
-        "gradient_check": {...},                     # the gradient-consistency check (harness/gradcheck.py)
-        "warnings": ["..."]                          # trust checks at run time (harness/sanity.py)
+        "budget_check": {...},                       # optional: bench run --check-budget (harness/engine/saturation.py documents it)
+        "gradient_check": {...},                     # the gradient-consistency check (harness/engine/gradcheck.py)
+        "warnings": ["..."]                          # trust checks at run time (harness/engine/sanity.py)
       },
       "records": [                                   # Record per sample, in sample_ids order
         {"index": 12, "label": 3, "clean_correct": true, "clean_abstained": false,
@@ -45,7 +45,7 @@ defense options)::
 norm) of the best verified adversarial example, or ``null`` when none was found; a sample that is
 misclassified (or abstained on) before the attack is adversarial at distance 0.
 
-Fooling-image results (``bench neat``, :mod:`harness.fooling`):
+Fooling-image results (``bench neat``, :mod:`harness.experiments.fooling`):
 ``<out>/<dataset>/neat/results.json`` (:class:`FoolingFile`)::
 
     {

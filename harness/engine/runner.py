@@ -5,13 +5,13 @@ The pipeline, top to bottom (one function per stage, no shared mutable state bet
 1. :func:`prepare` -- validate the configuration, load the data and the defense, expand the suite
    into :class:`AttackJob` s (:class:`EvalContext`);
 2. :func:`clean_pass` -- score the clean samples (:class:`CleanPass`);
-3. per attack job, :func:`attack` -- :func:`propose` candidates block by block, :func:`harness.verify.verify`
+3. per attack job, :func:`attack` -- :func:`propose` candidates block by block, :func:`harness.engine.verify.verify`
    them with the defense's real ``predict``, one outcome per sample (:class:`AttackRun`);
 4. :class:`Evaluation` -- the one owner of the manifest and the records: it records the clean pass
-   and each attack run, the budget check (:mod:`harness.saturation`) and the trust checks
+   and each attack run, the budget check (:mod:`harness.engine.saturation`) and the trust checks
    (:func:`model_trust`), and saves the file atomically after each stage.
 
-:func:`evaluate` (``bench run``) chains them; a sweep job (:func:`harness.sweep.run_job`) runs the same
+:func:`evaluate` (``bench run``) chains them; a sweep job (:func:`harness.orchestration.sweep.run_job`) runs the same
 stages on a block-aligned range of samples. An interrupted run keeps every finished attack and a
 rerun resumes with the first unfinished one (``fresh=True`` recomputes everything).
 
@@ -39,16 +39,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness import datasets, saturation
+from harness import datasets
+from harness.engine import saturation
 from harness.attacks import AttackReport, broken_plugins, find_attack, get_attack, origin_of, run_attack
-from harness.eot import EOTModel
+from harness.engine.eot import EOTModel
 from harness.errors import BenchUserError
-from harness.gradcheck import check_gradients, describe
-from harness.models import load_defense, variant_key
-from harness.provenance import code_commit, command_line, device_name, package_versions, resolve_device
-from harness.results import SCHEMA_VERSION, load_result, result_path, write_result
-from harness.sanity import model_checks, outcome_checks
-from harness.verify import score, verify
+from harness.engine.gradcheck import check_gradients, describe
+from harness.engine.models import load_defense, variant_key
+from harness.store.provenance import code_commit, command_line, device_name, package_versions, resolve_device
+from harness.store.results import SCHEMA_VERSION, load_result, result_path, write_result
+from harness.engine.sanity import model_checks, outcome_checks
+from harness.engine.verify import score, verify
 from threat_models import NORMS, AttackSpec, Suite, SuiteAttack, ThreatModel, default_threat, load_suite
 
 
@@ -72,7 +73,7 @@ class RunConfig:
     train_if_missing: bool = True
     arch: str | None = None  # network option of the CNN family (--arch); results go to <defense>-<arch>.json
     defense_options: tuple[tuple[str, Any], ...] = ()  # other constructor options (--option KEY=VALUE)
-    check_budget: int = 0  # > 0: budget saturation check on the first that many samples (harness/saturation.py)
+    check_budget: int = 0  # > 0: budget saturation check on the first that many samples (harness/engine/saturation.py)
 
     @property
     def options(self) -> dict:
@@ -165,7 +166,7 @@ class EvalContext:
     """A prepared evaluation: the loaded defense, the samples, the attack jobs and the manifest skeleton.
 
     Built by :func:`prepare`; shared by ``bench run`` (:func:`evaluate`) and sweep jobs
-    (:mod:`harness.sweep`), so both compute records with exactly the same code.
+    (:mod:`harness.orchestration.sweep`), so both compute records with exactly the same code.
     """
 
     cfg: RunConfig
@@ -308,7 +309,7 @@ def propose(ctx: EvalContext, job: AttackJob, xb: torch.Tensor, yb: torch.Tensor
 
 
 def outcome(v, j: int, report: AttackReport, *, minimization: bool) -> dict:
-    """The Outcome of sample ``j`` of a verified block ``v`` (:class:`harness.verify.Verified`)."""
+    """The Outcome of sample ``j`` of a verified block ``v`` (:class:`harness.engine.verify.Verified`)."""
     out = {"correct": bool(v.correct[j]), "abstained": bool(v.abstained[j]), "norm": _num(float(v.norm[j]))}
     if minimization:
         out["min_norm"] = _num(float(v.min_norm[j]))
@@ -320,7 +321,7 @@ def outcome(v, j: int, report: AttackReport, *, minimization: bool) -> dict:
 
 def not_attacked(record: dict, *, minimization: bool) -> dict:
     """The Outcome of a sample misclassified (or abstained on) before the attack: adversarial at distance 0.
-    The one place this rule lives (:func:`harness.verify.verify` sees clean-correct samples only)."""
+    The one place this rule lives (:func:`harness.engine.verify.verify` sees clean-correct samples only)."""
     out = {"correct": False, "abstained": bool(record["clean_abstained"]), "norm": 0.0}
     if minimization:
         out["min_norm"] = 0.0
@@ -330,7 +331,7 @@ def not_attacked(record: dict, *, minimization: bool) -> dict:
 def attack(ctx: EvalContext, job: AttackJob, clean: list[dict], start: int = 0) -> AttackRun:
     """Run ``job`` on the clean-correct samples of the range whose clean records are ``clean``
     (positions ``start .. start+len(clean)``), block by block: propose, then verify every candidate
-    with the defense's real ``predict`` (:mod:`harness.verify`); the others are :func:`not_attacked`."""
+    with the defense's real ``predict`` (:mod:`harness.engine.verify`); the others are :func:`not_attacked`."""
     bs, device = ctx.cfg.batch_size, ctx.device
     minimization = get_attack(job.spec.name).kind == "minimization"
     ok = [r["clean_correct"] for r in clean]
@@ -373,7 +374,7 @@ def attack(ctx: EvalContext, job: AttackJob, clean: list[dict], start: int = 0) 
 
 class Evaluation:
     """The result being built: the one owner of its manifest and records (the dict of a
-    :class:`harness.results.ResultFile`), filled stage by stage and saved atomically after each."""
+    :class:`harness.store.results.ResultFile`), filled stage by stage and saved atomically after each."""
 
     def __init__(self, manifest: dict, records: list[dict]):
         self.manifest = manifest
@@ -415,7 +416,7 @@ class Evaluation:
         self.manifest["budget_check"] = entry
 
     def set_trust(self, warnings: list[str], gradient_check: dict) -> None:
-        """The trust checks: the defense's own (:func:`model_trust`) plus those of the outcomes (:func:`harness.sanity.outcome_checks`)."""
+        """The trust checks: the defense's own (:func:`model_trust`) plus those of the outcomes (:func:`harness.engine.sanity.outcome_checks`)."""
         self.manifest["gradient_check"] = gradient_check
         self.manifest["warnings"] = list(warnings) + outcome_checks(self.data)
 
@@ -474,7 +475,7 @@ def _check_same_evaluation(path: Path, old: dict, ctx: EvalContext, manifest: di
 
 def model_trust(ctx: EvalContext) -> tuple[list[str], dict]:
     """The checks of the defense itself on the first block of samples: the warnings of
-    :func:`harness.sanity.model_checks` and the gradient-consistency check (:mod:`harness.gradcheck`)."""
+    :func:`harness.engine.sanity.model_checks` and the gradient-consistency check (:mod:`harness.engine.gradcheck`)."""
     cfg = ctx.cfg
     n0 = min(len(ctx.ids), cfg.batch_size)
     x0, y0 = ctx.x[:n0].to(ctx.device), ctx.y[:n0].to(ctx.device)

@@ -14,12 +14,12 @@ them). A warning is not a verdict; it says where the evaluation may over-report 
   gradient attacks' accuracy (the declared gradient is masked or misleading),
 * no attack at all that does without the declared gradient (masking would go unnoticed),
 * accuracy that increases with eps within an eps sweep (the attack is not working properly),
-* attacks whose doubled budget (:mod:`harness.saturation`, ``bench run --check-budget``) lowers
+* attacks whose doubled budget (:mod:`harness.engine.saturation`, ``bench run --check-budget``) lowers
   accuracy by more than 2 points; when the worst case over all attacks drops by that much, the
   verdict is unreliable ("budget not saturated").
 
 :func:`verdict` turns a result file into a :class:`Verdict` (reliable or not, and why) for
-``bench table`` and ``leaderboard.md``; the gradient-consistency check lives in :mod:`harness.gradcheck`.
+``bench table`` and ``leaderboard.md``; the gradient-consistency check lives in :mod:`harness.engine.gradcheck`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.eot import EOTModel
+from harness.engine.eot import EOTModel
 
 MARGIN = 0.05  # accuracy points (as a fraction) an eps sweep may rise by before it is flagged
 UNDECLARED_RANDOMNESS = "declares itself deterministic but its scores change"
@@ -37,7 +37,7 @@ FLIP_WARN = 0.02  # fraction of clean inputs whose verdict two scorings of a ran
 
 def model_checks(defense, x: torch.Tensor, y: torch.Tensor, *, draws: int, seed: int = 0, max_samples: int = 16) -> list[str]:
     """Gradient checks on ``max_samples`` clean inputs; determinism / randomness checks on all of ``x``."""
-    from harness.verify import score
+    from harness.engine.verify import score
 
     warnings = []
     if defense.randomized and len(x) > 1:
@@ -151,7 +151,7 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
     for group, a, ag, lo in beaten_by(data):
         what = "gradient-free attacks (Square, Boundary, ES-PGD, noise, AutoAttack's Square)" if group == "gradient-free" else "transfer attacks from a source model"
         warnings.append(f"{what} ({a:.1%}) beat the gradient attacks ({ag:.1%}, Wilson 95% lower bound {lo:.1%}): the declared gradient is masked or misleading; the result is unreliable")
-    from harness.saturation import headline_drop, unsaturated
+    from harness.engine.saturation import headline_drop, unsaturated
 
     check = data["manifest"].get("budget_check") or {}
     for key, e in unsaturated(data):
@@ -179,7 +179,7 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
 class Verdict:
     """Whether a result can be trusted, judged from its result file alone (a pure function of it).
 
-    ``reliable`` is False when the gradient-consistency check failed (:mod:`harness.gradcheck`), when
+    ``reliable`` is False when the gradient-consistency check failed (:mod:`harness.engine.gradcheck`), when
     gradient-free or transfer attacks beat the gradient attacks by more than the Wilson interval, or
     when a defense that declares itself deterministic is not. ``reasons``: short tags for tables;
     ``warnings``: every warning of the file (recorded at run time plus the outcome checks of now).
@@ -206,7 +206,7 @@ def verdict(data: dict) -> Verdict:
         reasons.append("gradient check failed")
     for group, *_ in beaten_by(data):
         reasons.append("Square/gradient-free beat gradient attacks" if group == "gradient-free" else "transfer beat gradient attacks")
-    from harness.saturation import headline_drop
+    from harness.engine.saturation import headline_drop
 
     drop = headline_drop(data)
     if drop is not None and drop > float((man.get("budget_check") or {}).get("threshold", 0.02)):

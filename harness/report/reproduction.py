@@ -19,8 +19,8 @@ from tabulate import tabulate
 
 from harness import stats
 from benchcore.io import atomic_write
-from harness.results import load_results
-from harness.tables import attack_label, defense_label, norm_label
+from harness.store.results import load_results
+from harness.report.tables import attack_label, defense_label, norm_label
 
 ALPHA = 0.01
 
@@ -53,7 +53,7 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
     Splits the difference into the clean-accuracy gap (the checkpoint: training epochs from its card)
     and the attack's own drop from clean (ours vs the thesis's); adds the sampling uncertainty (the
     thesis value inside our Wilson interval), our budget, the budget saturation check when the file
-    has one (:mod:`harness.saturation`), for "All" the attacks ours takes the worst case over, and
+    has one (:mod:`harness.engine.saturation`), for "All" the attacks ours takes the worst case over, and
     the thesis file's own note on the cell (``[<norm>.notes] "<defense>/<row>" = "..."``, e.g. a typo).
     """
     defense_index = defenses.index(defense)
@@ -100,7 +100,7 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
 def checkpoint_status(defense: str, dataset: str, sha: str | None) -> str:
     """Whether a result file evaluated the checkpoint that is found today: ``current``, or
     ``older (now N epochs)`` when the defense has been retrained since (its row is then stale)."""
-    from harness.checkpoints import find_checkpoint, read_card
+    from harness.store.checkpoints import find_checkpoint, read_card
 
     path = find_checkpoint(defense, dataset)
     if path is None or not sha:

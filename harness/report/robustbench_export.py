@@ -7,7 +7,7 @@ robust accuracy is AutoAttack's (Croce & Hein 2020). This module writes one such
 of a (dataset, norm) that ran AutoAttack -- AutoAttack row -> ``autoattack_acc``, clean -> ``clean_acc``
 -- and next to it a sidecar ``<Model>.bench.json`` with what the format has no field for: n, Wilson 95%
 intervals of every row, our verified per-sample worst case over all attacks ("All"), the McNemar test
-of All against AutoAttack alone, the trust verdict and the sanity warnings (:mod:`harness.sanity`).
+of All against AutoAttack alone, the trust verdict and the sanity warnings (:mod:`harness.engine.sanity`).
 
 ``unreliable: true`` (with a ``footnote`` and ``external`` = our All accuracy) is set when All is
 significantly below AutoAttack alone: McNemar's test (:func:`harness.stats.mcnemar_test`; exact
@@ -30,8 +30,8 @@ from typing import Any
 
 from harness import stats
 from harness.errors import BenchUserError
-from harness.results import atomic_write_json, load_results
-from harness.sanity import verdict
+from harness.store.results import atomic_write_json, load_results
+from harness.engine.sanity import verdict
 
 #: the fields of every RobustBench ``model_info`` entry, in its order
 FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue", "architecture", "eps",

@@ -21,8 +21,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness import stats
-from harness.results import load_results
-from harness.tables import attack_label, format_cell, format_pvalue, norm_label
+from harness.store.results import load_results
+from harness.report.tables import attack_label, format_cell, format_pvalue, norm_label
 
 PAIRS = (("cnn", "vsmooth-cnn"), ("cnn-gauss", "vsmooth-cnn-gauss"))
 ATTACK = "autoattack"
@@ -141,6 +141,6 @@ def render_smoothing(root: str | os.PathLike, thesis_path: str | os.PathLike, *,
 
 def write_smoothing(root, thesis_path, out_path) -> bool:
     """Write ``docs/smoothing.md``; return whether it changed."""
-    from harness.reproduction import write_if_changed
+    from harness.report.reproduction import write_if_changed
 
     return write_if_changed(out_path, render_smoothing(root, thesis_path))

@@ -27,12 +27,12 @@ per-pixel change grows with the square root of the number of values, so both are
 
 Why not foolbox's L2 PGD: the synthesis loop needs masked steps (inpainting), the loss at every
 iteration (the paper's convergence curves, section 4.1.1) and no random start; the loop is eight
-lines. Randomized defenses get their gradient through :class:`harness.eot.EOTModel`.
+lines. Randomized defenses get their gradient through :class:`harness.engine.eot.EOTModel`.
 
 Numbers (:func:`run_synthesis`): every synthesised image is classified by independent *judges*
 (models not used for synthesis, e.g. a CNN trained with another seed); per task and defense the
 JSON ``<results>/<dataset>/synthesis/<defense>.json`` holds per-image figures and a summary, and a
-PNG grid ``<defense>-<task>.png`` sits next to it. :mod:`harness.synthesis_report` renders
+PNG grid ``<defense>-<task>.png`` sits next to it. :mod:`harness.report.synthesis_report` renders
 ``docs/synthesis.md`` from those files.
 """
 
@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import BenchUserError
-from harness.results import atomic_write, atomic_write_json
+from harness.store.results import atomic_write, atomic_write_json
 
 SCHEMA_VERSION = 1
 TASKS = ("generate", "inpaint", "superres", "translate")
@@ -172,7 +172,7 @@ def targeted_l2_pgd(model: Callable[[torch.Tensor], torch.Tensor], x0: torch.Ten
     """``argmin_{||x' - x0||_2 <= eps} CE(model(x'), target)`` by ``steps`` steps of :func:`pgd_step`
     from ``x0`` (paper eq. 2; eq. 3 with ``x0`` the upsampled image; eq. 4 with ``mask``).
 
-    ``model`` maps images to scores (an :class:`~harness.eot.EOTModel` for randomized defenses).
+    ``model`` maps images to scores (an :class:`~harness.engine.eot.EOTModel` for randomized defenses).
     Raises :class:`BenchUserError` when no gradient reaches the input.
     """
     x = x0.detach().clone()
@@ -198,7 +198,7 @@ def targeted_l2_pgd(model: Callable[[torch.Tensor], torch.Tensor], x0: torch.Ten
 
 def require_gradient(defense, x: torch.Tensor, *, generator: torch.Generator | None = None) -> None:
     """Raise :class:`BenchUserError` unless ``defense.predict`` declares a gradient w.r.t. its input."""
-    from harness.eot import EOTModel
+    from harness.engine.eot import EOTModel
 
     xg = x[:1].detach().clone().requires_grad_(True)
     with torch.enable_grad():
@@ -340,7 +340,7 @@ def default_judges(dataset: str) -> tuple[str, ...]:
 
 def _resolve(path: str) -> Path:
     """A judge checkpoint path: as given, else relative to the repository root."""
-    from harness.checkpoints import SHIPPED_DIR
+    from harness.store.checkpoints import SHIPPED_DIR
 
     p = Path(path)
     if p.is_file() or p.is_absolute():
@@ -352,7 +352,7 @@ def _resolve(path: str) -> Path:
 def load_judge(spec: JudgeSpec, dataset: str, *, device: torch.device, announce=print):
     """A judge model in eval mode and its card: from ``spec.checkpoint`` when given, else the
     checkpoint ``bench run`` would use. Never trains."""
-    from harness.models import load_defense
+    from harness.engine.models import load_defense
 
     if spec.checkpoint is None:
         return load_defense(spec.name, dataset, device=device, train_if_missing=False, progress=False, announce=announce, options=dict(spec.options))
@@ -729,9 +729,9 @@ def run_synthesis(cfg: SynthesisConfig, *, announce: Callable[[str], None] = pri
     (``skipped_judges``).
     """
     from harness import datasets
-    from harness.eot import EOTModel
-    from harness.models import load_defense, variant_key
-    from harness.provenance import code_commit, command_line, device_name, package_versions, resolve_device
+    from harness.engine.eot import EOTModel
+    from harness.engine.models import load_defense, variant_key
+    from harness.store.provenance import code_commit, command_line, device_name, package_versions, resolve_device
 
     if cfg.task not in TASKS:
         raise BenchUserError(f"unknown task {cfg.task!r}; use one of {', '.join(TASKS)}")

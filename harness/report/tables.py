@@ -1,6 +1,6 @@
 """Thesis-style text tables of result files: accuracies with Wilson intervals, McNemar p-values,
 attack budgets. ``results`` arguments are ``{defense: data}`` from
-:func:`harness.results.load_results`."""
+:func:`harness.store.results.load_results`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from tabulate import tabulate
 
 from harness import stats
 from harness.errors import BenchUserError
-from harness.results import load_results
-from harness.saturation import unsaturated
+from harness.store.results import load_results
+from harness.engine.saturation import unsaturated
 
 #: Defenses in this order come first in every table; the rest follow alphabetically.
 CANONICAL_DEFENSE_ORDER = ("cnn", "adv-linf", "adv-l2", "abs", "eabs")
@@ -47,7 +47,7 @@ def attack_label(name: str) -> str:
     """Display name of an attack: its declared ``label`` (``pgd`` -> ``PGD``, ``deepfool`` -> ``DeepFool``);
     attacks not registered here (a plugin not installed) upper-cased.
 
-    One eps of an eps sweep (attack key ``<name>@<eps>``, see :mod:`harness.runner`) gets its eps:
+    One eps of an eps sweep (attack key ``<name>@<eps>``, see :mod:`harness.engine.runner`) gets its eps:
     ``fgm@0.2`` -> ``FGM ε=0.2``.
     """
     if "@" in name:
@@ -163,7 +163,7 @@ def accuracy_frame(results: dict[str, dict]) -> pd.DataFrame:
                          columns=[defense_label(d) for d in res], dtype=object)
     for rec in acc.itertuples(index=False):
         frame.loc[row_label(rec.row, norm), defense_label(rec.defense)] = format_cell(rec.acc, rec.lo, rec.hi)
-    for d, data in res.items():  # attacks whose doubled budget still found more (harness/saturation.py)
+    for d, data in res.items():  # attacks whose doubled budget still found more (harness/engine/saturation.py)
         for key, _ in unsaturated(data):
             cell = (row_label(key, norm), defense_label(d))
             if cell[0] in frame.index and frame.loc[cell] != MISSING:
@@ -186,7 +186,7 @@ def render_table(results: dict[str, dict], *, fmt: str = "github") -> str:
 
 
 def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
-    """Budget saturation check (:mod:`harness.saturation`) per defense and attack: the suite's
+    """Budget saturation check (:mod:`harness.engine.saturation`) per defense and attack: the suite's
     budget, the doubled budget, accuracy with both on the first n samples and the difference, then
     the worst case over all attacks. Empty string when no file has a check."""
     rows = []
@@ -341,8 +341,8 @@ def format_report(results_dir: str | os.PathLike, dataset: str, norm: str, *, fm
 
 def render_trust(results: dict[str, dict], *, fmt: str = "github") -> str:
     """Per defense: the verdict (reliable / unreliable and why / unchecked), the gradient check and
-    the number of warnings, then every warning (:func:`harness.sanity.verdict`)."""
-    from harness.sanity import verdict
+    the number of warnings, then every warning (:func:`harness.engine.sanity.verdict`)."""
+    from harness.engine.sanity import verdict
 
     rows, warn = [], []
     for d, data in ordered(results).items():

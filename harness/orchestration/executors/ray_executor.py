@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from harness.errors import BenchUserError
-from harness.executors import Progress, short_error
+from harness.orchestration.executors import Progress, short_error
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RayExecutor:
             import ray
         except ImportError:
             raise BenchUserError("the ray executor needs Ray: pip install -c constraints.txt '.[ray]'") from None
-        from harness import sweep
+        from harness.orchestration import sweep
 
         started = self._init(ray)
         remote = ray.remote(max_retries=0)(fn or sweep.run_job)

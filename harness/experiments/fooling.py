@@ -28,9 +28,9 @@ import torch
 from harness.attacks.neat import FoolingSet, evolve_fooling_images, load_neat_settings, neat_version
 from benchcore.io import atomic_write
 from harness.errors import BenchUserError
-from harness.results import FOOLING_OUTCOMES as OUTCOMES
-from harness.results import FOOLING_SCHEMA_VERSION as SCHEMA_VERSION
-from harness.results import write_fooling
+from harness.store.results import FOOLING_OUTCOMES as OUTCOMES
+from harness.store.results import FOOLING_SCHEMA_VERSION as SCHEMA_VERSION
+from harness.store.results import write_fooling
 
 
 def neat_dir(out_dir: str | os.PathLike, dataset: str) -> Path:
@@ -179,9 +179,9 @@ def run_neat(
     "table": <printable summary table>}``.
     """
     from harness import datasets
-    from harness.checkpoints import find_checkpoint
-    from harness.models import build_defense, load_defense
-    from harness.provenance import code_commit, command_line, device_name, package_versions, resolve_device
+    from harness.store.checkpoints import find_checkpoint
+    from harness.engine.models import build_defense, load_defense
+    from harness.store.provenance import code_commit, command_line, device_name, package_versions, resolve_device
 
     defenses = list(defenses)
     if not defenses:

@@ -13,7 +13,7 @@ from defenses.base import Defense, TrainingServices
 from defenses.registry import get_defense
 from harness import datasets
 from defenses.training import OPTIONAL_CONFIG_KEYS, TrainProgress, decode_state, encode_state, make_scheduler
-from harness.checkpoints import (
+from harness.store.checkpoints import (
     find_checkpoint,
     load_checkpoint,
     load_train_state,
@@ -26,7 +26,7 @@ from harness.checkpoints import (
     user_dir,
 )
 from harness.errors import BenchUserError, CheckpointError
-from harness.provenance import code_commit, command_line, device_name, package_versions
+from harness.store.provenance import code_commit, command_line, device_name, package_versions
 
 
 def clean_options(options: dict | None) -> dict:
@@ -163,7 +163,7 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
 
     A defense whose ``fit`` is resumable (ABS / E-ABS) gets a checkpoint at the end of every epoch:
     the training state file first (weights, optimisers, schedule, generator states; one atomic
-    write), then the weights / card pair (:mod:`harness.checkpoints`). ``resume`` continues from that
+    write), then the weights / card pair (:mod:`harness.store.checkpoints`). ``resume`` continues from that
     state bit for bit; without a state (old checkpoints, other defenses) it starts a fresh optimiser.
     """
     if not model.trainable:

@@ -5,7 +5,7 @@ with too few steps over-reports robustness, most of all for defenses whose predi
 optimisation (ABS / E-ABS, thesis section 2.2). For every *gradient* attack of a result file with a
 step budget (``steps`` in its parameters: PGD, DeepFool, DDN, C&W), the check reruns the attack on
 the first ``n`` (default 100) samples of the file with ``FACTOR`` times the steps and ``RESTARTS``
-restarts (EOT draws unchanged), verifies its candidates like any attack (:mod:`harness.verify`) and
+restarts (EOT draws unchanged), verifies its candidates like any attack (:mod:`harness.engine.verify`) and
 records in the manifest::
 
     "budget_check": {"n": 100, "factor": 2, "restarts": 5, "threshold": 0.02,
@@ -17,7 +17,7 @@ records in the manifest::
                      "all": {"acc": 0.40, "acc_doubled": 0.40, "delta": 0.0}}
 
 ``delta`` is the accuracy the stronger budget removes, in [0, 1]; an attack is *not saturated* when
-``delta > threshold`` (2 points): ``bench table`` marks it and :mod:`harness.sanity` warns. ``all``
+``delta > threshold`` (2 points): ``bench table`` marks it and :mod:`harness.engine.sanity` warns. ``all``
 compares the worst case over every attack on those samples with and without the doubled runs (a
 sample counts as robust only if the doubled attacks fail too); when that headline figure drops by
 more than the threshold, the row's verdict is unreliable. Attacks that are not gradient attacks,
@@ -65,7 +65,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
     kept; ``save(entry)`` is called with the ``budget_check`` entry so far after each attack (``bench
     run`` records it in its file there). Returns the ``budget_check`` manifest entry.
     """
-    from harness.runner import AttackJob, attack  # the runner calls this module
+    from harness.engine.runner import AttackJob, attack  # the runner calls this module
 
     man = data["manifest"]
     m = min(int(n), len(data["records"]))

@@ -14,11 +14,11 @@ from pathlib import Path, PurePath
 from tabulate import tabulate
 
 from harness import stats
-from harness.plots import plot_path, write_curves
+from harness.report.plots import plot_path, write_curves
 from benchcore.io import atomic_write
-from harness.results import list_result_sets, load_results, result_path
-from harness.sanity import verdict
-from harness.tables import (
+from harness.store.results import list_result_sets, load_results, result_path
+from harness.engine.sanity import verdict
+from harness.report.tables import (
     MISSING, SIGNIFICANCE, attack_label, defense_label, defense_order, format_cell, format_pct,
     format_pvalue, header_line, norm_label,
 )
@@ -57,7 +57,7 @@ def _sort_key(item: tuple[str, float]) -> tuple[float, str]:
 
 def ranked_defenses(results: dict[str, dict]) -> list[str]:
     """Defenses sorted by "All" robust accuracy, descending; ties (and NaN, last) by name. Rows whose
-    :func:`harness.sanity.verdict` is unreliable come after every reliable row, whatever their accuracy."""
+    :func:`harness.engine.sanity.verdict` is unreliable come after every reliable row, whatever their accuracy."""
     acc = stats.accuracy_table(results)
     all_acc = {r.defense: float(r.acc) for r in acc[acc["row"] == stats.ALL].itertuples(index=False)}
     unreliable = {d: not verdict(data).reliable for d, data in results.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.executors import Progress, short_error
+from harness.orchestration.executors import Progress, short_error
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,7 @@ class LocalExecutor:
 
     def run(self, jobs, *, results_dir: str, max_retries: int, progress: bool = True, log=print, fn=None) -> dict[str, str]:
         """Run ``jobs``; return ``{job name: last error}`` for jobs that failed ``1 + max_retries`` times."""
-        from harness import sweep
+        from harness.orchestration import sweep
 
         fn = fn or sweep.run_job  # looked up at call time (tests patch it)
         bar = Progress(total=len(jobs), enabled=progress)

@@ -1,7 +1,7 @@
 """Sweep plans: defenses x datasets x norms x suites expanded into independent jobs, run by an executor, merged.
 
 One job = (defense, dataset, norm, suite, attack key, shard). A shard is a contiguous, block-aligned
-range of the run's sample positions (blocks of ``batch_size``; see :func:`harness.runner.blocks`),
+range of the run's sample positions (blocks of ``batch_size``; see :func:`harness.engine.runner.blocks`),
 so the merged records equal those of ``bench run`` with the same n, seed, batch size and attacks.
 
 Every job recomputes the clean pass of its shard (deterministic, and cheap next to any attack)
@@ -30,7 +30,7 @@ from typing import Any
 
 from harness import datasets
 from harness.errors import BenchUserError
-from harness.results import SCHEMA_VERSION, atomic_write_json, result_path, write_result
+from harness.store.results import SCHEMA_VERSION, atomic_write_json, result_path, write_result
 from threat_models import NORMS, ThreatModel, default_threat, load_suite
 
 PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch", "options"}
@@ -92,7 +92,7 @@ class SweepJob:
 
     @property
     def variant(self) -> str:
-        from harness.models import variant_key
+        from harness.engine.models import variant_key
 
         return variant_key(self.defense, self.defense_options)
 
@@ -206,7 +206,7 @@ def shard_ranges(*, n: int, batch_size: int, shards: int) -> list[tuple[int, int
 def attack_keys(plan: Plan, *, dataset: str, norm: str, suite) -> list[str]:
     """The attack keys ``bench run`` would record for this combination (plan's attack subset applied);
     ``suite``: a :class:`threat_models.Suite` or its name."""
-    from harness.runner import attack_jobs
+    from harness.engine.runner import attack_jobs
 
     if isinstance(suite, str):
         suite = load_suite(suite, norm=norm, dataset=dataset)
@@ -222,7 +222,7 @@ def attack_keys(plan: Plan, *, dataset: str, norm: str, suite) -> list[str]:
 
 def expand(plan: Plan) -> list[SweepJob]:
     """All jobs of ``plan``, in a stable order (dataset, norm, defense, suite, attack, shard)."""
-    from harness.models import build_defense
+    from harness.engine.models import build_defense
 
     ranges = shard_ranges(n=plan.n, batch_size=plan.batch_size, shards=plan.shards)
     jobs = []
@@ -267,7 +267,7 @@ def format_job_table(jobs: list[SweepJob]) -> str:
 
 
 def _cfg(job: SweepJob, *, attacks: tuple[str, ...] | None):
-    from harness.runner import RunConfig
+    from harness.engine.runner import RunConfig
 
     return RunConfig(defense=job.defense, dataset=job.dataset, norm=job.norm, suite=job.suite, n=job.n, seed=job.seed, device=job.device, batch_size=job.batch_size, eps=job.eps, attacks=attacks, progress=False, train_if_missing=False, arch=job.arch, defense_options=job.options)
 
@@ -285,8 +285,8 @@ def is_done(job: SweepJob, results_dir: str | os.PathLike) -> bool:
 
 def run_job(job: SweepJob, results_dir: str) -> str:
     """Evaluate one job (on the worker: checkpoint and data are resolved here) with the stages of
-    ``bench run`` (:mod:`harness.runner`) and write its partial file."""
-    from harness.runner import Evaluation, attack, clean_pass, model_trust, prepare
+    ``bench run`` (:mod:`harness.engine.runner`) and write its partial file."""
+    from harness.engine.runner import Evaluation, attack, clean_pass, model_trust, prepare
 
     ctx = prepare(_cfg(job, attacks=None), log=lambda *_: None)
     todo = [] if job.attack == CLEAN_KEY else [a for a in ctx.jobs if a.key == job.attack]
@@ -312,7 +312,7 @@ def _test_hooks(job: SweepJob) -> None:
 
 def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None) -> list[Path]:
     """Write the canonical result file of every (dataset, norm, defense) whose jobs are all done."""
-    from harness.provenance import command_line
+    from harness.store.provenance import command_line
 
     groups: dict[tuple[str, str, str], list[SweepJob]] = {}
     for j in jobs:
@@ -359,7 +359,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         manifest["command"] = command or command_line()
         manifest["clean_wall_time_s"] = round(clean_wall, 3)
         manifest["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        from harness.sanity import outcome_checks
+        from harness.engine.sanity import outcome_checks
 
         if "gradient_check" in first:
             manifest["gradient_check"] = first["gradient_check"]
@@ -389,7 +389,7 @@ def _kept_budget_check(path: Path, manifest: dict, records: list[dict]) -> dict 
     attacks = {k: e for k, e in (check.get("attacks") or {}).items() if e.get("of") == (manifest["attacks"].get(k) or {}).get("spec_hash")}
     if not attacks:
         return None
-    from harness.saturation import worst_case
+    from harness.engine.saturation import worst_case
 
     return dict(check, attacks=attacks, all=worst_case(records[:n], manifest["attacks"], attacks))
 
@@ -397,11 +397,11 @@ def _kept_budget_check(path: Path, manifest: dict, records: list[dict]) -> dict 
 def get_executor(name: str, *, address: str | None = None):
     """The executor called ``name`` (``local`` or ``ray``)."""
     if name == "local":
-        from harness.executors.local import LocalExecutor
+        from harness.orchestration.executors.local import LocalExecutor
 
         return LocalExecutor()
     if name == "ray":
-        from harness.executors.ray_executor import RayExecutor
+        from harness.orchestration.executors.ray_executor import RayExecutor
 
         return RayExecutor(address=address)
     raise BenchUserError(f"unknown executor {name!r}; use local or ray")
@@ -409,7 +409,7 @@ def get_executor(name: str, *, address: str | None = None):
 
 def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address: str | None = None, max_retries: int = 1, progress: bool = True, log=print) -> int:
     """Run every unfinished job of ``plan``, merge, and return the exit status (1 when jobs failed)."""
-    from harness.provenance import command_line
+    from harness.store.provenance import command_line
 
     jobs = expand(plan)
     done = [j for j in jobs if is_done(j, results_dir)]

@@ -26,9 +26,9 @@ import time
 
 import torch
 
-from harness.checkpoints import find_checkpoint, read_card
+from harness.store.checkpoints import find_checkpoint, read_card
 from harness.errors import BenchUserError
-from harness.results import atomic_write_json
+from harness.store.results import atomic_write_json
 
 
 def best_class_loss(scores: torch.Tensor) -> torch.Tensor:
@@ -57,10 +57,10 @@ def calibrate(
     independent inferences (``bench run``'s EOT 5), and the threshold applies to that mean.
     """
     from harness import datasets
-    from harness.models import load_defense
-    from harness.provenance import command_line, resolve_device
-    from harness.runner import sample_ids
-    from harness.verify import mean_scores
+    from harness.engine.models import load_defense
+    from harness.store.provenance import command_line, resolve_device
+    from harness.engine.runner import sample_ids
+    from harness.engine.verify import mean_scores
 
     if not 0 < quantile <= 1:
         raise BenchUserError(f"--quantile must be in (0, 1], got {quantile}")
@@ -122,7 +122,7 @@ def calibrate(
 def _test_accuracy(model, threshold: float, *, test_n: int, seed: int, batch_size: int, draws: int, device, progress: bool, name: str, dataset: str) -> dict:
     """Clean accuracy on the first ``test_n`` test images, scored like ``bench run``'s clean pass."""
     from harness import datasets
-    from harness.verify import score
+    from harness.engine.verify import score
 
     test = datasets.load(dataset, "test")
     if test_n > len(test.x):
