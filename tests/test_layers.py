@@ -1,10 +1,11 @@
-"""No import cycle among the top-level packages: ``benchcore`` <- ``threat_models`` <- ``defenses`` <- ``harness``.
+"""No import cycle among the top-level packages: ``benchcore`` <- ``threat_models`` <- ``defenses`` <- ``harness``,
+and inside ``harness`` none among its layers (README "Architecture").
 
 Each package is imported alone in a fresh interpreter (``defenses`` with every built-in defense
 module, ``harness`` with its evaluation modules) and ``sys.modules`` must not hold a package above it.
 Imports inside functions run only when called, so the source is read too: no module of a package
 contains an import of a package above it anywhere (top level, function, class; ``importlib``
-calls with a literal name included).
+calls with a literal name included). The layers of ``harness`` are checked both ways as well.
 """
 
 import ast
@@ -48,19 +49,32 @@ def test_the_whole_harness_imports_in_a_fresh_interpreter():
 ABOVE = {"benchcore": ("threat_models", "defenses", "harness"), "threat_models": ("defenses", "harness"), "defenses": ("harness",)}
 
 
-def imported_packages(source: str) -> set[str]:
-    """Top-level names of every module ``source`` imports, wherever the import statement is."""
+def imported_modules(source: str, module: str | None = None) -> set[str]:
+    """Dotted names of every module ``source`` imports, wherever the import statement is; for
+    ``from M import a`` both ``M`` and ``M.a`` (``a`` may be a submodule). Relative imports are
+    resolved against ``module`` (the importing module's name), or left out without it."""
     names = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if module is None:
+                    continue
+                base = ".".join(module.split(".")[: -node.level] + ([node.module] if node.module else []))
+            else:
+                base = node.module
+            names |= {base} | {f"{base}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name)):
             fn = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
             if fn in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                names.add(node.args[0].value.split(".")[0])
+                names.add(node.args[0].value)
     return names
+
+
+def imported_packages(source: str) -> set[str]:
+    """Top-level names of every module ``source`` imports (absolute imports), wherever the import statement is."""
+    return {m.split(".")[0] for m in imported_modules(source)}
 
 
 def test_import_scan_sees_function_local_imports():
@@ -76,3 +90,94 @@ def test_no_module_imports_a_package_above_it(package):
     assert files
     bad = {str(f.relative_to(ROOT)): sorted(imported_packages(f.read_text(encoding="utf-8")) & set(ABOVE[package])) for f in files}
     assert not {k: v for k, v in bad.items() if v}, f"modules of {package} import a package above it: {bad}"
+
+
+#: the layers of harness (README "Architecture"): part -> parts of harness it must never import
+HARNESS = ("errors", "stats", "store", "datasets", "attacks", "engine", "experiments", "report", "orchestration", "cli")
+HARNESS_ABOVE = {
+    "errors": set(HARNESS) - {"errors"},
+    "stats": set(HARNESS) - {"errors", "stats"},
+    "store": set(HARNESS) - {"errors", "store"},
+    "datasets": set(HARNESS) - {"errors", "datasets"},
+    "attacks": {"experiments", "report", "orchestration", "cli"},  # beside the engine: it calls attacks, transfer loads models
+    "engine": {"experiments", "report", "orchestration", "cli"},
+    "experiments": {"report", "orchestration", "cli"},
+    "report": {"orchestration", "cli"},
+    "orchestration": {"experiments", "report", "cli"},
+}
+#: old import paths kept for plugins and scripts (the same module objects); harness's own code uses the new ones
+ALIASES = {"harness.results": "harness.store.results", "harness.checkpoints": "harness.store.checkpoints",
+           "harness.runner": "harness.engine.runner", "harness.verify": "harness.engine.verify", "harness.eot": "harness.engine.eot"}
+
+
+def harness_part(name: str) -> str | None:
+    """The layer of a dotted name inside harness (``harness.store.results`` -> ``store``), else None."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == "harness" and len(parts) > 1 and parts[1] in HARNESS else None
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def test_layer_scan_resolves_relative_and_from_imports():
+    assert imported_modules("from ..errors import X\nfrom . import _names\n", "harness.datasets._traffic") == {"harness.errors", "harness.errors.X", "harness.datasets", "harness.datasets._names"}
+    assert harness_part("harness.report.tables") == "report" and harness_part("harness.errors.BenchUserError") == "errors"
+    assert harness_part("harness") is None and harness_part("harnessx.report") is None
+    src = "def f():\n    from harness import report\n"
+    assert {harness_part(m) for m in imported_modules(src, "harness.store.results")} >= {"report"}
+
+
+@pytest.mark.parametrize("part", list(HARNESS_ABOVE))
+def test_no_harness_module_imports_a_layer_above_it(part):
+    base = ROOT / "harness" / part
+    files = sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+    assert files and all(f.is_file() for f in files)
+    bad = {}
+    for f in files:
+        name = module_name(f)
+        hits = sorted({m for m in imported_modules(f.read_text(encoding="utf-8"), name) if harness_part(m) in HARNESS_ABOVE[part]})
+        if hits:
+            bad[name] = hits
+    assert not bad, f"modules of harness.{part} import a layer above it: {bad}"
+
+
+RUNTIME = {
+    # what is imported                                                        harness layers that must not be loaded
+    "import harness.store.results, harness.store.checkpoints, harness.store.provenance": {"engine", "attacks", "report", "orchestration", "experiments", "stats", "datasets"},
+    "import harness.engine.runner, harness.engine.calibrate, harness.attacks; harness.attacks.list_attacks()": {"report", "orchestration", "experiments"},
+    "import harness.experiments.synthesis, harness.experiments.decompose, harness.experiments.fooling": {"report", "orchestration"},
+    "import harness.report.leaderboard, harness.report.reproduction, harness.report.smoothing_report, harness.report.synthesis_report": {"orchestration"},
+    "import harness.orchestration.sweep, harness.orchestration.executors.local": {"report", "experiments"},
+}
+
+
+@pytest.mark.parametrize("code", list(RUNTIME))
+def test_harness_layer_loads_nothing_above_it(code):
+    probe = f"import sys, json; {code}; print(json.dumps(sorted(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    loaded = {harness_part(m) for m in json.loads(r.stdout.strip().splitlines()[-1])}
+    assert not loaded & RUNTIME[code], f"{code!r} loaded {sorted(loaded & RUNTIME[code])}"
+
+
+@pytest.mark.parametrize("old", list(ALIASES))
+def test_old_import_path_is_the_moved_module(old):
+    code = f"import importlib, sys; a = importlib.import_module({old!r}); b = importlib.import_module({ALIASES[old]!r}); print(a is b and sys.modules[{old!r}] is b)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr or r.stdout
+
+
+def test_nothing_in_the_repository_imports_an_old_path():
+    """The aliases are for code outside the repository; inside it every import names the layer."""
+    files = [f for d in ("harness", "tests", "benchmarks", "examples", "docs") for f in sorted((ROOT / d).rglob("*.py"))]
+    aliases = {ROOT / (old.replace(".", "/") + ".py") for old in ALIASES}
+    bad = {}
+    for f in files:
+        if f in aliases:
+            continue
+        hits = sorted(m for m in imported_modules(f.read_text(encoding="utf-8"), module_name(f)) if any(m == a or m.startswith(a + ".") for a in ALIASES))
+        if hits:
+            bad[str(f.relative_to(ROOT))] = hits
+    assert not bad, f"import the new path (harness.store / harness.engine): {bad}"

@@ -114,7 +114,7 @@ def render_section(results_dir: str | os.PathLike, dataset: str, norm: str, out_
         ])
     lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     if notes:
-        lines += ["", "Warnings (trust checks recorded in the result files, see `harness/sanity.py`, `harness/gradcheck.py`):", "", *notes]
+        lines += ["", "Warnings (trust checks recorded in the result files, see `harness/engine/sanity.py`, `harness/engine/gradcheck.py`):", "", *notes]
     plot = plot_path(results_dir, dataset, norm)
     if plot.is_file():
         lines += [

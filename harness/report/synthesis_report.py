@@ -277,7 +277,7 @@ def render_synthesis(results_dir: str | os.PathLike, dataset: str, out_path: str
         "after Santurkar et al. 2019: targeted L2 PGD (normalised gradient step α, projection to ‖x′ − x₀‖₂ ≤ ε,",
         "clamp to [0, 1]) from a seed towards a class. A robust model's gradient should paint class features an",
         "independent judge recognises; a standard model's gradient should change the image imperceptibly, fooling",
-        "itself but not the judge. Code: `harness/synthesis.py`; this page: `harness/synthesis_report.py`.",
+        "itself but not the judge. Code: `harness/experiments/synthesis.py`; this page: `harness/report/synthesis_report.py`.",
         "",
     ]
     if not results:

@@ -203,7 +203,7 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
     if not rows:
         return ""
     body = tabulate(rows, headers=["Defense", "Attack", "Budget", "Doubled budget", "n", "Acc", "Acc doubled", "Drop (points)"], tablefmt=_check_fmt(fmt), disable_numparse=True)
-    return "Budget saturation check (bench run --check-budget; harness/saturation.py): each gradient attack rerun on the first n samples with twice the steps and 5 restarts\n\n" + body + "\n"
+    return "Budget saturation check (bench run --check-budget; harness/engine/saturation.py): each gradient attack rerun on the first n samples with twice the steps and 5 restarts\n\n" + body + "\n"
 
 
 def render_pvalues(results: dict[str, dict], row: str = stats.ALL, *, fmt: str = "github") -> str:
@@ -351,7 +351,7 @@ def render_trust(results: dict[str, dict], *, fmt: str = "github") -> str:
         rows.append([defense_label(d), v.label, check.get("verdict", "?") if check else "not run", str(len(v.warnings))])
         warn += [f"- {defense_label(d)}: {w}" for w in v.warnings]
     body = tabulate(rows, headers=["Defense", "Verdict", "Gradient check", "Warnings"], tablefmt=_check_fmt(fmt), disable_numparse=True)
-    out = "Trust checks (harness/sanity.py, harness/gradcheck.py): an unreliable row over-reports robustness\n\n" + body + "\n"
+    out = "Trust checks (harness/engine/sanity.py, harness/engine/gradcheck.py): an unreliable row over-reports robustness\n\n" + body + "\n"
     if warn:
         out += "\nWarnings\n\n" + "\n".join(warn) + "\n"
     return out

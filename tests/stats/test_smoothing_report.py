@@ -19,7 +19,7 @@ def _write(root, eps, accs):
 def test_tables_per_eps_with_mcnemar_and_growing_eps(tmp_path):
     _write(tmp_path, 0.1, {"cnn": (36, 4), "vsmooth-cnn": (30, 8), "cnn-gauss": (36, 6), "vsmooth-cnn-gauss": (32, 12)})
     _write(tmp_path, 0.02, {"cnn": (36, 20), "vsmooth-cnn": (36, 30), "cnn-gauss": (36, 24)})  # one model not run
-    runs = load_runs(tmp_path)
+    runs = load_runs(tmp_path, "fmnist", "linf")
     assert list(runs) == [0.02, 0.1]  # ascending, read from the manifests
     text = render_smoothing(tmp_path, THESIS)
     assert "## Table 4.1 shape: L∞ eps = 0.02" in text and "## Table 4.1 shape: L∞ eps = 0.1" in text
@@ -39,7 +39,7 @@ def test_mixed_eps_in_one_directory_is_rejected(tmp_path):
     write_result(tmp_path / "a", fake_result("cnn", "fmnist", "linf", bools(3, 4), {"autoattack": bools(1, 4)}, eps=0.1))
     write_result(tmp_path / "a", fake_result("cnn-gauss", "fmnist", "linf", bools(3, 4), {"autoattack": bools(1, 4)}, eps=0.05))
     with pytest.raises(ValueError, match="mixes eps"):
-        load_runs(tmp_path)
+        load_runs(tmp_path, "fmnist", "linf")
 
 
 def test_transfer_and_all_columns_when_a_run_has_transfer(tmp_path):
