@@ -17,6 +17,8 @@
 #      default, the line shows the copy-by-copy path, so the log says which one wins there);
 #   6. a short `bench run --device cuda` on E-ABS (Fashion-MNIST, 20 samples, PGD + FGM of the quick
 #      suite) into a scratch results directory (the committed results/ are not touched).
+# With SWEEP=<plan> it runs only steps 1-2 and then that sweep (see the SWEEP block below), e.g.
+#   SWEEP=plans/fmnist-eabs-paper.toml SWEEP_LIMIT=480 bash benchmarks/gpu_check.sh
 #
 # Wheels: on a machine with this project's environment, collect the dependencies except torch:
 #   pip download --no-deps -d wheels -c constraints.txt numpy scipy foolbox==3.3.4 eagerpy==0.30.0 \
@@ -77,6 +79,16 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 XDIST=""
 "$PYV" -c "import xdist" 2>/dev/null && XDIST="-n 4"
 
+if [ -n "${SWEEP:-}" ]; then
+    # SWEEP=plans/fmnist-eabs-paper.toml [SWEEP_LIMIT=480]: only the sweep (issue 14: E-ABS at the thesis
+    # budgets), resumable: the committed shards are copied in first, so finished jobs are skipped, and
+    # every finished job's shard file is under $OUT/sweep/.shards when the limit stops it.
+    #   copy back:  cp -rn <files_at>/sweep/.shards/. results/.shards/  then  bench sweep "$SWEEP" --results-dir results
+    SDIR="${OUT:-.}/sweep"
+    mkdir -p "$SDIR" && [ -d results/.shards ] && cp -r results/.shards "$SDIR/"
+    step sweep "${SWEEP_LIMIT:-480}" "$PYV" -m harness.cli sweep "$SWEEP" --results-dir "$SDIR" --quiet
+    echo; echo "=== summary"; printf '%s\n' "${SUMMARY[@]}"; exit 0
+fi
 step tests 900 "$PYV" -m pytest -q $XDIST tests
 step abs-inference-fp32 300 "$PYV" benchmarks/abs_inference.py --device cuda --repeats 2
 step abs-inference-bf16 300 "$PYV" benchmarks/abs_inference.py --device cuda --repeats 2 --precision bf16
