@@ -235,7 +235,7 @@ def _cmd_sweep(a) -> int:
 
     plan = load_plan(a.plan)
     if a.dry_run:
-        print(format_job_table(expand(plan)))
+        print(format_job_table(expand(plan), a.results_dir))
         return 0
     return run_sweep(plan, results_dir=a.results_dir, executor=a.executor, address=a.address, max_retries=a.max_retries, progress=not a.quiet)
 

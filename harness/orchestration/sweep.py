@@ -10,7 +10,10 @@ dependency graph and a retried or resumed job never waits on another one. The me
 all jobs of a shard agree on the clean records.
 
 Each job writes ``<results_dir>/.shards/<dataset>/<norm>/<defense>/<suite>/<attack>/shard-<k>-of-<S>.json``
-atomically, holding its spec hash; a rerun skips jobs whose file exists with a matching hash. When all
+atomically, holding its spec hash; a rerun skips jobs whose file exists with a matching hash. The hash
+covers what determines the job's output: the job's fields and its attack's identity (the attack
+spec with its effective EOT, and eps), not the suite file's text, so editing a comment or another
+attack of the suite does not throw finished shards away. When all
 jobs of a (dataset, norm, defense) are done, the merge writes ``<results_dir>/<dataset>/<norm>/<defense>.json``
 with the same manifest keys as ``bench run``.
 """
@@ -31,7 +34,7 @@ from typing import Any
 from harness import datasets
 from harness.errors import BenchUserError
 from harness.store.results import SCHEMA_VERSION, atomic_write_json, result_path, write_result
-from threat_models import NORMS, ThreatModel, default_threat, load_suite
+from threat_models import NORMS, ThreatModel, default_threat, is_suite_file, load_suite
 
 PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch", "options"}
 CLEAN_KEY = "_clean"  # job key of a suite with no attacks for a norm: the clean pass only
@@ -83,7 +86,8 @@ class SweepJob:
     options: tuple[tuple[str, Any], ...] = ()
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    suite_sha: str = field(default="", compare=False)
+    #: identity of the attack this job runs (:func:`attack_identity`); "" for the clean pass
+    attack_id: str = field(default="", compare=False)
 
     @property
     def name(self) -> str:
@@ -110,8 +114,10 @@ class SweepJob:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def partial_path(self, results_dir: str | os.PathLike) -> Path:
-        """Where the job's partial result goes."""
-        return Path(results_dir) / ".shards" / self.dataset / self.norm / self.variant / self.suite / self.attack / f"shard-{self.shard}-of-{self.shards}.json"
+        """Where the job's partial result goes (a suite file is filed under its name without the folder
+        and ``.toml``: an absolute path must not take the file out of ``results_dir``)."""
+        suite = Path(self.suite).stem if is_suite_file(self.suite) else self.suite
+        return Path(results_dir) / ".shards" / self.dataset / self.norm / self.variant / suite / self.attack / f"shard-{self.shard}-of-{self.shards}.json"
 
 
 def _strs(raw: dict, key: str, *, required: bool) -> tuple[str, ...] | None:
@@ -203,21 +209,24 @@ def shard_ranges(*, n: int, batch_size: int, shards: int) -> list[tuple[int, int
     return [(edges[k] * batch_size, min(edges[k + 1] * batch_size, n)) for k in range(shards)]
 
 
-def attack_keys(plan: Plan, *, dataset: str, norm: str, suite) -> list[str]:
-    """The attack keys ``bench run`` would record for this combination (plan's attack subset applied);
-    ``suite``: a :class:`threat_models.Suite` or its name."""
+def plan_attacks(plan: Plan, *, dataset: str, norm: str, suite, randomized: bool = False) -> list[tuple[str, str]]:
+    """``(key, identity)`` of each attack ``bench run`` would record for this combination (the plan's
+    attack subset applied; identity: :func:`attack_identity`). ``suite``: a :class:`threat_models.Suite`
+    loaded for the defense's ``randomized`` flag, or its name."""
     from harness.engine.runner import attack_jobs
 
     if isinstance(suite, str):
-        suite = load_suite(suite, norm=norm, dataset=dataset)
+        suite = load_suite(suite, norm=norm, dataset=dataset, randomized=randomized)
     entries = suite.entries
+    draws = max((e.spec.eot for e in entries), default=1) if randomized else 1  # as the runner's clean pass
     if plan.attacks:
         names = {e.spec.name for e in entries}
         entries = tuple(e for e in entries if e.spec.name in plan.attacks)
         if not entries and not (set(plan.attacks) & names):
             raise BenchUserError(f"plan: none of attacks {', '.join(plan.attacks)} is in suite {suite.name!r} for {norm}; available: {', '.join(sorted(names))}")
     threat = default_threat(dataset, norm) if plan.eps is None else ThreatModel(norm=norm, eps=plan.eps)
-    return [j.key for j in attack_jobs(entries, threat)]
+    out = [(j.key, attack_identity(j.spec.spec_hash(), j.threat.eps, draws)) for j in attack_jobs(entries, threat)]
+    return out or [(CLEAN_KEY, attack_identity("", None, draws))]
 
 
 def expand(plan: Plan) -> list[SweepJob]:
@@ -230,18 +239,16 @@ def expand(plan: Plan) -> list[SweepJob]:
         datasets.get_info(dataset)  # validates the name (n is checked against the test set in the jobs)
         for norm in plan.norms:
             for defense in plan.defenses:
-                build_defense(defense, dataset, **({"arch": plan.arch} if plan.arch else {}), **dict(plan.options))  # validates name, dataset, options
+                randomized = build_defense(defense, dataset, **({"arch": plan.arch} if plan.arch else {}), **dict(plan.options)).randomized  # validates name, dataset, options
                 seen: dict[str, str] = {}
                 for suite in plan.suites:
-                    parsed = load_suite(suite, norm=norm, dataset=dataset)
-                    sha = parsed.sha256[:12]
-                    keys = attack_keys(plan, dataset=dataset, norm=norm, suite=parsed) or [CLEAN_KEY]
-                    for key in keys:
+                    parsed = load_suite(suite, norm=norm, dataset=dataset, randomized=randomized)
+                    for key, identity in plan_attacks(plan, dataset=dataset, norm=norm, suite=parsed, randomized=randomized):
                         if key in seen and key != CLEAN_KEY:
                             raise BenchUserError(f"plan: attack {key!r} is in suites {seen[key]!r} and {suite!r}; one result file holds it once, so list one of them")
                         seen[key] = suite
                         for k, (a, b) in enumerate(ranges):
-                            jobs.append(SweepJob(defense=defense, dataset=dataset, norm=norm, suite=suite, attack=key, shard=k, shards=plan.shards, start=a, stop=b, n=plan.n, seed=plan.seed, batch_size=plan.batch_size, device=plan.device, eps=plan.eps, arch=plan.arch, options=plan.options, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, suite_sha=sha))
+                            jobs.append(SweepJob(defense=defense, dataset=dataset, norm=norm, suite=suite, attack=key, shard=k, shards=plan.shards, start=a, stop=b, n=plan.n, seed=plan.seed, batch_size=plan.batch_size, device=plan.device, eps=plan.eps, arch=plan.arch, options=plan.options, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, attack_id=identity))
     return jobs
 
 
@@ -257,12 +264,18 @@ def estimate_cost(jobs: list[SweepJob]) -> float:
     return sum((j.stop - j.start) * (attack_cost(j.attack) + CLEAN_COST) for j in jobs)
 
 
-def format_job_table(jobs: list[SweepJob]) -> str:
-    """The dry-run table: one row per job plus the count and the cost estimate."""
+def format_job_table(jobs: list[SweepJob], results_dir: str | os.PathLike | None = None) -> str:
+    """The dry-run table: one row per job (with ``results_dir``: whether it is finished there) plus the
+    count and the cost estimate (of the unfinished jobs, when ``results_dir`` is given)."""
     from tabulate import tabulate
 
-    rows = [[i, j.defense, j.dataset, j.norm, j.suite, j.attack, f"{j.shard + 1}/{j.shards}", f"{j.start}-{j.stop}"] for i, j in enumerate(jobs)]
-    table = tabulate(rows, headers=["#", "defense", "dataset", "norm", "suite", "attack", "shard", "samples"])
+    done = [results_dir is not None and is_done(j, results_dir) for j in jobs]
+    rows = [[i, j.defense, j.dataset, j.norm, j.suite, j.attack, f"{j.shard + 1}/{j.shards}", f"{j.start}-{j.stop}"] + (["done" if d else "to run"] if results_dir is not None else [])
+            for i, (j, d) in enumerate(zip(jobs, done))]
+    table = tabulate(rows, headers=["#", "defense", "dataset", "norm", "suite", "attack", "shard", "samples"] + (["status"] if results_dir is not None else []))
+    if results_dir is not None:
+        todo = [j for j, d in zip(jobs, done) if not d]
+        return f"{table}\n\n{len(jobs)} jobs, {len(jobs) - len(todo)} finished in {results_dir}; estimated cost of the {len(todo)} to run {estimate_cost(todo):,.0f} units (a rough estimate: per-attack relative cost factor x samples per shard; FGM on one sample = 1)"
     return f"{table}\n\n{len(jobs)} jobs; estimated cost {estimate_cost(jobs):,.0f} units (a rough estimate: per-attack relative cost factor x samples per shard; FGM on one sample = 1)"
 
 
@@ -272,14 +285,45 @@ def _cfg(job: SweepJob, *, attacks: tuple[str, ...] | None):
     return RunConfig(defense=job.defense, dataset=job.dataset, norm=job.norm, suite=job.suite, n=job.n, seed=job.seed, device=job.device, batch_size=job.batch_size, eps=job.eps, attacks=attacks, progress=False, train_if_missing=False, arch=job.arch, defense_options=job.options)
 
 
+def attack_identity(spec_hash: str, eps: float | None, score_draws: int) -> str:
+    """What a job's output depends on in its suite: the attack spec (its hash covers name, params,
+    restarts, seed and the EOT applied; "" for the clean pass), the eps it runs at, and the number of
+    draws the clean pass scores a randomized defense with (the suite's largest EOT)."""
+    return hashlib.sha256(f"{spec_hash}@{eps if eps is None else float(eps)!r}:{int(score_draws)}".encode()).hexdigest()[:12]
+
+
+def _legacy_identity(saved: dict, attack: str) -> str | None:
+    """The attack identity of a partial file written before jobs carried ``attack_id`` (they held the
+    hash of the suite file's text instead), rebuilt from what its manifest records."""
+    manifest = saved.get("manifest") or {}
+    draws = manifest.get("score_draws", 1)
+    if attack == CLEAN_KEY:
+        return attack_identity("", None, draws)
+    entry = (manifest.get("attacks") or {}).get(attack)
+    if not isinstance(entry, dict) or "spec_hash" not in entry or "eps" not in entry:
+        return None
+    return attack_identity(entry["spec_hash"], entry["eps"], draws)
+
+
 def is_done(job: SweepJob, results_dir: str | os.PathLike) -> bool:
-    """True when the job's partial file exists and was written for this exact job spec."""
+    """True when the job's partial file exists and was written for this exact job spec (or, for a
+    file from before ``attack_id`` existed, for the same job fields and the same attack spec and eps)."""
     p = job.partial_path(results_dir)
     if not p.is_file():
         return False
     try:
-        return json.loads(p.read_text(encoding="utf-8")).get("job_hash") == job.spec_hash
-    except (OSError, ValueError):
+        saved = json.loads(p.read_text(encoding="utf-8"))
+        if saved.get("job_hash") == job.spec_hash:
+            return True
+        old = saved.get("job")
+        if not isinstance(old, dict) or "suite_sha" not in old:
+            return False
+        mine = asdict(job)
+        mine.pop("attack_id")
+        old = {k: v for k, v in old.items() if k != "suite_sha"}
+        old["options"] = tuple(tuple(o) for o in old.get("options", ()))
+        return old == mine and _legacy_identity(saved, job.attack) == job.attack_id
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return False
 
 

@@ -8,13 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from harness.orchestration import sweep
 from harness.cli import main
-from harness.engine.runner import RunConfig, evaluate
+from harness.engine.runner import RunConfig, attack_jobs, evaluate
+from threat_models import default_threat, load_suite
 from tests.conftest import run_bench, write_learnable_idx
 
 PLAN = """
@@ -241,3 +244,72 @@ def test_runner_stages_by_hand_give_bench_runs_records(env):
     assert not_attacked({"clean_abstained": True}, minimization=True) == {"correct": False, "abstained": True, "norm": 0.0, "min_norm": 0.0}
     with pytest.raises(RuntimeError, match="outcomes for"):
         ev.add(type(runs[0])("x", {}, runs[0].outcomes[:3]))
+
+
+SUITE = """
+# {comment}
+description = "two attacks"
+eot_randomized = 5
+
+[[attack]]
+name = "pgd"
+norms = ["linf"]
+params = {{ steps = {steps}, rel_stepsize = 0.1 }}
+
+[[attack]]
+name = "fgm"
+norms = ["linf"]
+params = {{}}
+"""
+
+
+def _done_after_edit(tmp_path, *, comment: str, steps: int) -> dict[str, bool]:
+    """Fake finished partial files for the plan on suite v1, then which jobs count as done on the edited suite."""
+    tmp_path.mkdir(parents=True)
+    suite = tmp_path / "two.toml"
+    plan_text = PLAN.replace('suites = ["quick"]', f'suites = ["{suite}"]')
+    suite.write_text(SUITE.format(comment="v1", steps=10))
+    plan = sweep.parse_plan(tomllib.loads(plan_text))
+    (tmp_path / "plan.toml").write_text(plan_text)
+    for job in sweep.expand(plan):
+        path = job.partial_path(tmp_path / "res")
+        assert tmp_path / "res" / ".shards" in path.parents  # a suite given by absolute path stays inside
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"job": {}, "job_hash": job.spec_hash}))
+    suite.write_text(SUITE.format(comment=comment, steps=steps))
+    return {f"{j.attack}{j.shard}": sweep.is_done(j, tmp_path / "res") for j in sweep.expand(plan)}
+
+
+def test_finished_jobs_survive_a_suite_comment_edit_but_not_a_budget_change(env, tmp_path, capsys):
+    assert all(_done_after_edit(tmp_path / "a", comment="v1", steps=10).values())
+    # a comment edit does not change what any job computes: nothing reruns
+    assert all(_done_after_edit(tmp_path / "b", comment="edited comment", steps=10).values())
+    # a budget change of one attack reruns that attack's jobs only
+    assert _done_after_edit(tmp_path / "c", comment="v1", steps=20) == {"pgd0": False, "pgd1": False, "fgm0": True, "fgm1": True}
+    assert main(["sweep", str(tmp_path / "c" / "plan.toml"), "--dry-run", "--results-dir", str(tmp_path / "c" / "res")]) == 0
+    out = capsys.readouterr().out
+    assert "4 jobs, 2 finished in" in out and out.count("to run") == 2 + 1, out
+
+
+def test_partial_files_from_before_attack_ids_are_recognised_by_their_recorded_spec(env, tmp_path):
+    plan = sweep.parse_plan(tomllib.loads(PLAN))
+    job = next(j for j in sweep.expand(plan) if j.attack == "pgd")
+    threat = default_threat("fmnist", "linf")
+    spec = next(j.spec for j in attack_jobs(load_suite("quick", norm="linf", dataset="fmnist").entries, threat) if j.key == "pgd")
+    old_job = {k: v for k, v in asdict(job).items() if k != "attack_id"} | {"suite_sha": "text-hash", "options": []}
+    entry = {"spec_hash": spec.spec_hash(), "eps": threat.eps}
+    path = job.partial_path(tmp_path)
+    path.parent.mkdir(parents=True)
+
+    def write(job_dict, attack_entry, draws=1):
+        path.write_text(json.dumps({"job": job_dict, "job_hash": "stale", "manifest": {"score_draws": draws, "attacks": {"pgd": attack_entry}}}))
+        return sweep.is_done(job, tmp_path)
+
+    assert write(old_job, entry)
+    assert not write(old_job, entry | {"spec_hash": "000000000000"})  # another budget
+    assert not write(old_job, entry | {"eps": 0.2})  # another eps
+    assert not write(old_job, entry, draws=5)  # another clean-pass scoring
+    assert not write(old_job | {"n": 41}, entry)  # another job
+    assert not write({k: v for k, v in old_job.items() if k != "suite_sha"}, entry)  # neither format
+    path.write_text("{not json")
+    assert not sweep.is_done(job, tmp_path)
