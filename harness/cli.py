@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--select-n", type=_positive_int, default=100, help="validation images for the hyperparameter choice (default 100)")
     de.add_argument("--seed", type=_nonneg_int, default=0)
     de.add_argument("--retrain", action="store_true", help="train the c-VAE again even if checkpoints/cvae-<dataset>-<experiment> exists")
+    de.add_argument("--reselect", action="store_true", help="keep the trained c-VAE and choose its inference hyperparameters on the validation split again")
     de.add_argument("--checkpoint-dir", default="checkpoints")
     de.add_argument("--results-dir", default=DEFAULT_RESULTS)
     de.add_argument("--doc", default="docs/decomposition.md")
@@ -386,7 +387,7 @@ def _cmd_decompose(a) -> int:
 
         torch.set_num_threads(a.threads)
     run_decompose(a.experiment, a.dataset, n=a.n, epochs=a.epochs, seed=a.seed, select_n=a.select_n, results_dir=a.results_dir, doc=a.doc,
-                  checkpoint_dir=a.checkpoint_dir, retrain=a.retrain, progress=not a.quiet)
+                  checkpoint_dir=a.checkpoint_dir, retrain=a.retrain, reselect=a.reselect, progress=not a.quiet)
     return 0
 
 

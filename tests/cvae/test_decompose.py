@@ -56,3 +56,53 @@ def test_doc_is_rendered_from_the_result_files(tmp_path):
 def test_empty_doc(tmp_path):
     text = write_doc(str(tmp_path / "none"), str(tmp_path / "d.md"))
     assert "No results yet" in text
+
+
+def test_validation_shuffle_keeps_images_with_their_labels():
+    import torch
+
+    from harness.experiments.decompose import _shuffled
+
+    x = torch.arange(50.0).view(50, 1, 1, 1).expand(50, 1, 2, 2)
+    y = torch.stack([torch.arange(50) % 2, torch.arange(50)], 1)  # the second column names the image
+    split = type("Split", (), {"x": x, "y": y})()
+    out = _shuffled(split, torch.Generator().manual_seed(0))
+    assert not torch.equal(out.y, y)  # shuffled
+    assert torch.equal(out.x[:, 0, 0, 0].long(), out.y[:, 1])  # but every image keeps its label
+    again = _shuffled(split, torch.Generator().manual_seed(0))
+    assert torch.equal(again.x, out.x) and torch.equal(again.y, out.y)  # seeded
+
+
+def test_reselect_keeps_the_weights_and_rewrites_only_the_cards_choice(tmp_path, monkeypatch):
+    import torch
+
+    from defenses.cvae import CVAE
+    from harness.experiments import decompose
+    from harness.store.checkpoints import save_checkpoint
+
+    monkeypatch.setattr(decompose.datasets, "get_info", lambda name: type("Info", (), {"num_classes": 4, "shape": (1, 64, 64), "multilabel": True})())
+    torch.manual_seed(0)
+    model = CVAE(num_classes=4, input_shape=(1, 64, 64), dataset="ts", multilabel=True)
+    path = tmp_path / "cvae-ts-novel.safetensors"
+    card = save_checkpoint(model, path, {"defense": "cvae", "epochs": 3, "train_wall_time_s": 5.0, "inference": {"c": 1.0}, "val_exact": 0.1, "command": "bench decompose old"})
+    weights = path.read_bytes()
+    seen = {}
+
+    def fake_select(self, x, y, *, progress=False, components=None):
+        seen["pairs"] = (x.clone(), y.clone(), components.clone())
+        return {"inference": {"c": 0.1, "beta": 5.0}, "val_exact": 0.9, "selection": {"n": len(x), "grid": []}}
+
+    monkeypatch.setattr(CVAE, "select_decomposition", fake_select)
+    split = type("Split", (), {"x": torch.rand(6, 1, 64, 64), "y": torch.tensor([[1, 0, 1, 0], [1, 1, 0, 1]] * 3)})()
+    kw = dict(epochs=3, seed=0, select_n=4, retrain=False, checkpoint_dir=tmp_path, progress=False, log=lambda *_: None)
+
+    _, loaded = decompose._cvae("ts", "novel", split, split, **kw)  # plain load: no selection
+    assert "pairs" not in seen and loaded["val_exact"] == 0.1
+    _, new = decompose._cvae("ts", "novel", split, split, reselect=True, **kw)
+    x, y, comps = seen["pairs"]
+    assert torch.equal(x, split.x[:4]) and torch.equal(y, split.y[:4])
+    assert comps.tolist() == [False, True, True, True]  # the component in every training image is not scored
+    assert path.read_bytes() == weights  # weights untouched
+    on_disk = json.loads(path.with_suffix(".json").read_text())
+    assert on_disk["inference"] == {"c": 0.1, "beta": 5.0} and on_disk["val_exact"] == 0.9 and on_disk["sha256"] == card["sha256"]
+    assert on_disk["command"] == "bench decompose old" and "reselected_by" in on_disk and new["val_exact"] == 0.9
