@@ -72,6 +72,10 @@ class InferenceConfig:
     #: of Q*: less noisy; measured on the 8-epoch E-ABS, val[0:1000], 0 steps: 62.7% at one sample,
     #: 87.4% at the mean). Not in the thesis: an option for the issue-14 investigation.
     score_at: str = "sample"
+    #: Adam step size on the log-variance of variational inference; None = ``lr`` (one step size for
+    #: mean and log-variance). Not in the thesis (which gives no step size): an option for the
+    #: issue-14 investigation of the first steps moving the mean away from its good start.
+    lr_logvar: float | None = None
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 0:
@@ -80,6 +84,8 @@ class InferenceConfig:
             raise BenchUserError(f"inference candidates must be an integer >= 1, got {self.candidates!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
             raise BenchUserError(f"inference lr must be a number > 0, got {self.lr!r}")
+        if self.lr_logvar is not None and (isinstance(self.lr_logvar, bool) or not isinstance(self.lr_logvar, (int, float)) or not math.isfinite(self.lr_logvar) or self.lr_logvar <= 0):
+            raise BenchUserError(f"inference lr_logvar must be a number > 0, got {self.lr_logvar!r}")
         if self.precision not in PRECISIONS:
             raise BenchUserError(f"inference precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.score_at not in SCORE_AT:
@@ -101,8 +107,8 @@ class GenerativeClassifier(Defense):
 
     def __init__(self, *, num_classes, input_shape, dataset, inference: InferenceConfig | None = None,
                  steps: int | None = None, candidates: int | None = None, precision: str | None = None, lr: float | None = None,
-                 score_at: str | None = None):
-        """``steps`` / ``candidates`` / ``lr`` / ``precision`` / ``score_at`` override the default inference settings
+                 score_at: str | None = None, lr_logvar: float | None = None):
+        """``steps`` / ``candidates`` / ``lr`` / ``lr_logvar`` / ``precision`` / ``score_at`` override the default inference settings
         (``bench run --option steps=20``: a separate result variant; ``--option precision=bf16``: an
         execution option, same result file, recorded in the manifest)."""
         super().__init__(num_classes=num_classes, input_shape=input_shape, dataset=dataset)
@@ -112,7 +118,7 @@ class GenerativeClassifier(Defense):
         self.decoder = GroupedDecoder(self.layout, self.input_shape, k)
         if self.aae:
             self.discriminator = GroupedDiscriminator(self.layout, 1 if self.discriminative else k)
-        overrides = {k: v for k, v in {"steps": steps, "candidates": candidates, "precision": precision, "lr": lr, "score_at": score_at}.items() if v is not None}
+        overrides = {k: v for k, v in {"steps": steps, "candidates": candidates, "precision": precision, "lr": lr, "score_at": score_at, "lr_logvar": lr_logvar}.items() if v is not None}
         default = InferenceConfig(lr=VARIATIONAL_LR) if self.variational else InferenceConfig()
         self.inference = replace(inference or default, **overrides)
         self._cache = None  # (folded decoder net, candidate latents, their reconstructions, their regulariser)
@@ -260,8 +266,8 @@ class GenerativeClassifier(Defense):
             xr = x.repeat(draws, *([1] * (x.dim() - 1)))
             mu = mu0.repeat(draws, 1, 1).clone().requires_grad_(True)
             lv = lv0.repeat(draws, 1, 1).clone().requires_grad_(True)
-        params = [mu, lv] if self.variational else [mu]
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        groups = [{"params": [mu]}] + ([{"params": [lv], "lr": cfg.lr if cfg.lr_logvar is None else cfg.lr_logvar}] if self.variational else [])
+        opt = torch.optim.Adam(groups, lr=cfg.lr)
         amp = cfg.precision == "bf16"
         with torch.enable_grad():
             for _ in range(cfg.steps):

@@ -209,3 +209,33 @@ def test_score_at_mean_evaluates_the_final_loss_at_the_variational_mean():
     assert m.extra_info()["inference"]["score_at"] == "mean"
     with pytest.raises(BenchUserError, match="score_at"):
         build_defense("eabs", "fmnist", score_at="median")
+
+
+def test_lr_logvar_sets_the_step_size_of_the_log_variance_only(monkeypatch):
+    from defenses.generative import VARIATIONAL_LR
+    from harness.errors import BenchUserError
+
+    torch.manual_seed(0)
+    base = build_defense("eabs", "fmnist", steps=2, candidates=20).eval()
+    assert base.inference.lr_logvar is None
+    seen = []
+    real_adam = torch.optim.Adam
+
+    def spy(groups, lr):
+        opt = real_adam(groups, lr=lr)
+        seen.append([g["lr"] for g in opt.param_groups])
+        return opt
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    x = torch.rand(2, 1, 28, 28)
+    base.infer(x, generator=torch.Generator().manual_seed(0))
+    split = build_defense("eabs", "fmnist", steps=2, candidates=20, lr=0.05, lr_logvar=0.8).eval()
+    split.load_state_dict(base.state_dict())
+    split.infer(x, generator=torch.Generator().manual_seed(0))
+    mean_only = build_defense("abs", "fmnist", steps=2, candidates=20, lr_logvar=0.8).eval()
+    mean_only.infer(x)
+    assert seen == [[VARIATIONAL_LR, VARIATIONAL_LR], [0.05, 0.8], [0.05]]  # ABS optimises no variance
+    assert split.extra_info()["inference"]["lr_logvar"] == 0.8
+    for bad in (0, -1.0, float("inf"), "fast", True):
+        with pytest.raises(BenchUserError, match="lr_logvar"):
+            build_defense("eabs", "fmnist", lr_logvar=bad)
