@@ -35,6 +35,7 @@ def _result(experiment):
     return dict(base, dataset="multi-fmnist", train_size=10,
                 cvae={"exact_set_accuracy": _rate(6, 10), "both_true_components_found": _rate(7, 10), "rejected_as_noise": _rate(0, 10),
                       "predicted_ones": {"2": 10}, "mean_candidates": 2.0, "inference": inf, "checkpoint": ck, "wall_time_s": 3.0},
+                cnn={"exact_set_accuracy": _rate(8, 10), "epochs": 5, "train_wall_time_s": 2.0, "arch": "overlay cnn"},
                 figures={"samples": "c.png"})
 
 
@@ -49,6 +50,7 @@ def test_doc_is_rendered_from_the_result_files(tmp_path):
     assert "recognised 95.0% [" in text and "(19/20)" in text
     assert "called 'left turn' 100.0% [" in text
     assert "| c-VAE | 60.0% [" in text and "65.6%" in text
+    assert "top 2 classes (a reference for how separable they are) | 80.0% [" in text and "CNN: overlay cnn, 5 epochs" in text
     assert "bench decompose ..." in text and "2 epochs of eq. (1)" in text
     assert write_doc(str(tmp_path / "results"), str(doc)) == text  # a pure function of the files
 
@@ -106,3 +108,22 @@ def test_reselect_keeps_the_weights_and_rewrites_only_the_cards_choice(tmp_path,
     on_disk = json.loads(path.with_suffix(".json").read_text())
     assert on_disk["inference"] == {"c": 0.1, "beta": 5.0} and on_disk["val_exact"] == 0.9 and on_disk["sha256"] == card["sha256"]
     assert on_disk["command"] == "bench decompose old" and "reselected_by" in on_disk and new["val_exact"] == 0.9
+
+
+def test_multilabel_cnn_reference_learns_two_hot_targets():
+    import torch
+
+    from harness.experiments.decompose import _train_cnn
+
+    g = torch.Generator().manual_seed(0)
+    # 36 x 36 overlays of two of four bright quadrant-like blocks: a separable toy multi-label task
+    y = torch.zeros(256, 4, dtype=torch.long)
+    for i in range(256):
+        y[i, torch.randperm(4, generator=g)[:2]] = 1
+    x = torch.rand(256, 1, 36, 36, generator=g) * 0.1
+    for k, (r, c) in enumerate([(0, 0), (0, 18), (18, 0), (18, 18)]):
+        x[y[:, k] == 1, :, r : r + 18, c : c + 18] += 0.8
+    net, _ = _train_cnn(x, y, epochs=8, seed=0, progress=False)
+    with torch.no_grad():
+        top2 = torch.zeros_like(y).scatter(1, net(x).topk(2, dim=1).indices, 1)
+    assert (top2 == y).all(1).float().mean() > 0.9
