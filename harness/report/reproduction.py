@@ -75,6 +75,9 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
     status = checkpoint_status(defense, m.get("dataset", ""), m.get("checkpoint_sha256"))
     if status.startswith("older"):
         parts.append(f"this row evaluated an older checkpoint than the one found today ({status[len('older ('):-1]}): rerun it")
+    changed = settings_changes(defense, m.get("dataset", ""), m)
+    if changed:
+        parts.append(f"this row evaluated other defense settings than today's ({', '.join(changed)}): rerun it")
     if row == "clean":
         parts.append(f"checkpoint trained {epochs} epochs (model card); the clean gap is the checkpoint's")
         return "; ".join(parts)
@@ -102,6 +105,41 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
     return "; ".join(parts)
 
 
+def settings_changes(defense: str, dataset: str, manifest: dict) -> list[str]:
+    """How the defense a result file evaluated differs from the one built today with the same options
+    and the model card found today: ``["inference.lr 0.4 -> 0.05", ...]`` over the keys both record
+    in ``defense_config`` (execution options such as ``precision`` do not change results and are
+    skipped; keys a file does not record are not compared). Empty when nothing changed or when the
+    defense cannot be built here (an uninstalled plugin)."""
+    from harness.engine.models import EXECUTION_OPTIONS, build_defense
+    from harness.store.checkpoints import find_checkpoint, read_card
+
+    recorded = manifest.get("defense_config")
+    if not isinstance(recorded, dict):
+        return []
+    try:
+        d = build_defense(defense, dataset, **(manifest.get("defense_options") or {}))
+        path = find_checkpoint(defense, dataset)
+        if path is not None:
+            d.load_card(read_card(path))
+        today = d.extra_info()
+    except Exception:  # noqa: BLE001 - a report must not fail on a defense it cannot build
+        return []
+    out = []
+
+    def walk(a, b, prefix):
+        for k in a.keys() & b.keys():
+            if k in EXECUTION_OPTIONS:
+                continue
+            if isinstance(a[k], dict) and isinstance(b[k], dict):
+                walk(a[k], b[k], f"{prefix}{k}.")
+            elif a[k] != b[k] and not (isinstance(a[k], float) and isinstance(b[k], float) and math.isclose(a[k], b[k], rel_tol=1e-6)):
+                out.append(f"{prefix}{k} {a[k]!r} -> {b[k]!r}")
+
+    walk(recorded, today, "")
+    return sorted(out)
+
+
 def checkpoint_status(defense: str, dataset: str, sha: str | None) -> str:
     """Whether a result file evaluated the checkpoint that is found today: ``current``, or
     ``older (now N epochs)`` when the defense has been retrained since (its row is then stale)."""
@@ -112,6 +150,12 @@ def checkpoint_status(defense: str, dataset: str, sha: str | None) -> str:
         return "—"
     card = read_card(path)
     return "current" if card.get("sha256") == sha else f"older (now {card.get('epochs')} epochs)"
+
+
+def _status_cell(defense: str, dataset: str, manifest: dict) -> str:
+    status = checkpoint_status(defense, dataset, manifest.get("checkpoint_sha256"))
+    changed = settings_changes(defense, dataset, manifest)
+    return status + (f"; settings changed since: {', '.join(changed)}" if changed else "")
 
 
 def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.PathLike, *, dataset: str | None = None) -> str:
@@ -156,7 +200,7 @@ def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.Pa
             if d in results:
                 m = results[d]["manifest"]
                 brows.append([defense_label(d), m.get("n"), m.get("suite"), "; ".join(f"{a}: {v.get('budget', '')}" for a, v in m.get("attacks", {}).items()),
-                              m.get("checkpoint_epochs"), checkpoint_status(d, dataset, m.get("checkpoint_sha256"))])
+                              m.get("checkpoint_epochs"), _status_cell(d, dataset, m)])
         if brows:
             lines += ["Budgets of our runs:", "", tabulate(brows, headers=["Defense", "n", "suite", "attacks", "training epochs", "checkpoint"], tablefmt="github"), ""]
         far = []
