@@ -9,7 +9,7 @@ validation images, computed with the defense's full inference (``predict``, not 
 ``bench calibrate --defense eabs --dataset fmnist`` writes into the checkpoint's model card::
 
     reject_threshold      the threshold (loaded by ``Defense.load_card``)
-    reject_calibration    {quantile, n, seed, draws, val_acc_inference, val_rejected, wall_time_s, command}
+    reject_calibration    {quantile, n, seed, draws, defense_config, val_acc_inference, val_rejected, wall_time_s, command}
 
 ``val_acc_inference`` is the validation accuracy of the full inference on the same images, the
 number to compare with the thesis's clean accuracy (the training card's ``val_acc`` is the
@@ -102,6 +102,8 @@ def calibrate(
             "split": "val",
             "draws": draws,
             "options": dict(options or {}),
+            # the settings the calibration ran with (e.g. the inference): a later change makes it stale
+            "defense_config": {k: v for k, v in model.extra_info().items() if k != "reject_threshold"},
             "val_acc_inference": round(float(torch.cat(correct).float().mean()), 4),
             "val_rejected": round(float((loss > threshold).float().mean()), 4),
             "best_loss_median": round(float(loss.median()), 4),

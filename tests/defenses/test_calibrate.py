@@ -29,6 +29,8 @@ def test_calibrate_writes_threshold_that_load_applies(bench_env, monkeypatch):
     out = calibrate("abs", "fmnist", quantile=0.75, n=40, progress=False, announce=lambda *_: None, test_n=30, batch_size=16)
     cal = out["reject_calibration"]
     assert cal["n"] == 40 and cal["quantile"] == 0.75 and 0.0 <= cal["val_acc_inference"] <= 1.0
+    # the inference it ran with is recorded (the smoke-test budget here), the threshold it sets is not
+    assert cal["defense_config"]["inference"]["steps"] == 3 and "reject_threshold" not in cal["defense_config"]
     # about a quarter of the calibration images lie above the 0.75 quantile
     assert 0.15 <= cal["val_rejected"] <= 0.3
 
