@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import time
 from pathlib import Path
 
@@ -42,6 +43,36 @@ def option_flags(options: dict | None) -> str:
 #: options that change how a defense computes, not what: like the device, they are recorded in the
 #: manifest (``defense_options``, ``defense_config``) but do not make a separate result file
 EXECUTION_OPTIONS = frozenset({"precision"})
+
+
+def config_changes(recorded: dict, today: dict, prefix: str = "") -> list[str]:
+    """How a recorded ``defense_config`` differs from today's: ``["inference.lr 0.4 -> 0.05", ...]``,
+    sorted, over the keys both hold (a key a file does not record is not compared), execution
+    options skipped (they do not change results), floats equal to 1e-6 relative."""
+    out = []
+    for k in recorded.keys() & today.keys():
+        a, b = recorded[k], today[k]
+        if k in EXECUTION_OPTIONS:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b and not (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6)):
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return sorted(out)
+
+
+def today_config(name: str, dataset: str, options: dict | None = None) -> dict | None:
+    """The ``defense_config`` a run of defense ``name`` with ``options`` would record today: the
+    defense built with its default settings and the model card found now (no weights are loaded).
+    None when it cannot be built here (an uninstalled plugin, an unknown name)."""
+    try:
+        d = build_defense(name, dataset, **(options or {}))
+        path = find_checkpoint(d.checkpoint_name(), dataset)
+        if path is not None:
+            d.load_card(read_card(path))
+        return d.extra_info()
+    except Exception:  # noqa: BLE001 - callers use this to compare, and skip what they cannot build
+        return None
 
 
 def variant_key(name: str, options: dict | None) -> str:

@@ -45,7 +45,7 @@ from harness.attacks import AttackReport, broken_plugins, find_attack, get_attac
 from harness.engine.eot import EOTModel
 from harness.errors import BenchUserError
 from harness.engine.gradcheck import check_gradients, describe
-from harness.engine.models import load_defense, variant_key
+from harness.engine.models import config_changes, load_defense, variant_key
 from harness.store.provenance import code_commit, command_line, device_name, package_versions, resolve_device
 from harness.store.results import SCHEMA_VERSION, load_result, result_path, write_result
 from harness.engine.sanity import model_checks, outcome_checks
@@ -455,6 +455,12 @@ def _check_same_evaluation(path: Path, old: dict, ctx: EvalContext, manifest: di
         raise BenchUserError(
             f"{path} holds a different evaluation (n={om.get('n')}, seed={om.get('seed')}, eps={om.get('eps')}, or another checkpoint); "
             "pass --fresh to overwrite it or --results-dir to write elsewhere"
+        )
+    changed = config_changes(om.get("defense_config") or {}, manifest.get("defense_config") or {})
+    if changed:
+        raise BenchUserError(
+            f"{path} evaluated the defense with other settings ({'; '.join(changed)}), e.g. before a recalibration or a new "
+            "inference default: its attacks would not be this defense's; pass --fresh to replace it or --results-dir to write elsewhere"
         )
     if (om.get("defense_options") or {}) != manifest["defense_options"]:
         raise BenchUserError(

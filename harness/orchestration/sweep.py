@@ -269,7 +269,8 @@ def format_job_table(jobs: list[SweepJob], results_dir: str | os.PathLike | None
     count and the cost estimate (of the unfinished jobs, when ``results_dir`` is given)."""
     from tabulate import tabulate
 
-    done = [results_dir is not None and is_done(j, results_dir) for j in jobs]
+    configs = today_configs(jobs) if results_dir is not None else None
+    done = [results_dir is not None and is_done(j, results_dir, configs) for j in jobs]
     rows = [[i, j.defense, j.dataset, j.norm, j.suite, j.attack, f"{j.shard + 1}/{j.shards}", f"{j.start}-{j.stop}"] + (["done" if d else "to run"] if results_dir is not None else [])
             for i, (j, d) in enumerate(zip(jobs, done))]
     table = tabulate(rows, headers=["#", "defense", "dataset", "norm", "suite", "attack", "shard", "samples"] + (["status"] if results_dir is not None else []))
@@ -305,14 +306,35 @@ def _legacy_identity(saved: dict, attack: str) -> str | None:
     return attack_identity(entry["spec_hash"], entry["eps"], draws)
 
 
-def is_done(job: SweepJob, results_dir: str | os.PathLike) -> bool:
+def today_configs(jobs: list[SweepJob]) -> dict[tuple, dict | None]:
+    """Today's ``defense_config`` of every (defense, dataset, options) of ``jobs``
+    (:func:`harness.engine.models.today_config`), for :func:`is_done`."""
+    from harness.engine.models import today_config
+
+    out: dict[tuple, dict | None] = {}
+    for j in jobs:
+        key = (j.defense, j.dataset, j.options, j.arch)
+        if key not in out:
+            out[key] = today_config(j.defense, j.dataset, j.defense_options)
+    return out
+
+
+def is_done(job: SweepJob, results_dir: str | os.PathLike, configs: dict[tuple, dict | None] | None = None) -> bool:
     """True when the job's partial file exists and was written for this exact job spec (or, for a
-    file from before ``attack_id`` existed, for the same job fields and the same attack spec and eps)."""
+    file from before ``attack_id`` existed, for the same job fields and the same attack spec and eps)
+    and, with ``configs`` (:func:`today_configs`), for the defense's settings of today (a file
+    computed before a recalibration or a new inference default is not finished work)."""
     p = job.partial_path(results_dir)
     if not p.is_file():
         return False
     try:
         saved = json.loads(p.read_text(encoding="utf-8"))
+        if configs is not None:
+            from harness.engine.models import config_changes
+
+            today = configs.get((job.defense, job.dataset, job.options, job.arch))
+            if today is not None and config_changes(saved.get("manifest", {}).get("defense_config") or {}, today):
+                return False
         if saved.get("job_hash") == job.spec_hash:
             return True
         old = saved.get("job")
@@ -374,6 +396,11 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         shas = {p["manifest"].get("checkpoint_sha256") for p in parts.values()}
         if len(shas) > 1:
             raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files come from different checkpoints; delete {Path(results_dir) / '.shards'} (or that part of it) and rerun")
+        from harness.engine.models import config_changes
+
+        mixed = sorted({c for p in parts.values() for c in config_changes(first.get("defense_config") or {}, p["manifest"].get("defense_config") or {})})
+        if mixed:
+            raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files evaluated the defense with different settings ({'; '.join(mixed)}); rerun the sweep (it redoes the shards of other settings than today's)")
         records = []
         clean_wall = 0.0
         for s in shards:
@@ -456,8 +483,9 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     from harness.store.provenance import command_line
 
     jobs = expand(plan)
-    done = [j for j in jobs if is_done(j, results_dir)]
-    todo = [j for j in jobs if not is_done(j, results_dir)]
+    configs = today_configs(jobs)
+    done = [j for j in jobs if is_done(j, results_dir, configs)]
+    todo = [j for j in jobs if not is_done(j, results_dir, configs)]
     log(f"sweep: {len(jobs)} jobs; skipping {len(done)} finished jobs; running {len(todo)} on the {executor} executor")
     failures: dict[str, str] = {}
     if todo:

@@ -111,33 +111,13 @@ def settings_changes(defense: str, dataset: str, manifest: dict) -> list[str]:
     in ``defense_config`` (execution options such as ``precision`` do not change results and are
     skipped; keys a file does not record are not compared). Empty when nothing changed or when the
     defense cannot be built here (an uninstalled plugin)."""
-    from harness.engine.models import EXECUTION_OPTIONS, build_defense
-    from harness.store.checkpoints import find_checkpoint, read_card
+    from harness.engine.models import config_changes, today_config
 
     recorded = manifest.get("defense_config")
-    if not isinstance(recorded, dict):
+    today = today_config(defense, dataset, manifest.get("defense_options"))
+    if not isinstance(recorded, dict) or today is None:
         return []
-    try:
-        d = build_defense(defense, dataset, **(manifest.get("defense_options") or {}))
-        path = find_checkpoint(defense, dataset)
-        if path is not None:
-            d.load_card(read_card(path))
-        today = d.extra_info()
-    except Exception:  # noqa: BLE001 - a report must not fail on a defense it cannot build
-        return []
-    out = []
-
-    def walk(a, b, prefix):
-        for k in a.keys() & b.keys():
-            if k in EXECUTION_OPTIONS:
-                continue
-            if isinstance(a[k], dict) and isinstance(b[k], dict):
-                walk(a[k], b[k], f"{prefix}{k}.")
-            elif a[k] != b[k] and not (isinstance(a[k], float) and isinstance(b[k], float) and math.isclose(a[k], b[k], rel_tol=1e-6)):
-                out.append(f"{prefix}{k} {a[k]!r} -> {b[k]!r}")
-
-    walk(recorded, today, "")
-    return sorted(out)
+    return config_changes(recorded, today)
 
 
 def checkpoint_status(defense: str, dataset: str, sha: str | None) -> str:

@@ -45,6 +45,25 @@ def test_another_suite_or_budget_is_refused_and_keeps_the_old_records(trained):
     assert json.loads(path.read_text())["manifest"]["suite"] == "smoke"
 
 
+def test_a_file_of_the_defense_with_other_settings_is_refused(trained):
+    out = trained / "r"
+    args = ["run", "--defense", "cnn", "--norm", "linf", "--n", "20", "--results-dir", str(out), "--quiet", "--suite", "quick"]
+    assert run_bench(*args, "--attacks", "fgm").returncode == 0
+    path = out / "fmnist" / "linf" / "cnn.json"
+    data = json.loads(path.read_text())
+    # as if the file came from before a change of the defense's settings (here: its recorded architecture)
+    data["manifest"]["defense_config"]["arch"] = "older-arch"
+    path.write_text(json.dumps(data))
+    before = path.read_text()
+    _one_error_line(run_bench(*args, "--attacks", "fgm,pgd"), "arch 'older-arch' -> 'table2.1'")
+    assert path.read_text() == before  # nothing mixed in
+    # a key the file does not record (a setting added since) does not block the resume
+    del data["manifest"]["defense_config"]["arch"]
+    path.write_text(json.dumps(data))
+    assert run_bench(*args, "--attacks", "fgm,pgd").returncode == 0
+    assert set(json.loads(path.read_text())["manifest"]["attacks"]) == {"fgm", "pgd"}
+
+
 def test_manifest_and_card_record_data_provenance(trained):
     out = trained / "r"
     assert run_bench("run", "--defense", "cnn", "--norm", "linf", "--n", "10", "--attacks", "fgm", "--results-dir", str(out), "--quiet").returncode == 0
