@@ -225,7 +225,8 @@ def plan_attacks(plan: Plan, *, dataset: str, norm: str, suite, randomized: bool
         if not entries and not (set(plan.attacks) & names):
             raise BenchUserError(f"plan: none of attacks {', '.join(plan.attacks)} is in suite {suite.name!r} for {norm}; available: {', '.join(sorted(names))}")
     threat = default_threat(dataset, norm) if plan.eps is None else ThreatModel(norm=norm, eps=plan.eps)
-    out = [(j.key, attack_identity(j.spec.spec_hash(), j.threat.eps, draws)) for j in attack_jobs(entries, threat)]
+    # j.hash: the spec hash (with the eps for one eps of a sweep), as the result file's manifest records it
+    out = [(j.key, attack_identity(j.hash, j.threat.eps, draws)) for j in attack_jobs(entries, threat)]
     return out or [(CLEAN_KEY, attack_identity("", None, draws))]
 
 
@@ -287,8 +288,9 @@ def _cfg(job: SweepJob, *, attacks: tuple[str, ...] | None):
 
 
 def attack_identity(spec_hash: str, eps: float | None, score_draws: int) -> str:
-    """What a job's output depends on in its suite: the attack spec (its hash covers name, params,
-    restarts, seed and the EOT applied; "" for the clean pass), the eps it runs at, and the number of
+    """What a job's output depends on in its suite: the attack spec (its hash, as the result manifest
+    records it, covers name, params, restarts, seed and the EOT applied, and the eps of one eps of a
+    sweep; "" for the clean pass), the eps it runs at, and the number of
     draws the clean pass scores a randomized defense with (the suite's largest EOT)."""
     return hashlib.sha256(f"{spec_hash}@{eps if eps is None else float(eps)!r}:{int(score_draws)}".encode()).hexdigest()[:12]
 
