@@ -277,7 +277,8 @@ def format_job_table(jobs: list[SweepJob], results_dir: str | os.PathLike | None
     table = tabulate(rows, headers=["#", "defense", "dataset", "norm", "suite", "attack", "shard", "samples"] + (["status"] if results_dir is not None else []))
     if results_dir is not None:
         todo = [j for j, d in zip(jobs, done) if not d]
-        return f"{table}\n\n{len(jobs)} jobs, {len(jobs) - len(todo)} finished in {results_dir}, {len(todo)} to run; estimated cost {estimate_cost(todo):,.0f} units (a rough estimate: per-attack relative cost factor x samples per shard; FGM on one sample = 1)"
+        return (f"{table}\n\n{len(jobs)} jobs; estimated cost {estimate_cost(todo):,.0f} units (a rough estimate: per-attack relative cost factor x samples per shard; FGM on one sample = 1)\n"
+                f"{len(jobs) - len(todo)} finished in {results_dir}, {len(todo)} to run (the estimate counts those)")
     return f"{table}\n\n{len(jobs)} jobs; estimated cost {estimate_cost(jobs):,.0f} units (a rough estimate: per-attack relative cost factor x samples per shard; FGM on one sample = 1)"
 
 

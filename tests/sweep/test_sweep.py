@@ -288,7 +288,7 @@ def test_finished_jobs_survive_a_suite_comment_edit_but_not_a_budget_change(env,
     assert _done_after_edit(tmp_path / "c", comment="v1", steps=20) == {"pgd0": False, "pgd1": False, "fgm0": True, "fgm1": True}
     assert main(["sweep", str(tmp_path / "c" / "plan.toml"), "--dry-run", "--results-dir", str(tmp_path / "c" / "res")]) == 0
     out = capsys.readouterr().out
-    assert "4 jobs, 2 finished in" in out and out.count("to run") == 2 + 1, out
+    assert "4 jobs; estimated cost" in out and "2 finished in" in out and out.count("to run") == 2 + 1, out
 
 
 def test_partial_files_from_before_attack_ids_are_recognised_by_their_recorded_spec(env, tmp_path):
