@@ -379,8 +379,9 @@ def _test_hooks(job: SweepJob) -> None:
         time.sleep(float(delay))
 
 
-def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None) -> list[Path]:
-    """Write the canonical result file of every (dataset, norm, defense) whose jobs are all done."""
+def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None, configs: dict[tuple, dict | None] | None = None) -> list[Path]:
+    """Write the canonical result file of every (dataset, norm, defense) whose jobs are all done
+    (``configs``: today's defense settings, :func:`today_configs`; see :func:`is_done`)."""
     from harness.store.provenance import command_line
 
     groups: dict[tuple[str, str, str], list[SweepJob]] = {}
@@ -388,7 +389,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         groups.setdefault((j.dataset, j.norm, j.variant), []).append(j)
     written = []
     for (dataset, norm, variant), gjobs in groups.items():
-        if not all(is_done(j, results_dir) for j in gjobs):
+        if not all(is_done(j, results_dir, configs) for j in gjobs):
             continue
         parts = {(j.attack, j.shard): json.loads(j.partial_path(results_dir).read_text(encoding="utf-8")) for j in gjobs}
         keys = list(dict.fromkeys(j.attack for j in gjobs))
@@ -491,11 +492,14 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     todo = [j for j in jobs if not is_done(j, results_dir, configs)]
     log(f"sweep: {len(jobs)} jobs; skipping {len(done)} finished jobs; running {len(todo)} on the {executor} executor")
     failures: dict[str, str] = {}
+    command = command_line()
+    if todo:  # groups whose jobs are all finished already are merged first: their files need not wait for the rest
+        for path in merge(jobs, results_dir, command=command, configs=configs):
+            log(f"wrote {path}")
     if todo:
         ex = get_executor(executor, address=address)
         failures = ex.run(todo, results_dir=str(results_dir), max_retries=max_retries, progress=progress, log=log)
-    command = command_line()
-    for path in merge(jobs, results_dir, command=command):
+    for path in merge(jobs, results_dir, command=command, configs=configs):
         log(f"wrote {path}")
     if failures:
         log(f"sweep: {len(failures)} job(s) failed after {max_retries} retr{'y' if max_retries == 1 else 'ies'}:")

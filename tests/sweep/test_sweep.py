@@ -328,3 +328,25 @@ def test_shards_of_other_defense_settings_are_not_finished_work(env, tmp_path):
         path.write_text(json.dumps({"job": asdict(job), "job_hash": job.spec_hash, "manifest": {"defense_config": recorded}}))
         assert sweep.is_done(job, tmp_path, configs) is done, recorded
         assert sweep.is_done(job, tmp_path)  # without today's settings: the job spec alone
+
+
+def test_finished_groups_are_merged_before_the_remaining_jobs_run(env, monkeypatch):
+    tmp, plan, envs = env
+    out = tmp / "res"
+    plan.write_text(PLAN.replace('attacks = ["pgd", "fgm"]', 'attacks = ["fgm"]'))
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 0
+    linf = out / "fmnist" / "linf" / "cnn.json"
+    linf.unlink()
+    plan.write_text(PLAN.replace('attacks = ["pgd", "fgm"]', 'attacks = ["fgm"]').replace('norms = ["linf"]', 'norms = ["linf", "l2"]'))
+    seen = {}
+
+    class Recorder:
+        def run(self, jobs, **kw):
+            seen["linf merged before"] = linf.is_file()
+            seen["jobs"] = {j.norm for j in jobs}
+            return {}
+
+    monkeypatch.setattr(sweep, "get_executor", lambda *a, **k: Recorder())
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 0
+    assert seen == {"linf merged before": True, "jobs": {"l2"}}
+    assert not (out / "fmnist" / "l2" / "cnn.json").exists()  # its jobs did not run
