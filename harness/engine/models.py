@@ -57,8 +57,14 @@ def config_changes(recorded: dict, today: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_changes(a, b, f"{prefix}{k}.")
         elif a != b and not (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6)):
-            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+            out.append(f"{prefix}{k} {_shown(a)} -> {_shown(b)}")
     return sorted(out)
+
+
+def _shown(value) -> str:
+    """A setting as a change line shows it: floats to 4 significant digits (a recalibrated threshold
+    reads ``36.07 -> 35.96``), anything else as its repr."""
+    return f"{value:.4g}" if isinstance(value, float) else repr(value)
 
 
 def today_config(name: str, dataset: str, options: dict | None = None) -> dict | None:

@@ -33,7 +33,7 @@ def test_changed_inference_and_threshold_are_flagged_but_execution_options_are_n
     m["defense_config"]["reject_threshold"] = 40.0
     m["defense_config"]["inference"]["precision"] = "bf16"  # an execution option: same results
     today = _today("eabs")
-    assert settings_changes("eabs", "fmnist", m) == [f"inference.lr 0.123 -> {today.inference.lr!r}", f"reject_threshold 40.0 -> {today.reject_threshold!r}"]
+    assert settings_changes("eabs", "fmnist", m) == [f"inference.lr 0.123 -> {today.inference.lr:.4g}", f"reject_threshold 40 -> {today.reject_threshold:.4g}"]
 
 
 def test_keys_a_file_does_not_record_and_unbuildable_defenses_are_skipped(bench_env):
@@ -42,3 +42,11 @@ def test_keys_a_file_does_not_record_and_unbuildable_defenses_are_skipped(bench_
     assert settings_changes("eabs", "fmnist", m) == []
     assert settings_changes("no-such-defense", "fmnist", m) == []
     assert settings_changes("eabs", "fmnist", {"dataset": "fmnist"}) == []
+
+
+def test_change_lines_show_floats_to_four_digits_and_other_values_as_written():
+    from harness.engine.models import config_changes
+
+    recorded = {"reject_threshold": 36.06825637817383, "arch": "old", "inference": {"steps": 50}}
+    today = {"reject_threshold": 35.95612335205078, "arch": "new", "inference": {"steps": 100}}
+    assert config_changes(recorded, today) == ["arch 'old' -> 'new'", "inference.steps 50 -> 100", "reject_threshold 36.07 -> 35.96"]
