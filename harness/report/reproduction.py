@@ -98,7 +98,8 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
         parts.append(f"our budget: {budget} (suite {m.get('suite')})")
     check = (m.get("budget_check") or {}).get("attacks", {}).get(row)
     if check:
-        parts.append(f"budget check: 2x steps and 5 restarts change it by {-100 * float(check['delta']) + 0.0:+.1f} points on the first {m['budget_check'].get('n')} samples")
+        so_far = f" (after {check['restarts_done']} of {check.get('restarts', '?')} restarts; the check is unfinished)" if "restarts_done" in check else ""
+        parts.append(f"budget check: 2x steps and 5 restarts change it by {-100 * float(check['delta']) + 0.0:+.1f} points on the first {m['budget_check'].get('n')} samples{so_far}")
     note = (t.get("notes") or {}).get(f"{defense}/{row}")
     if note:
         parts.append(note)

@@ -195,7 +195,8 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
         n = check.get("n")
         for key, e in (check.get("attacks") or {}).items():
             flag = f" {UNSATURATED}" if float(e.get("delta") or 0) > float(check.get("threshold", 0.02)) else ""
-            rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), str(e.get("budget_doubled", "")), str(n),
+            doubled = str(e.get("budget_doubled", "")) + (f" ({e['restarts_done']} of {e.get('restarts', '?')} restarts so far)" if "restarts_done" in e else "")
+            rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), doubled, str(n),
                          format_pct(e.get("acc")), format_pct(e.get("acc_doubled")), f"{100 * float(e.get('delta') or 0):+.1f}{flag}"])
         whole = check.get("all") or {}
         if whole.get("delta") is not None:
@@ -203,7 +204,10 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
     if not rows:
         return ""
     body = tabulate(rows, headers=["Defense", "Attack", "Budget", "Doubled budget", "n", "Acc", "Acc doubled", "Drop (points)"], tablefmt=_check_fmt(fmt), disable_numparse=True)
-    return "Budget saturation check (bench run --check-budget; harness/engine/saturation.py): each gradient attack rerun on the first n samples with twice the steps and 5 restarts\n\n" + body + "\n"
+    caption = "Budget saturation check (bench run --check-budget; harness/engine/saturation.py): each gradient attack rerun on the first n samples with twice the steps and 5 restarts"
+    if any("restarts so far" in r[3] for r in rows):
+        caption += "; a check still running shows the restarts done so far (its drop can only grow: rerun the command to finish it)"
+    return caption + "\n\n" + body + "\n"
 
 
 def render_pvalues(results: dict[str, dict], row: str = stats.ALL, *, fmt: str = "github") -> str:

@@ -12,7 +12,7 @@ from harness.store.results import load_result, load_results
 from harness.engine.runner import RunConfig, evaluate
 from harness.engine.sanity import verdict
 from harness.engine.saturation import RESTARTS, stronger, worst_case
-from harness.report.tables import UNSATURATED, format_report, render_table
+from harness.report.tables import UNSATURATED, format_report, render_saturation, render_table
 from tests.conftest import run_bench
 from threat_models import AttackSpec
 
@@ -98,3 +98,36 @@ def test_check_budget_flag_on_the_cli(trained):
     assert "Budget saturation check" in r.stdout
     bad = run_bench("run", "--defense", "cnn", "--norm", "linf", "--check-budget", "0", "--results-dir", str(trained / "cli"), "--no-train")
     assert bad.returncode == 2 and "positive integer" in bad.stderr
+
+
+def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninterrupted_one(trained, monkeypatch):
+    import harness.engine.runner as runner
+
+    def cfg(results: str, check: int | None) -> RunConfig:
+        return RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=40, eps=0.25, attacks=("pgd",),
+                         results_dir=str(trained / results), progress=False, train_if_missing=False, check_budget=check)
+
+    evaluate(cfg("cut", None), log=lambda *_: None)  # the suite's attacks, no check yet
+    real, calls = runner.attack, []
+
+    def killed_after_two_restarts(ctx, job, clean, start=0):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the session ends during the third restart
+        calls.append(job.hash)
+        return real(ctx, job, clean, start)
+
+    monkeypatch.setattr(runner, "attack", killed_after_two_restarts)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg("cut", 40), log=lambda *_: None)
+    part = load_result(trained / "cut" / "fmnist" / "linf" / "cnn.json")["manifest"]["budget_check"]["attacks"]["pgd"]
+    assert part["restarts_done"] == 2 and part["restarts"] == RESTARTS and len(calls) == 2
+    assert part["saturated"] in (None, False) and part["acc_doubled"] == len(part["robust_doubled"]) / 40
+    assert "2 of 5 restarts so far" in render_saturation(load_results(trained / "cut", "fmnist", "linf"))
+
+    calls.clear()
+    monkeypatch.setattr(runner, "attack", lambda ctx, job, clean, start=0: calls.append(job.hash) or real(ctx, job, clean, start))
+    done = load_result(evaluate(cfg("cut", 40), log=lambda *_: None))["manifest"]["budget_check"]["attacks"]["pgd"]
+    assert [h.rsplit(":", 1)[1] for h in calls] == ["restart2", "restart3", "restart4"]  # only the restarts not yet run
+    assert "restarts_done" not in done and "robust_doubled" not in done and isinstance(done["saturated"], bool)
+    whole = load_result(evaluate(cfg("whole", 40), log=lambda *_: None))["manifest"]["budget_check"]["attacks"]["pgd"]
+    assert (done["acc_doubled"], done["found_more"]) == (whole["acc_doubled"], whole["found_more"])
