@@ -292,6 +292,7 @@ class AttackRun:
     key: str
     entry: dict  # AttackEntry of the manifest: spec, hash, eps, kind, library, budget, wall time, notes
     outcomes: list[dict]  # Outcome per record, in record order
+    candidates_sha256: str = ""  # digest of every candidate proposed, in order (two runs that proposed the same)
 
     @property
     def accuracy(self) -> float:
@@ -337,6 +338,7 @@ def attack(ctx: EvalContext, job: AttackJob, clean: list[dict], start: int = 0) 
     ok = [r["clean_correct"] for r in clean]
     found: dict[int, dict] = {}
     notes = AttackReport()
+    digest = hashlib.sha256()
     t0 = time.perf_counter()
     with tqdm(total=sum(ok), desc=f"{job.key} ({job.budget})", unit="img", disable=not ctx.cfg.progress, dynamic_ncols=True) as bar:
         for b0, b1 in blocks(ctx, start, start + len(clean)):
@@ -346,6 +348,8 @@ def attack(ctx: EvalContext, job: AttackJob, clean: list[dict], start: int = 0) 
             xb, yb = ctx.x[idx].to(device), ctx.y[idx].to(device)
             seed = _batch_seed(ctx.cfg.seed, job.hash, b0 // bs)
             cands, report = propose(ctx, job, xb, yb, seed)
+            for c in cands:
+                digest.update(c.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             for n in report.notes:
                 notes.note(n)
             vgen = torch.Generator(device=device).manual_seed(seed ^ 0x5EED)
@@ -367,7 +371,7 @@ def attack(ctx: EvalContext, job: AttackJob, clean: list[dict], start: int = 0) 
     }
     if notes.notes:
         entry["notes"] = list(notes.notes)
-    return AttackRun(job.key, entry, outcomes)
+    return AttackRun(job.key, entry, outcomes, digest.hexdigest()[:16])
 
 
 # -- stage 4: record: the evaluation being built, and its checks -------------------------------

@@ -18,7 +18,10 @@ records in the manifest::
 
 The restarts run one at a time, each a resumable piece with its own seed (the doubled spec with one
 restart, hashed with the restart's number): a sample counts as broken by the doubled budget when any
-restart's verified candidate breaks it, which is what one run with all restarts verifies too. After
+restart's verified candidate breaks it, which is what one run with all restarts verifies too. On
+a deterministic defense, two restarts that propose bit-identical candidates (DeepFool, DDN, C&W: no
+random start) end the check early (``restarts_run`` and a ``note`` say so): different seeds gave the
+same candidates, so the attack draws no randomness and further restarts would repeat them. After
 each restart the entry is saved with ``"restarts_done": r`` (dropped once all have run) and the
 samples every restart so far left standing (``robust_doubled``), so an interrupted check loses at
 most one restart: on a CPU, one restart of the doubled PGD-80 on ABS is about 25 minutes on 100
@@ -110,15 +113,20 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
         first = int(prev["restarts_done"]) if partial else 0
         standing = set(prev.get("robust_doubled") or []) if partial else {r["index"] for r in head}
         wall = float(prev.get("wall_time_s") or 0.0) if partial else 0.0
+        last = prev.get("candidates_sha256") if partial else None
         total = job.spec.restarts
         acc = _acc(head, orig.key)
         for k in range(first, total):
-            one = AttackJob(orig.key, replace(job.spec, restarts=1), job.threat, f"{job.hash}:restart{k}", job.randomized)
+            one = AttackJob(f"{orig.key} check {k + 1}/{total}", replace(job.spec, restarts=1), job.threat, f"{job.hash}:restart{k}", job.randomized)
             run_k = attack(ctx, one, clean)
             standing &= {r["index"] for r, o in zip(head, run_k.outcomes) if o["correct"]}
             wall += run_k.entry["wall_time_s"]
             acc2 = len(standing) / max(1, m)
-            complete = k + 1 == total
+            # a deterministic defense and two seeds that proposed the very same candidates: the
+            # attack draws no randomness here, so the remaining restarts would repeat them
+            repeated = not job.randomized and run_k.candidates_sha256 == last
+            last = run_k.candidates_sha256
+            complete = k + 1 == total or repeated
             e = {
                 "of": orig.hash, "spec_hash": job.hash, "budget": orig.budget,
                 "budget_doubled": job.budget, "restarts": total, "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6),
@@ -128,16 +136,23 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
                 # test-set indices robust at the suite's budget but broken by the doubled one
                 "found_more": [r["index"] for r in head if r["attacks"][orig.key]["correct"] and r["index"] not in standing],
             }
+            if repeated:
+                e["restarts_run"] = k + 1
+                e["note"] = (f"restarts {k} and {k + 1} proposed identical candidates (a deterministic defense and an attack that "
+                             f"draws no randomness): the other {total - k - 1} would repeat them and were not run")
             if not complete:
                 e["restarts_done"] = k + 1
                 e["robust_doubled"] = sorted(standing)
+                e["candidates_sha256"] = last
             entry["attacks"][orig.key] = e
             entry["all"] = worst_case(head, done, entry["attacks"])
             if log is not None:
-                so_far = "" if complete else f" (restart {k + 1} of {total})"
+                so_far = f" (restart {k + 1} repeated restart {k}: the attack is deterministic here)" if repeated else "" if complete else f" (restart {k + 1} of {total})"
                 log(f"  budget check {orig.key:<9} accuracy {acc:.3f} -> {acc2:.3f} with {job.budget} on the first {m} samples{so_far}")
             if save is not None:
                 save(entry)
+            if complete:
+                break
     if not jobs and entry["attacks"]:
         entry["all"] = worst_case(head, done, entry["attacks"])
     return entry

@@ -195,7 +195,11 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
         n = check.get("n")
         for key, e in (check.get("attacks") or {}).items():
             flag = f" {UNSATURATED}" if float(e.get("delta") or 0) > float(check.get("threshold", 0.02)) else ""
-            doubled = str(e.get("budget_doubled", "")) + (f" ({e['restarts_done']} of {e.get('restarts', '?')} restarts so far)" if "restarts_done" in e else "")
+            doubled = str(e.get("budget_doubled", ""))
+            if "restarts_done" in e:
+                doubled += f" ({e['restarts_done']} of {e.get('restarts', '?')} restarts so far)"
+            elif "restarts_run" in e:
+                doubled += f" (deterministic: {e['restarts_run']} identical restarts run)"
             rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), doubled, str(n),
                          format_pct(e.get("acc")), format_pct(e.get("acc_doubled")), f"{100 * float(e.get('delta') or 0):+.1f}{flag}"])
         whole = check.get("all") or {}

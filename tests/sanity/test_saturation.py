@@ -107,6 +107,8 @@ def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninter
         return RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=40, eps=0.25, attacks=("pgd",),
                          results_dir=str(trained / results), progress=False, train_if_missing=False, check_budget=check)
 
+    # PGD with a random start: each restart draws its own, so all five run
+    (trained / "suite.toml").write_text(SUITE.replace("random_start = false", "random_start = true"), encoding="utf-8")
     evaluate(cfg("cut", None), log=lambda *_: None)  # the suite's attacks, no check yet
     real, calls = runner.attack, []
 
@@ -131,3 +133,33 @@ def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninter
     assert "restarts_done" not in done and "robust_doubled" not in done and isinstance(done["saturated"], bool)
     whole = load_result(evaluate(cfg("whole", 40), log=lambda *_: None))["manifest"]["budget_check"]["attacks"]["pgd"]
     assert (done["acc_doubled"], done["found_more"]) == (whole["acc_doubled"], whole["found_more"])
+
+
+def test_a_deterministic_attack_on_a_deterministic_defense_stops_when_two_restarts_repeat(trained, monkeypatch):
+    import harness.engine.runner as runner
+
+    real, calls = runner.attack, []
+    monkeypatch.setattr(runner, "attack", lambda ctx, job, clean, start=0: calls.append(job.key) or real(ctx, job, clean, start))
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=30, eps=0.25, attacks=("deepfool", "pgd"),
+                    results_dir=str(trained / "det"), progress=False, train_if_missing=False, check_budget=30)
+    check = load_result(evaluate(cfg, log=lambda *_: None))["manifest"]["budget_check"]["attacks"]
+    # neither DeepFool nor PGD without a random start draws randomness: restart 2 repeats restart 1
+    assert [k for k in calls if " check " in k] == ["pgd check 1/5", "pgd check 2/5", "deepfool check 1/5", "deepfool check 2/5"]
+    for key in ("pgd", "deepfool"):
+        assert check[key]["restarts_run"] == 2 and "identical candidates" in check[key]["note"] and isinstance(check[key]["saturated"], bool)
+        assert "restarts_done" not in check[key]
+    assert "deterministic: 2 identical restarts run" in render_saturation(load_results(trained / "det", "fmnist", "linf"))
+
+
+def test_candidates_digest_tells_identical_runs_from_different_ones(trained):
+    from harness.engine.runner import AttackJob, attack, clean_pass, prepare
+
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=20, eps=0.25,
+                    results_dir=str(trained / "dig"), progress=False, train_if_missing=False)
+    ctx = prepare(cfg, log=lambda *_: None)
+    clean = clean_pass(ctx).records
+    pgd = next(j for j in ctx.jobs if j.key == "pgd")
+    rand = AttackSpec("pgd", tuple(dict(pgd.spec.kwargs, random_start=True).items()))
+    runs = [attack(ctx, AttackJob("pgd", spec, pgd.threat, h), clean) for spec, h in [(pgd.spec, "a"), (pgd.spec, "b"), (rand, "a"), (rand, "b")]]
+    assert runs[0].candidates_sha256 == runs[1].candidates_sha256  # no random start: seeds do not matter
+    assert runs[2].candidates_sha256 != runs[3].candidates_sha256  # random starts from two seeds
