@@ -396,6 +396,10 @@ class Evaluation:
         (:class:`BenchUserError`) when the file holds another evaluation."""
         old = load_result(path)
         _check_same_evaluation(path, old, ctx, ctx.manifest)
+        before, now = old["manifest"].get("command"), ctx.manifest.get("command")
+        if before and before != now:  # provenance: the commands that wrote the file's earlier attacks stay on record
+            earlier = [c for c in old["manifest"].get("earlier_commands", []) if c != before]
+            old["manifest"]["earlier_commands"] = [*earlier, before]
         old["manifest"].update({k: v for k, v in ctx.manifest.items() if k != "attacks"})
         return cls(old["manifest"], old["records"])
 

@@ -163,3 +163,17 @@ def test_candidates_digest_tells_identical_runs_from_different_ones(trained):
     runs = [attack(ctx, AttackJob("pgd", spec, pgd.threat, h), clean) for spec, h in [(pgd.spec, "a"), (pgd.spec, "b"), (rand, "a"), (rand, "b")]]
     assert runs[0].candidates_sha256 == runs[1].candidates_sha256  # no random start: seeds do not matter
     assert runs[2].candidates_sha256 != runs[3].candidates_sha256  # random starts from two seeds
+
+
+def test_a_resumed_file_keeps_the_commands_that_wrote_its_earlier_attacks(trained):
+    from harness.store.results import write_result
+
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=20, eps=0.25, attacks=("deepfool",),
+                    results_dir=str(trained / "prov"), progress=False, train_if_missing=False)
+    path = evaluate(cfg, log=lambda *_: None)
+    data = load_result(path)
+    data["manifest"]["command"] = "bench sweep plans/x.toml --results-dir results"  # as a sweep merge writes it
+    write_result(path, data)
+    man = load_result(evaluate(RunConfig(**{**cfg.__dict__, "check_budget": 20}), log=lambda *_: None))["manifest"]
+    assert man["earlier_commands"] == ["bench sweep plans/x.toml --results-dir results"] and man["command"] != man["earlier_commands"][0]
+    assert "deepfool" in man["budget_check"]["attacks"]
