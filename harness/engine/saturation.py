@@ -24,8 +24,8 @@ random start) end the check early (``restarts_run`` and a ``note`` say so): diff
 same candidates, so the attack draws no randomness and further restarts would repeat them. After
 each restart the entry is saved with ``"restarts_done": r`` (dropped once all have run) and the
 samples every restart so far left standing (``robust_doubled``), so an interrupted check loses at
-most one restart: on a CPU, one restart of the doubled PGD-80 on ABS is about 25 minutes on 100
-samples, all five about two hours. A partial entry already proves an unsaturated budget when its
+most one restart: on this project's CPU, one restart of the doubled PGD-80 on ABS took 35 minutes
+on 100 samples (one thread, cores shared), all five would be about three hours. A partial entry already proves an unsaturated budget when its
 ``delta`` exceeds the threshold (more restarts only break more samples); ``saturated`` stays None
 until every restart has run.
 
