@@ -3,6 +3,11 @@
 A crash (or a kill) during a write leaves either the old file or the new one, never a torn file:
 the content goes to a temporary file in the same folder, is flushed and fsynced, gets normal
 permissions (``0666 & ~umask``, not ``mkstemp``'s 0600) and replaces the target with ``os.replace``.
+
+A kill (SIGKILL, a session's end) between the write and the replace leaves the temporary file
+behind. Its name starts with a dot and, for text and bytes, ends in ``.tmp``, so a folder scan
+for ``*.json`` never reads it as a result; :func:`data_files` is the scan every reader uses (it also
+skips the temporary files of writers that need the target's suffix, see :func:`atomic_write`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[str], No
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    # a writer function keeps the target's suffix (numpy.savez appends ".npz" otherwise, matplotlib
+    # picks the format from it); text and bytes get a plain ".tmp" that no "*.json" scan matches
+    suffix = ".tmp" + path.suffix if callable(data) else ".tmp"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
         if callable(data):
             os.close(fd)
@@ -45,6 +53,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[str], No
             os.unlink(tmp)
         raise
     return path
+
+
+def data_files(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """``folder.glob(pattern)``, sorted, without hidden files: the temporary file a killed
+    :func:`atomic_write` left behind (``.name.XXXX.tmp.json``) is not data."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob(pattern) if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def dumps_json(obj: Any) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from benchcore.io import data_files
 from harness import stats
 from harness.experiments.synthesis import PAPER_TABLE1, SEED_KINDS, TASKS, save_small_png, synthesis_dir
 from harness.report.tables import MISSING, defense_label, defense_order, format_cell, format_pvalue
@@ -31,7 +32,7 @@ def load_synthesis(results_dir: str | os.PathLike, dataset: str) -> dict[str, di
     """``{key: data}`` of every synthesis result file, in display order."""
     d = synthesis_dir(results_dir, dataset)
     out = {}
-    for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+    for p in data_files(d, "*.json"):
         data = json.loads(p.read_text(encoding="utf-8"))
         if isinstance(data, dict) and "tasks" in data:
             out[data["manifest"].get("key", p.stem)] = data

@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
-from benchcore.io import atomic_write, atomic_write_json, dumps_json
+from benchcore.io import atomic_write, atomic_write_json, data_files, dumps_json
 from harness.errors import BenchUserError
 
 __all__ = ["ABSENT", "SCHEMA_VERSION", "READABLE_SCHEMAS", "Outcome", "Record", "AttackEntry", "Manifest", "ResultFile",
@@ -434,17 +434,11 @@ def load_result(path: str | os.PathLike) -> dict:
 
 def load_results(results_dir: str | os.PathLike, dataset: str, norm: str) -> dict[str, dict]:
     """All result files of one (dataset, norm), keyed by defense name, sorted by name."""
-    folder = Path(results_dir) / dataset / norm
-    if not folder.is_dir():
-        return {}
-    return {p.stem: load_result(p) for p in sorted(folder.glob("*.json"))}
+    return {p.stem: load_result(p) for p in data_files(Path(results_dir) / dataset / norm, "*.json")}
 
 
 def list_result_sets(results_dir: str | os.PathLike) -> list[tuple[str, str]]:
     """Every (dataset, norm) pair that has at least one result file, sorted (norm folders only:
     ``results/<dataset>/neat/`` and other result kinds are skipped)."""
-    root = Path(results_dir)
-    if not root.is_dir():
-        return []
-    pairs = {(p.parent.parent.name, p.parent.name) for p in root.glob("*/*/*.json") if p.parent.name in ("linf", "l2")}
+    pairs = {(p.parent.parent.name, p.parent.name) for p in data_files(results_dir, "*/*/*.json") if p.parent.name in ("linf", "l2")}
     return sorted(pairs)

@@ -115,3 +115,32 @@ def test_curve_matches_all_accuracy_at_eps(results_dir):
         at_eps = curve[(curve["defense"] == d) & (curve["eps"] == 0.1)]["acc"].iloc[0]
         expected = acc[(acc["defense"] == d) & (acc["row"] == "all")]["acc"].iloc[0]
         assert math.isclose(at_eps, expected)
+
+
+def test_a_write_killed_before_its_replace_leaves_no_phantom_result(results_dir, tmp_path, monkeypatch):
+    """A kill between the write and ``os.replace`` (a session's end) leaves the temporary file; it must
+    not become a defense on the leaderboard, nor a result set, nor break the result loader."""
+    import benchcore.io
+    from harness.store.results import list_result_sets, load_results
+
+    before = leaderboard.render_leaderboard(results_dir, out_path=tmp_path / "leaderboard.md")
+    path = results_dir / "fmnist" / "linf" / "cnn.json"
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # the kill arrives between the write and the replace
+
+    monkeypatch.setattr(benchcore.io.os, "replace", killed)
+    monkeypatch.setattr(benchcore.io.os, "unlink", lambda p: None)  # a SIGKILL runs no cleanup
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_json(path, load_result(path))
+    monkeypatch.undo()
+    (orphan,) = [p for p in (results_dir / "fmnist" / "linf").iterdir() if p.name.startswith(".")]
+    assert orphan.name.startswith(".cnn.json.") and not orphan.name.endswith(".json")
+    orphan_json = orphan.with_name(orphan.name + ".json")  # an older writer's (or a writer function's) name
+    orphan_json.write_bytes(orphan.read_bytes())
+    orphan_l2 = results_dir / "cifar10" / "l2" / ".adv.json.x1.tmp.json"  # a set with only a temporary file
+    orphan_l2.parent.mkdir(parents=True)
+    orphan_l2.write_bytes(orphan.read_bytes())
+    assert sorted(load_results(results_dir, "fmnist", "linf")) == ["abs", "adv-l2", "cnn", "eabs"]
+    assert ("cifar10", "l2") not in list_result_sets(results_dir)
+    assert leaderboard.render_leaderboard(results_dir, out_path=tmp_path / "leaderboard.md") == before

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from benchcore.io import data_files
 from harness.orchestration import sweep
 from harness.cli import main
 from harness.engine.runner import RunConfig, attack_jobs, evaluate
@@ -152,9 +153,10 @@ def test_local_and_ray_sweeps_equal_bench_run(env):
 
 
 def _finished_shards(out: Path) -> list[Path]:
-    """Shard files that hold their job's attack (a file with only the clean pass is a job cut short)."""
+    """Shard files that hold their job's attack (a file with only the clean pass is a job cut short;
+    the temporary file of a write the kill cut short is not a shard file)."""
     done = []
-    for p in out.glob(".shards/**/*.json"):
+    for p in data_files(out / ".shards", "**/*.json"):
         try:
             if json.loads(p.read_text(encoding="utf-8"))["manifest"]["attacks"]:
                 done.append(p)
@@ -182,7 +184,7 @@ def test_kill_and_resume_runs_only_remaining_jobs(env):
     assert r.returncode == 0, r.stderr
     assert f"skipping {len(partials)} finished jobs; running {4 - len(partials)}" in r.stdout
     assert all(p.stat().st_mtime_ns == m for p, m in partials.items())  # finished jobs were not rerun
-    assert len(list(out.glob(".shards/**/*.json"))) == 4
+    assert len(data_files(out / ".shards", "**/*.json")) == 4
     assert _merged(out)["records"] == _reference(tmp / "ref")["records"]
 
     r2 = run_bench("sweep", str(plan), "--results-dir", str(out), "--quiet", env_extra=envs)
