@@ -439,34 +439,40 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         if "gradient_check" in first:
             manifest["gradient_check"] = first["gradient_check"]
         path = result_path(results_dir, dataset, norm, variant)
-        kept = _kept_budget_check(path, manifest, records)
+        kept, commands = _kept_budget_check(path, manifest, records)
         if kept:
             manifest["budget_check"] = kept
+            # the commands that wrote the kept check (bench run --check-budget) stay on record
+            earlier = [c for c in commands if c != manifest["command"]]
+            if earlier:
+                manifest["earlier_commands"] = earlier
         manifest["warnings"] = list(first.get("model_warnings", [])) + outcome_checks({"manifest": manifest, "records": records})
         write_result(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
         written.append(path)
     return written
 
 
-def _kept_budget_check(path: Path, manifest: dict, records: list[dict]) -> dict | None:
+def _kept_budget_check(path: Path, manifest: dict, records: list[dict]) -> tuple[dict | None, list[str]]:
     """The budget check (``bench run --check-budget`` on a merged file) of the file a merge replaces,
-    for the attacks it still holds at the same budget on the same first samples; else None."""
+    for the attacks it still holds at the same budget on the same first samples, and the commands
+    that wrote that file (its ``earlier_commands``, then its ``command``); else ``(None, [])``."""
     if not path.is_file():
-        return None
+        return None, []
     try:
         old = json.loads(path.read_text(encoding="utf-8"))["manifest"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return None, []
     check = old.get("budget_check") or {}
     n = int(check.get("n") or 0)
     if not n or old.get("sample_ids", [])[:n] != manifest["sample_ids"][:n] or old.get("checkpoint_sha256") != manifest.get("checkpoint_sha256"):
-        return None
+        return None, []
     attacks = {k: e for k, e in (check.get("attacks") or {}).items() if e.get("of") == (manifest["attacks"].get(k) or {}).get("spec_hash")}
     if not attacks:
-        return None
+        return None, []
     from harness.engine.saturation import worst_case
 
-    return dict(check, attacks=attacks, all=worst_case(records[:n], manifest["attacks"], attacks))
+    commands = [c for c in [*(old.get("earlier_commands") or []), old.get("command")] if isinstance(c, str) and c]
+    return dict(check, attacks=attacks, all=worst_case(records[:n], manifest["attacks"], attacks)), list(dict.fromkeys(commands))
 
 
 def get_executor(name: str, *, address: str | None = None):

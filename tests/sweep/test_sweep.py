@@ -229,7 +229,14 @@ def test_budget_check_on_a_merged_sweep_survives_a_re_merge(env):
     evaluate(cfg, log=lambda *_: None)  # every attack is done: only the check runs
     check = _merged(out)["manifest"]["budget_check"]
     assert list(check["attacks"]) == ["pgd"] and check["not_checked"] == ["fgm"]  # FGM has no step budget
+    checked_by = _merged(out)["manifest"]["command"]
     assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lambda *_: None) == 0
+    assert _merged(out)["manifest"]["budget_check"] == check
+    # a re-merge (the sweep rerun for other jobs) writes the records again; the command that ran
+    # the kept check stays on record (before, the re-merge dropped it)
+    merged = sweep.merge(sweep.expand(sweep.load_plan(plan)), str(out), command="bench sweep again")
+    assert merged and _merged(out)["manifest"]["command"] == "bench sweep again"
+    assert checked_by in _merged(out)["manifest"]["earlier_commands"]
     assert _merged(out)["manifest"]["budget_check"] == check
 
 
