@@ -181,12 +181,12 @@ def test_candidate_cache_survives_eval_but_not_weight_changes():
 
 
 def test_inference_step_size_defaults_and_option():
-    from defenses.generative import VARIATIONAL_LOGVAR_LR
+    from defenses.generative import VARIATIONAL_LOGVAR_LR, VARIATIONAL_MEAN_LR
     from harness.errors import BenchUserError
 
     for name in ("eabs", "v-abs"):
         inf = build_defense(name, "fmnist").inference
-        assert (inf.lr, inf.lr_logvar) == (0.05, VARIATIONAL_LOGVAR_LR)
+        assert (inf.lr, inf.lr_logvar) == (VARIATIONAL_MEAN_LR, VARIATIONAL_LOGVAR_LR) == (0.01, 0.4)
     assert build_defense("abs", "fmnist").inference.lr == 0.05
     assert build_defense("eabs", "fmnist", lr=0.1).inference.lr == 0.1
     for bad in (0, -0.1, float("nan"), "fast"):
@@ -213,7 +213,7 @@ def test_score_at_mean_evaluates_the_final_loss_at_the_variational_mean():
 
 
 def test_lr_logvar_sets_the_step_size_of_the_log_variance_only(monkeypatch):
-    from defenses.generative import VARIATIONAL_LOGVAR_LR
+    from defenses.generative import VARIATIONAL_LOGVAR_LR, VARIATIONAL_MEAN_LR
     from harness.errors import BenchUserError
 
     torch.manual_seed(0)
@@ -235,7 +235,7 @@ def test_lr_logvar_sets_the_step_size_of_the_log_variance_only(monkeypatch):
     split.infer(x, generator=torch.Generator().manual_seed(0))
     mean_only = build_defense("abs", "fmnist", steps=2, candidates=20, lr_logvar=0.8).eval()
     mean_only.infer(x)
-    assert seen == [[0.05, VARIATIONAL_LOGVAR_LR], [0.05, 0.8], [0.05]]  # ABS optimises no variance
+    assert seen == [[VARIATIONAL_MEAN_LR, VARIATIONAL_LOGVAR_LR], [0.05, 0.8], [0.05]]  # ABS optimises no variance
     assert split.extra_info()["inference"]["lr_logvar"] == 0.8
     for bad in (0, -1.0, float("inf"), "fast", True):
         with pytest.raises(BenchUserError, match="lr_logvar"):
