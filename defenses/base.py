@@ -251,6 +251,11 @@ class Defense(torch.nn.Module):
     def load_card(self, card: dict) -> None:
         """Apply settings stored in the checkpoint's model card (e.g. a calibrated threshold). Default: none."""
 
+    def settings_warnings(self) -> list[str]:
+        """Readable warnings about the settings the defense runs with (e.g. a card value calibrated
+        for other settings); ``bench run`` records them among the result's warnings. Default: none."""
+        return []
+
     def set_threat(self, norm: str, eps: float) -> None:
         """The evaluation's threat model (norm and eps), told to the defense before any prediction.
 

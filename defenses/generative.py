@@ -137,6 +137,7 @@ class GenerativeClassifier(Defense):
         self._cache = None  # (folded decoder net, candidate latents, their reconstructions, their regulariser)
         #: reject (abstain) when the best class loss exceeds this (seed 000 section 3.2); None = never
         self.reject_threshold: float | None = None
+        self._calibrated_inference: dict | None = None  # the inference settings that threshold was calibrated with
 
     # ----------------------------------------------------------------------------------------
     def abstain(self, x: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -149,6 +150,21 @@ class GenerativeClassifier(Defense):
         """Apply the reject threshold calibrated on the validation set (``bench calibrate``), when the model card has one."""
         t = card.get("reject_threshold")
         self.reject_threshold = None if t is None else float(t)
+        self._calibrated_inference = ((card.get("reject_calibration") or {}).get("defense_config") or {}).get("inference")
+
+    def settings_warnings(self) -> list[str]:
+        """A reject threshold calibrated with other inference settings than this run's (``--option
+        steps=...`` on a card calibrated at the default): the class losses, and so the abstention
+        rate, differ from what the calibration measured."""
+        cal = self._calibrated_inference
+        if self.reject_threshold is None or not isinstance(cal, dict):
+            return []
+        now = asdict(self.inference)
+        diff = [f"{k} {cal[k]!r} -> {now[k]!r}" for k in now if k != "precision" and k in cal and cal[k] != now[k]]
+        if not diff:
+            return []
+        return [f"reject threshold {self.reject_threshold:.4g} was calibrated with other inference settings ({', '.join(diff)}); "
+                "abstention rates differ from the calibration's; `bench calibrate` with the same --option values calibrates these settings"]
 
     def use_smoke_test_budget(self) -> None:
         self.inference = replace(self.inference, steps=3, candidates=64)

@@ -39,7 +39,7 @@ def model_checks(defense, x: torch.Tensor, y: torch.Tensor, *, draws: int, seed:
     """Gradient checks on ``max_samples`` clean inputs; determinism / randomness checks on all of ``x``."""
     from harness.engine.verify import score
 
-    warnings = []
+    warnings = list(defense.settings_warnings())
     if defense.randomized and len(x) > 1:
         a, _ = score(defense, x, y, generator=torch.Generator(device=x.device).manual_seed(seed + 1), draws=draws)
         b, _ = score(defense, x, y, generator=torch.Generator(device=x.device).manual_seed(seed + 2), draws=draws)

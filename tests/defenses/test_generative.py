@@ -1,5 +1,7 @@
 """ABS / E-ABS: grouped modules match separate ones, envelope gradient (eq. 2.9), bound (eq. 2.7), training."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 from torch import nn
@@ -240,3 +242,21 @@ def test_lr_logvar_sets_the_step_size_of_the_log_variance_only(monkeypatch):
     for bad in (0, -1.0, float("inf"), "fast", True):
         with pytest.raises(BenchUserError, match="lr_logvar"):
             build_defense("eabs", "fmnist", lr_logvar=bad)
+
+
+def test_a_threshold_calibrated_for_other_inference_settings_is_a_warning():
+    from harness.engine.sanity import model_checks
+
+    card = {"reject_threshold": 30.0, "reject_calibration": {"defense_config": {"inference": asdict(build_defense("abs", "fmnist").inference)}}}
+    same = build_defense("abs", "fmnist", precision="bf16")  # an execution option: same settings
+    same.load_card(card)
+    assert same.settings_warnings() == []
+    other = build_defense("abs", "fmnist", steps=3, candidates=20)
+    other.load_card(card)
+    (w,) = other.settings_warnings()
+    assert "steps 50 -> 3" in w and "candidates 8000 -> 20" in w and "bench calibrate" in w
+    other.load_card({"reject_threshold": 30.0})  # an older card: nothing to compare with
+    assert other.settings_warnings() == []
+    other.load_card(card)
+    torch.manual_seed(0)
+    assert w in model_checks(other.eval(), torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), draws=1)  # recorded by bench run
