@@ -15,6 +15,7 @@ from tabulate import tabulate
 
 from harness import stats
 from harness.report.plots import plot_path, write_curves
+from harness.report.reproduction import out_of_date
 from benchcore.io import atomic_write
 from harness.store.results import list_result_sets, load_results, result_path
 from harness.engine.sanity import verdict
@@ -86,11 +87,15 @@ def render_section(results_dir: str | os.PathLike, dataset: str, norm: str, out_
                *[attack_label(a) for a in attacks], "n", "Suite: budget", "p vs next", "Result"]
     rows = []
     notes = []
+    stale = []
     for rank, defense in enumerate(ranked, start=1):
         data = results[defense]
         v = verdict(data)
         for w in v.warnings:
             notes.append(f"- {_md(defense_label(defense))}: {_md(w)}")
+        why = out_of_date(defense, dataset, stats.manifest(data))
+        if why:
+            stale.append(f"- {_md(defense_label(defense))}: {_md(why)}")
 
         def cell(row: str, with_ci: bool) -> str:
             if (defense, row) not in acc.index:
@@ -115,6 +120,8 @@ def render_section(results_dir: str | os.PathLike, dataset: str, norm: str, out_
     lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     if notes:
         lines += ["", "Warnings (trust checks recorded in the result files, see `harness/engine/sanity.py`, `harness/engine/gradcheck.py`):", "", *notes]
+    if stale:
+        lines += ["", "Out of date (the row measured another checkpoint or other defense settings than today's; rerun it):", "", *stale]
     plot = plot_path(results_dir, dataset, norm)
     if plot.is_file():
         lines += [

@@ -133,6 +133,17 @@ def checkpoint_status(defense: str, dataset: str, sha: str | None) -> str:
     return "current" if card.get("sha256") == sha else f"older (now {card.get('epochs')} epochs)"
 
 
+def out_of_date(defense: str, dataset: str, manifest: dict) -> str:
+    """Why a result row no longer describes the defense found today (retrained checkpoint, changed
+    settings), or "" when it still does (or when that cannot be told here)."""
+    status = checkpoint_status(defense, dataset, manifest.get("checkpoint_sha256"))
+    changed = settings_changes(defense, dataset, manifest)
+    why = [] if status in ("current", "—") else [f"measured an older checkpoint {status.removeprefix('older ')}"]
+    if changed:
+        why.append(f"settings changed since: {', '.join(changed)}")
+    return "; ".join(why)
+
+
 def _status_cell(defense: str, dataset: str, manifest: dict) -> str:
     status = checkpoint_status(defense, dataset, manifest.get("checkpoint_sha256"))
     changed = settings_changes(defense, dataset, manifest)

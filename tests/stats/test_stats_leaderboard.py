@@ -144,3 +144,31 @@ def test_a_write_killed_before_its_replace_leaves_no_phantom_result(results_dir,
     assert sorted(load_results(results_dir, "fmnist", "linf")) == ["abs", "adv-l2", "cnn", "eabs"]
     assert ("cifar10", "l2") not in list_result_sets(results_dir)
     assert leaderboard.render_leaderboard(results_dir, out_path=tmp_path / "leaderboard.md") == before
+
+
+def test_rows_of_another_checkpoint_or_other_settings_are_listed_as_out_of_date(tmp_path):
+    import copy
+
+    from harness.engine.models import today_config
+    from harness.store.checkpoints import find_checkpoint, read_card
+
+    sha = read_card(find_checkpoint("abs", "fmnist"))["sha256"]
+    today = today_config("abs", "fmnist")
+    rd = tmp_path / "results"
+    current = fake_result("abs", "fmnist", "linf", bools(80, 100), {"pgd": bools(45, 100)})
+    current["manifest"].update(checkpoint_sha256=sha, defense_config=today)
+    write_result(rd, current)
+    out = tmp_path / "leaderboard.md"
+    assert "Out of date" not in leaderboard.render_leaderboard(rd, out_path=out)
+
+    old = copy.deepcopy(today)
+    old["inference"]["steps"] = 20
+    current["manifest"]["defense_config"] = old
+    write_result(rd, current)
+    text = leaderboard.render_leaderboard(rd, out_path=out)
+    assert "- ABS: settings changed since: inference.steps 20 -> 50" in text.split("Out of date", 1)[1]
+
+    current["manifest"].update(checkpoint_sha256="0" * 64, defense_config=today)
+    write_result(rd, current)
+    text = leaderboard.render_leaderboard(rd, out_path=out)
+    assert "- ABS: measured an older checkpoint (now" in text.split("Out of date", 1)[1]
