@@ -379,9 +379,14 @@ def _test_hooks(job: SweepJob) -> None:
         time.sleep(float(delay))
 
 
-def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None, configs: dict[tuple, dict | None] | None = None) -> list[Path]:
+def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None, configs: dict[tuple, dict | None] | None = None, force: bool = False) -> list[Path]:
     """Write the canonical result file of every (dataset, norm, defense) whose jobs are all done
-    (``configs``: today's defense settings, :func:`today_configs`; see :func:`is_done`)."""
+    (``configs``: today's defense settings, :func:`today_configs`; see :func:`is_done`).
+
+    A file already merged from exactly these shard files (its ``shards_sha256``) is left as it is
+    unless ``force``: rerunning a sweep for its other groups does not rewrite a finished group's
+    file, so what was added to it since (a ``bench run --check-budget``, another attack) and its
+    provenance stay untouched."""
     from harness.store.provenance import command_line
 
     groups: dict[tuple[str, str, str], list[SweepJob]] = {}
@@ -391,7 +396,12 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
     for (dataset, norm, variant), gjobs in groups.items():
         if not all(is_done(j, results_dir, configs) for j in gjobs):
             continue
-        parts = {(j.attack, j.shard): json.loads(j.partial_path(results_dir).read_text(encoding="utf-8")) for j in gjobs}
+        raw = {(j.attack, j.shard): j.partial_path(results_dir).read_bytes() for j in gjobs}
+        digest = hashlib.sha256("\n".join(f"{a}/{s}:{hashlib.sha256(b).hexdigest()}" for (a, s), b in sorted(raw.items())).encode()).hexdigest()
+        path = result_path(results_dir, dataset, norm, variant)
+        if not force and _merged_digest(path) == digest:
+            continue
+        parts = {key: json.loads(b.decode("utf-8")) for key, b in raw.items()}
         keys = list(dict.fromkeys(j.attack for j in gjobs))
         shards = sorted({j.shard for j in gjobs})
         first = parts[(keys[0], shards[0])]["manifest"]
@@ -438,7 +448,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
 
         if "gradient_check" in first:
             manifest["gradient_check"] = first["gradient_check"]
-        path = result_path(results_dir, dataset, norm, variant)
+        manifest["shards_sha256"] = digest
         kept, commands = _kept_budget_check(path, manifest, records)
         if kept:
             manifest["budget_check"] = kept
@@ -450,6 +460,14 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         write_result(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
         written.append(path)
     return written
+
+
+def _merged_digest(path: Path) -> str | None:
+    """The ``shards_sha256`` of the merged file at ``path`` (None when missing or unreadable)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["manifest"].get("shards_sha256")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _kept_budget_check(path: Path, manifest: dict, records: list[dict]) -> tuple[dict | None, list[str]]:

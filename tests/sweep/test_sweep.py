@@ -116,7 +116,9 @@ def test_local_and_ray_sweeps_equal_bench_run(env):
     assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(tmp / "local"), executor="local", progress=False, log=lambda *_: None) == 0
     local = _merged(tmp / "local")
     assert local["records"] == ref["records"]
-    assert list(local["manifest"]) == list(ref["manifest"]) and list(local["manifest"]["attacks"]) == ["pgd", "fgm"]
+    # the merge adds only the digest of the shard files it read
+    assert [k for k in local["manifest"] if k != "shards_sha256"] == list(ref["manifest"]) and list(local["manifest"]["attacks"]) == ["pgd", "fgm"]
+    assert len(local["manifest"]["shards_sha256"]) == 64
     for k in ("sample_ids", "n", "seed", "eps", "checkpoint_sha256", "score_draws", "device"):
         assert local["manifest"][k] == ref["manifest"][k], k
     assert any(not r["attacks"]["pgd"]["correct"] and r["clean_correct"] for r in ref["records"])  # attacks did something
@@ -230,14 +232,22 @@ def test_budget_check_on_a_merged_sweep_survives_a_re_merge(env):
     check = _merged(out)["manifest"]["budget_check"]
     assert list(check["attacks"]) == ["pgd"] and check["not_checked"] == ["fgm"]  # FGM has no step budget
     checked_by = _merged(out)["manifest"]["command"]
+    before = (out / "fmnist" / "linf" / "cnn.json").read_bytes()
     assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lambda *_: None) == 0
-    assert _merged(out)["manifest"]["budget_check"] == check
-    # a re-merge (the sweep rerun for other jobs) writes the records again; the command that ran
-    # the kept check stays on record (before, the re-merge dropped it)
-    merged = sweep.merge(sweep.expand(sweep.load_plan(plan)), str(out), command="bench sweep again")
+    # nothing new in the shards: the rerun leaves the merged file (check, command, date) untouched
+    assert (out / "fmnist" / "linf" / "cnn.json").read_bytes() == before
+    assert sweep.merge(sweep.expand(sweep.load_plan(plan)), str(out), command="bench sweep again") == []
+    # a forced re-merge writes the records again; the command that ran the kept check stays on
+    # record (before, the re-merge dropped it)
+    merged = sweep.merge(sweep.expand(sweep.load_plan(plan)), str(out), command="bench sweep again", force=True)
     assert merged and _merged(out)["manifest"]["command"] == "bench sweep again"
     assert checked_by in _merged(out)["manifest"]["earlier_commands"]
     assert _merged(out)["manifest"]["budget_check"] == check
+    # a shard file that changed (a job redone) is merged again
+    shard = sorted((out / ".shards").glob("**/*.json"))[0]
+    shard.write_text(json.dumps(json.loads(shard.read_text())))
+    assert sweep.merge(sweep.expand(sweep.load_plan(plan)), str(out), command="bench sweep redone") == [out / "fmnist" / "linf" / "cnn.json"]
+    assert _merged(out)["manifest"]["command"] == "bench sweep redone"
 
 
 def test_runner_stages_by_hand_give_bench_runs_records(env):
