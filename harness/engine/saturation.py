@@ -16,16 +16,21 @@ records in the manifest::
                                                          broken by the doubled one>]}},
                      "all": {"acc": 0.40, "acc_doubled": 0.40, "delta": 0.0}}
 
-The restarts run one at a time, each a resumable piece with its own seed (the doubled spec with one
-restart, hashed with the restart's number): a sample counts as broken by the doubled budget when any
-restart's verified candidate breaks it, which is what one run with all restarts verifies too. On
-a deterministic defense, two restarts that propose bit-identical candidates (DeepFool, DDN, C&W: no
-random start) end the check early (``restarts_run`` and a ``note`` say so): different seeds gave the
-same candidates, so the attack draws no randomness and further restarts would repeat them. After
-each restart the entry is saved with ``"restarts_done": r`` (dropped once all have run) and the
-samples every restart so far left standing (``robust_doubled``), so an interrupted check loses at
-most one restart: on this project's CPU, one restart of the doubled PGD-80 on ABS took 35 minutes
-on 100 samples (one thread, cores shared), all five would be about three hours. A partial entry already proves an unsaturated budget when its
+The restarts run one at a time, each with its own seed (the doubled spec with one restart, hashed
+with the restart's number): a sample counts as broken by the doubled budget when any restart's
+verified candidate breaks it, which is what one run with all restarts verifies too. So a restart
+attacks only the samples every earlier restart left standing (a broken sample stays broken): on a
+defense that keeps 40% of its samples, restarts 2-5 cost 40% of the first. On a deterministic
+defense, two restarts that propose bit-identical candidates for the same samples (DeepFool, DDN,
+C&W: no random start) end the check early (``restarts_run`` and a ``note`` say so): different
+seeds gave the same candidates, so the attack draws no randomness and further restarts would repeat
+them; a check whose restarts broke every sample ends early too. The check is resumable block by
+block (``batch_size`` samples): after each block the entry is saved with ``"restarts_done": r`` (the
+restarts finished), ``"blocks_done"`` (the blocks of the next restart finished, with their candidate
+digests) and the samples still standing (``robust_doubled``); these are dropped once all have run,
+so an interrupted check loses at most one block of one restart (on this project's CPU, one restart
+of the doubled PGD-80 on all 100 first samples took 35 minutes on ABS; on E-ABS a block of 25
+samples at EOT 5 is twice the work of a sweep job of PGD-80, measured at 1609-2509 s). A partial entry already proves an unsaturated budget when its
 ``delta`` exceeds the threshold (more restarts only break more samples); ``saturated`` stays None
 until every restart has run.
 
@@ -80,7 +85,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
     with the ``budget_check`` entry so far after each restart (``bench run`` records it in its file
     there). Returns the ``budget_check`` manifest entry.
     """
-    from harness.engine.runner import AttackJob, attack  # the runner calls this module
+    from harness.engine.runner import AttackJob, attack, blocks  # the runner calls this module
 
     man = data["manifest"]
     m = min(int(n), len(data["records"]))
@@ -107,39 +112,54 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
     if skipped:
         entry["not_checked"] = skipped
     clean = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in head]
+    spans = blocks(ctx, 0, m)
     for orig, job in jobs:
         prev = entry["attacks"].get(orig.key) or {}
         partial = prev.get("of") == orig.hash and prev.get("spec_hash") == job.hash and "restarts_done" in prev
         first = int(prev["restarts_done"]) if partial else 0
+        first_block = int(prev.get("blocks_done") or 0) if partial else 0
+        block_sha = list(prev.get("block_sha256") or []) if partial and first_block else []
         standing = set(prev.get("robust_doubled") or []) if partial else {r["index"] for r in head}
         wall = float(prev.get("wall_time_s") or 0.0) if partial else 0.0
         last = prev.get("candidates_sha256") if partial else None
         total = job.spec.restarts
         acc = _acc(head, orig.key)
+
         for k in range(first, total):
             one = AttackJob(f"{orig.key} check {k + 1}/{total}", replace(job.spec, restarts=1), job.threat, f"{job.hash}:restart{k}", job.randomized)
-            run_k = attack(ctx, one, clean)
-            standing &= {r["index"] for r, o in zip(head, run_k.outcomes) if o["correct"]}
-            wall += run_k.entry["wall_time_s"]
+            # a sample an earlier restart broke stays broken: attack only the ones still standing
+            todo = [r | {"clean_correct": bool(r["clean_correct"]) and r["index"] in standing} for r in clean]
+            start_block = first_block if k == first else 0
+            digests = block_sha if k == first else []
+            for bi in range(start_block, len(spans)):
+                b0, b1 = spans[bi]
+                run_b = attack(ctx, one, todo[b0:b1], b0)
+                standing -= {r["index"] for r, o in zip(head[b0:b1], run_b.outcomes) if not o["correct"]}
+                wall += run_b.entry["wall_time_s"]
+                digests = [*digests, run_b.candidates_sha256]
+                if bi + 1 < len(spans):  # resumable block by block within a restart
+                    e = _entry(orig, job, head, standing, acc, m, wall, complete=False)
+                    e.update(restarts_done=k, blocks_done=bi + 1, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last)
+                    entry["attacks"][orig.key] = e
+                    entry["all"] = worst_case(head, done, entry["attacks"])
+                    if save is not None:
+                        save(entry)
+            digest = hashlib.sha256("".join(digests).encode()).hexdigest()
             acc2 = len(standing) / max(1, m)
-            # a deterministic defense and two seeds that proposed the very same candidates: the
-            # attack draws no randomness here, so the remaining restarts would repeat them
-            repeated = not job.randomized and run_k.candidates_sha256 == last
-            last = run_k.candidates_sha256
-            complete = k + 1 == total or repeated
-            e = {
-                "of": orig.hash, "spec_hash": job.hash, "budget": orig.budget,
-                "budget_doubled": job.budget, "restarts": total, "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6),
-                # decided once every restart ran, or earlier when the drop already exceeds the threshold
-                "saturated": (acc - acc2 <= THRESHOLD) if complete else (False if acc - acc2 > THRESHOLD else None),
-                "wall_time_s": round(wall, 3),
-                # test-set indices robust at the suite's budget but broken by the doubled one
-                "found_more": [r["index"] for r in head if r["attacks"][orig.key]["correct"] and r["index"] not in standing],
-            }
+            # a deterministic defense and two seeds that proposed the very same candidates for the
+            # same samples: the attack draws no randomness here, so the remaining restarts would repeat them
+            repeated = not job.randomized and digest == last
+            last = digest
+            exhausted = not standing and k + 1 < total  # every sample is broken: more restarts cannot change the figure
+            complete = k + 1 == total or repeated or exhausted
+            e = _entry(orig, job, head, standing, acc, m, wall, complete=complete)
             if repeated:
-                e["restarts_run"] = k + 1
+                e["restarts_run"], e["stopped"] = k + 1, "deterministic"
                 e["note"] = (f"restarts {k} and {k + 1} proposed identical candidates (a deterministic defense and an attack that "
                              f"draws no randomness): the other {total - k - 1} would repeat them and were not run")
+            if exhausted and not repeated:
+                e["restarts_run"], e["stopped"] = k + 1, "all broken"
+                e["note"] = f"every sample was broken after {k + 1} restart(s): the other {total - k - 1} were not run"
             if not complete:
                 e["restarts_done"] = k + 1
                 e["robust_doubled"] = sorted(standing)
@@ -156,6 +176,21 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
     if not jobs and entry["attacks"]:
         entry["all"] = worst_case(head, done, entry["attacks"])
     return entry
+
+
+def _entry(orig, job, head: list[dict], standing: set, acc: float, m: int, wall: float, *, complete: bool) -> dict:
+    """The check's entry for attack job ``orig`` (rerun as ``job``) with the samples ``standing`` so far."""
+    acc2 = len(standing) / max(1, m)
+    return {
+        "of": orig.hash, "spec_hash": job.hash, "budget": orig.budget,
+        "budget_doubled": job.budget, "restarts": job.spec.restarts, "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6),
+        # decided once every restart ran, or earlier when the drop already exceeds the threshold
+        # (later restarts and blocks only break more samples)
+        "saturated": (acc - acc2 <= THRESHOLD) if complete else (False if acc - acc2 > THRESHOLD else None),
+        "wall_time_s": round(wall, 3),
+        # test-set indices robust at the suite's budget but broken by the doubled one
+        "found_more": [r["index"] for r in head if r["attacks"][orig.key]["correct"] and r["index"] not in standing],
+    }
 
 
 def worst_case(head: list[dict], attacks: dict, checked: dict) -> dict:

@@ -197,9 +197,12 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
             flag = f" {UNSATURATED}" if float(e.get("delta") or 0) > float(check.get("threshold", 0.02)) else ""
             doubled = str(e.get("budget_doubled", ""))
             if "restarts_done" in e:
-                doubled += f" ({e['restarts_done']} of {e.get('restarts', '?')} restarts so far)"
+                blocks = ", part of the next" if e.get("blocks_done") else ""
+                doubled += f" ({e['restarts_done']} of {e.get('restarts', '?')} restarts so far{blocks})"
+            elif e.get("stopped") == "all broken":
+                doubled += f" (every sample broken after {e['restarts_run']} restarts)"
             elif "restarts_run" in e:
-                doubled += f" (deterministic: {e['restarts_run']} identical restarts run)"
+                doubled += f" (deterministic: stopped after {e['restarts_run']} restarts, the last two identical)"
             rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), doubled, str(n),
                          format_pct(e.get("acc")), format_pct(e.get("acc_doubled")), f"{100 * float(e.get('delta') or 0):+.1f}{flag}"])
         whole = check.get("all") or {}

@@ -129,7 +129,10 @@ def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninter
     calls.clear()
     monkeypatch.setattr(runner, "attack", lambda ctx, job, clean, start=0: calls.append(job.hash) or real(ctx, job, clean, start))
     done = load_result(evaluate(cfg("cut", 40), log=lambda *_: None))["manifest"]["budget_check"]["attacks"]["pgd"]
-    assert [h.rsplit(":", 1)[1] for h in calls] == ["restart2", "restart3", "restart4"]  # only the restarts not yet run
+    ran = [h.rsplit(":", 1)[1] for h in calls]
+    assert ran and ran == ["restart2", "restart3", "restart4"][: len(ran)]  # only the restarts not yet run
+    if len(ran) < 3:  # ends early only when every sample is broken
+        assert done["stopped"] == "all broken" and done["acc_doubled"] == 0 and done["restarts_run"] == 2 + len(ran)
     assert "restarts_done" not in done and "robust_doubled" not in done and isinstance(done["saturated"], bool)
     whole = load_result(evaluate(cfg("whole", 40), log=lambda *_: None))["manifest"]["budget_check"]["attacks"]["pgd"]
     assert (done["acc_doubled"], done["found_more"]) == (whole["acc_doubled"], whole["found_more"])
@@ -143,12 +146,16 @@ def test_a_deterministic_attack_on_a_deterministic_defense_stops_when_two_restar
     cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=30, eps=0.25, attacks=("deepfool", "pgd"),
                     results_dir=str(trained / "det"), progress=False, train_if_missing=False, check_budget=30)
     check = load_result(evaluate(cfg, log=lambda *_: None))["manifest"]["budget_check"]["attacks"]
-    # neither DeepFool nor PGD without a random start draws randomness: restart 2 repeats restart 1
-    assert [k for k in calls if " check " in k] == ["pgd check 1/5", "pgd check 2/5", "deepfool check 1/5", "deepfool check 2/5"]
+    # PGD without a random start draws no randomness: restarts 2 and 3 (the first two that attack the
+    # same samples, those restart 1 left standing) propose the same candidates. DeepFool at eps 0.25
+    # breaks every sample in its first restart: nothing is left to attack
+    assert [k for k in calls if " check " in k] == ["pgd check 1/5", "pgd check 2/5", "pgd check 3/5", "deepfool check 1/5"]
+    assert check["pgd"]["restarts_run"] == 3 and check["pgd"]["stopped"] == "deterministic" and "identical candidates" in check["pgd"]["note"]
+    assert check["deepfool"]["restarts_run"] == 1 and check["deepfool"]["stopped"] == "all broken" and check["deepfool"]["acc_doubled"] == 0
     for key in ("pgd", "deepfool"):
-        assert check[key]["restarts_run"] == 2 and "identical candidates" in check[key]["note"] and isinstance(check[key]["saturated"], bool)
-        assert "restarts_done" not in check[key]
-    assert "deterministic: 2 identical restarts run" in render_saturation(load_results(trained / "det", "fmnist", "linf"))
+        assert isinstance(check[key]["saturated"], bool) and "restarts_done" not in check[key]
+    table = render_saturation(load_results(trained / "det", "fmnist", "linf"))
+    assert "deterministic: stopped after 3 restarts" in table and "every sample broken after 1 restarts" in table
 
 
 def test_candidates_digest_tells_identical_runs_from_different_ones(trained):
@@ -177,3 +184,52 @@ def test_a_resumed_file_keeps_the_commands_that_wrote_its_earlier_attacks(traine
     man = load_result(evaluate(RunConfig(**{**cfg.__dict__, "check_budget": 20}), log=lambda *_: None))["manifest"]
     assert man["earlier_commands"] == ["bench sweep plans/x.toml --results-dir results"] and man["command"] != man["earlier_commands"][0]
     assert "deepfool" in man["budget_check"]["attacks"]
+
+
+def test_later_restarts_attack_only_the_samples_still_standing_and_resume_block_by_block(trained, monkeypatch):
+    import harness.engine.runner as runner
+
+    def cfg(results: str, check: int | None) -> RunConfig:
+        return RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=40, eps=0.25, attacks=("pgd",), batch_size=10,
+                         results_dir=str(trained / results), progress=False, train_if_missing=False, check_budget=check)
+
+    (trained / "suite.toml").write_text(SUITE.replace("random_start = false", "random_start = true"), encoding="utf-8")
+    real, calls = runner.attack, []
+
+    def spy(ctx, job, clean, start=0):
+        calls.append((job.hash.rsplit(":", 1)[-1], start, {r["index"] for r in clean if r["clean_correct"]}))
+        return real(ctx, job, clean, start)
+
+    monkeypatch.setattr(runner, "attack", spy)
+    whole = load_result(evaluate(cfg("whole", 40), log=lambda *_: None))
+    check = whole["manifest"]["budget_check"]["attacks"]["pgd"]
+    checks = [c for c in calls if c[0].startswith("restart")]
+    assert [c[1] for c in checks[:4]] == [0, 10, 20, 30]  # one call per block of 10
+    first = set().union(*(c[2] for c in checks[:4]))
+    assert first == {r["index"] for r in whole["records"][:40] if r["clean_correct"]}  # restart 1: every clean-correct sample
+    second = set().union(*(c[2] for c in checks if c[0] == "restart1"))
+    broken_by_first = first - second
+    assert broken_by_first and second < first  # restart 2 skips what restart 1 broke
+    assert check["acc_doubled"] <= len(second) / 40  # what restart 2 started from bounds what is left
+
+    # killed inside restart 2 after two of its four blocks: resumes at block 3 of restart 2
+    calls.clear()
+    evaluate(cfg("cut", None), log=lambda *_: None)
+
+    def killed(ctx, job, clean, start=0):
+        if job.hash.endswith("restart1") and start == 20:
+            raise KeyboardInterrupt
+        return spy(ctx, job, clean, start)
+
+    monkeypatch.setattr(runner, "attack", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg("cut", 40), log=lambda *_: None)
+    part = load_result(trained / "cut" / "fmnist" / "linf" / "cnn.json")["manifest"]["budget_check"]["attacks"]["pgd"]
+    assert part["restarts_done"] == 1 and part["blocks_done"] == 2 and len(part["block_sha256"]) == 2
+    assert "1 of 5 restarts so far, part of the next" in render_saturation(load_results(trained / "cut", "fmnist", "linf"))
+    calls.clear()
+    monkeypatch.setattr(runner, "attack", spy)
+    done = load_result(evaluate(cfg("cut", 40), log=lambda *_: None))["manifest"]["budget_check"]["attacks"]["pgd"]
+    assert [(c[0], c[1]) for c in calls][:2] == [("restart1", 20), ("restart1", 30)]  # the blocks not yet run
+    assert "blocks_done" not in done and "restarts_done" not in done
+    assert (done["acc_doubled"], done["found_more"], done["saturated"]) == (check["acc_doubled"], check["found_more"], check["saturated"])
