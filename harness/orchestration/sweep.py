@@ -277,9 +277,71 @@ def format_job_table(jobs: list[SweepJob], results_dir: str | os.PathLike | None
     table = tabulate(rows, headers=["#", "defense", "dataset", "norm", "suite", "attack", "shard", "samples"] + (["status"] if results_dir is not None else []))
     if results_dir is not None:
         todo = [j for j, d in zip(jobs, done) if not d]
+        measured = measured_estimate(todo, results_dir)
         return (f"{table}\n\n{len(jobs)} jobs; estimated cost {estimate_cost(todo):,.0f} units (a rough estimate: per-attack relative cost factor x samples per shard; FGM on one sample = 1)\n"
-                f"{len(jobs) - len(todo)} finished in {results_dir}, {len(todo)} to run (the estimate counts those)")
+                f"{len(jobs) - len(todo)} finished in {results_dir}, {len(todo)} to run (the estimate counts those)" + (f"\n\n{measured}" if measured else ""))
     return f"{table}\n\n{len(jobs)} jobs; estimated cost {estimate_cost(jobs):,.0f} units (a rough estimate: per-attack relative cost factor x samples per shard; FGM on one sample = 1)"
+
+
+def _shard_rates(results_dir: str | os.PathLike) -> dict[tuple[str, str, str], list[float]]:
+    """Seconds per sample that every finished shard file under ``results_dir/.shards`` took (its
+    attack plus its clean pass), keyed by (dataset, defense variant, attack), whatever plan wrote it."""
+    rates: dict[tuple[str, str, str], list[float]] = {}
+    root = Path(results_dir) / ".shards"
+    for f in sorted(root.glob("*/*/*/*/*/shard-*.json")) if root.is_dir() else []:
+        dataset, _norm, variant, _suite, attack = f.relative_to(root).parts[:5]
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+            man, n = data["manifest"], len(data["records"])
+            secs = (0.0 if attack == CLEAN_KEY else float(man["attacks"][attack]["wall_time_s"])) + float(man.get("clean_wall_time_s") or 0.0)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if n:
+            rates.setdefault((dataset, variant, attack), []).append(secs / n)
+    return rates
+
+
+def measured_estimate(todo: list[SweepJob], results_dir: str | os.PathLike) -> str:
+    """How long the unfinished jobs will take, scaled from the wall times of finished shard files in
+    ``results_dir`` (any plan's): per sample of the same defense and attack (either norm); else the
+    attack's time on another defense, times the ratio of the two defenses' times on an attack both
+    ran; else cost units times the defense's measured time per unit. One row per attack, or "" when
+    nothing has been measured."""
+    from statistics import mean
+
+    from tabulate import tabulate
+
+    rates = {k: mean(v) for k, v in _shard_rates(results_dir).items()}
+    if not rates:
+        return ""
+    rows: dict[tuple, list] = {}
+    for j in todo:
+        d, v, a, n = j.dataset, j.variant, j.attack, j.stop - j.start
+        mine = {att: r for (dd, vv, att), r in rates.items() if (dd, vv) == (d, v)}
+        if a in mine:
+            secs, how = mine[a] * n, "this attack on this defense"
+        else:
+            secs, how = None, ""
+            for (dd, other, att), r in sorted(rates.items()):
+                shared = [x for x in mine if (dd, other, x) in rates and x != a]
+                if dd == d and att == a and other != v and shared:
+                    ref = "pgd" if "pgd" in shared else shared[0]
+                    secs, how = r * mine[ref] / rates[(d, other, ref)] * n, f"{a} on {other} x ({ref} on {v} / {ref} on {other})"
+                    break
+            if secs is None:
+                units = [rates[(d, v, att)] / (attack_cost(att) + CLEAN_COST) for att in mine]
+                if not units:
+                    continue
+                secs, how = mean(units) * (attack_cost(a) + CLEAN_COST) * n, "cost units x this defense's time per unit (rough)"
+        row = rows.setdefault((v, d, a), [v, d, a, 0, 0.0, how])
+        row[3] += 1
+        row[4] += secs
+    if not rows:
+        return ""
+    total = sum(r[4] for r in rows.values()) / 3600
+    body = tabulate([[*r[:4], f"{r[4] / 3600:.1f}", r[5]] for r in rows.values()], headers=["defense", "dataset", "attack", "jobs to run", "core-hours", "scaled from"], disable_numparse=True)
+    return (f"the jobs to run, scaled from the wall times of finished shards: about {total:.1f} core-hours "
+            f"(one job per core; wall times depend on the machine and its load)\n\n{body}")
 
 
 def _cfg(job: SweepJob, *, attacks: tuple[str, ...] | None):

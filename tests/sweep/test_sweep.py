@@ -382,3 +382,31 @@ def test_finished_groups_are_merged_before_the_remaining_jobs_run(env, monkeypat
     assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 0
     assert seen == {"linf merged before": True, "jobs": {"l2"}}
     assert not (out / "fmnist" / "l2" / "cnn.json").exists()  # its jobs did not run
+
+
+def test_dry_run_scales_the_jobs_to_run_from_finished_shard_wall_times(tmp_path):
+    """Per sample of the same attack on the same defense; else that attack on another defense times
+    the two defenses' ratio on an attack both ran; nothing measured: no estimate."""
+    raw = tomllib.loads(PLAN) | {"defenses": ["cnn", "adv-linf"]}
+    jobs = sweep.expand(sweep.parse_plan(raw))
+    res = tmp_path / "res"
+    assert sweep.measured_estimate(jobs, res) == ""
+
+    def finish(job, seconds):
+        p = job.partial_path(res)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        recs = [{"index": i} for i in range(job.start, job.stop)]
+        p.write_text(json.dumps({"manifest": {"attacks": {job.attack: {"wall_time_s": seconds - 2.0}}, "clean_wall_time_s": 2.0}, "records": recs}))
+
+    by = {(j.defense, j.attack, j.shard): j for j in jobs}
+    finish(by[("cnn", "pgd", 0)], 40.0)   # 2 s per sample
+    finish(by[("cnn", "fgm", 0)], 10.0)   # 0.5 s per sample
+    finish(by[("adv-linf", "pgd", 0)], 120.0)  # 6 s per sample: adv-linf is 3x cnn on pgd
+    todo = [by[("cnn", "pgd", 1)], by[("adv-linf", "pgd", 1)], by[("adv-linf", "fgm", 0)], by[("adv-linf", "fgm", 1)]]
+    out = sweep.measured_estimate(todo, res)
+    rows = {tuple(line.split()[:4]): line for line in out.splitlines() if line.startswith(("cnn", "adv-linf"))}
+    assert "this attack on this defense" in rows[("cnn", "fmnist", "pgd", "1")]
+    assert "fgm on cnn x (pgd on adv-linf / pgd on cnn)" in rows[("adv-linf", "fmnist", "fgm", "2")]
+    # 20 x 2 s + 20 x 6 s + 2 x 20 x 0.5 s x 3 = 220 s
+    assert f"about {220 / 3600:.1f} core-hours" in out
+    assert rows[("adv-linf", "fmnist", "fgm", "2")].split()[4] == f"{60 / 3600:.1f}"
