@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="checkpoint directory (default: ~/.cache/bench/checkpoints)")
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--device", default="auto")
-    t.add_argument("--resume", action="store_true", help="continue the existing checkpoint for --epochs more epochs; ABS/E-ABS continue exactly from the training state saved every epoch (optimisers, schedule, random state; without --epochs a stopped run finishes its planned epochs), other defenses with a fresh optimiser")
+    t.add_argument("--resume", action="store_true", help="continue the existing checkpoint (the one in --out if there is one, else the one bench run would load) for --epochs more epochs; ABS/E-ABS continue exactly from the training state saved every epoch (optimisers, schedule, random state; without --epochs a stopped run finishes its planned epochs), other defenses with a fresh optimiser")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="config_set", help="override a key of the training recipe (repeatable; recorded in the card), e.g. --set lr_schedule=cosine --set anneal_epochs=20")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all cores); on a shared machine give the free cores (and set OMP_WAIT_POLICY=PASSIVE)")

@@ -212,7 +212,9 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
     module = model.checkpoint_module()
     model.use_training_services(TRAINING_SERVICES)
     if resume:
-        start = find_checkpoint(model.checkpoint_name(), dataset)
+        # the checkpoint being written (--out) first: `bench train --resume --out DIR` continues DIR's
+        own = Path(out_dir) / f"{stem(model.checkpoint_name(), dataset)}.safetensors" if out_dir is not None else None
+        start = own if own is not None and own.is_file() else find_checkpoint(model.checkpoint_name(), dataset)
         if start is None:
             raise BenchUserError(f"--resume: no checkpoint for {model.checkpoint_name()} on {dataset} to resume from; train without --resume")
         state = _find_train_state(start, name, dataset, announce) if exact else None

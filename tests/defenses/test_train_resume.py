@@ -167,6 +167,19 @@ def test_cnn_two_epochs_equal_one_plus_one_resumed(bench_env):
     assert read_card(resumed)["history"] == read_card(whole)["history"]
 
 
+def test_resume_continues_the_checkpoint_in_out_dir_first(bench_env, tmp_path):
+    """`bench train --resume --out DIR` continues DIR's checkpoint, also where DIR is off the search
+    path and another checkpoint of the defense is on it."""
+    train_defense("cnn", "fmnist", device=CPU, epochs=1, seed=5, **QUIET)  # on the search path
+    side = tmp_path / "side"
+    whole = train_defense("cnn", "fmnist", device=CPU, epochs=2, seed=6, out_dir=tmp_path / "whole", **QUIET)
+    train_defense("cnn", "fmnist", device=CPU, epochs=1, seed=6, out_dir=side, **QUIET)
+    msgs = []
+    resumed = train_defense("cnn", "fmnist", device=CPU, epochs=1, seed=6, out_dir=side, resume=True, progress=False, announce=msgs.append)
+    assert resumed == side / "cnn-fmnist.safetensors" and any(str(side) in m for m in msgs)
+    _assert_bit_identical(_weights(whole), _weights(resumed))
+
+
 def test_lr_factor_warmup_constant_then_cosine_tail():
     from defenses.training import lr_factor
 
