@@ -93,6 +93,9 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
     if old.get("n") != m or old.get("factor") != FACTOR or old.get("restarts") != RESTARTS:
         old = {}
     entry = {"n": m, "factor": FACTOR, "restarts": RESTARTS, "threshold": THRESHOLD, "attacks": dict(old.get("attacks") or {})}
+    for key, e in entry["attacks"].items():  # a finished entry's verdict follows its rounded drop (older files compared the unrounded one)
+        if isinstance(e, dict) and "restarts_done" not in e and isinstance(e.get("delta"), (int, float)):
+            entry["attacks"][key] = dict(e, saturated=e["delta"] <= THRESHOLD)
     head = data["records"][:m]
     done = man.get("attacks") or {}
     jobs, skipped = [], []
@@ -181,12 +184,13 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
 def _entry(orig, job, head: list[dict], standing: set, acc: float, m: int, wall: float, *, complete: bool) -> dict:
     """The check's entry for attack job ``orig`` (rerun as ``job``) with the samples ``standing`` so far."""
     acc2 = len(standing) / max(1, m)
+    delta = round(acc - acc2, 6)  # rounded: 0.49 - 0.47 is a drop of exactly 2 points, not 2.0000000000000018
     return {
         "of": orig.hash, "spec_hash": job.hash, "budget": orig.budget,
-        "budget_doubled": job.budget, "restarts": job.spec.restarts, "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6),
+        "budget_doubled": job.budget, "restarts": job.spec.restarts, "acc": acc, "acc_doubled": acc2, "delta": delta,
         # decided once every restart ran, or earlier when the drop already exceeds the threshold
         # (later restarts and blocks only break more samples)
-        "saturated": (acc - acc2 <= THRESHOLD) if complete else (False if acc - acc2 > THRESHOLD else None),
+        "saturated": (delta <= THRESHOLD) if complete else (False if delta > THRESHOLD else None),
         "wall_time_s": round(wall, 3),
         # test-set indices robust at the suite's budget but broken by the doubled one
         "found_more": [r["index"] for r in head if r["attacks"][orig.key]["correct"] and r["index"] not in standing],

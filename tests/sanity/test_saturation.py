@@ -233,3 +233,18 @@ def test_later_restarts_attack_only_the_samples_still_standing_and_resume_block_
     assert [(c[0], c[1]) for c in calls][:2] == [("restart1", 20), ("restart1", 30)]  # the blocks not yet run
     assert "blocks_done" not in done and "restarts_done" not in done
     assert (done["acc_doubled"], done["found_more"], done["saturated"]) == (check["acc_doubled"], check["found_more"], check["saturated"])
+
+
+def test_a_drop_of_exactly_the_threshold_is_saturated():
+    """49% -> 47% on 100 samples is a drop of 2 points: at the threshold, not above it (the float
+    difference 0.49 - 0.47 is 0.020000000000000018)."""
+    from harness.engine.saturation import THRESHOLD, _entry
+
+    class Job:
+        hash, budget, key = "h", "b", "pgd"
+        spec = AttackSpec("pgd", (("steps", 2),), restarts=5)
+
+    head = [{"index": i, "attacks": {"pgd": {"correct": i < 49}}} for i in range(100)]
+    e = _entry(Job, Job, head, set(range(47)), 0.49, 100, 1.0, complete=True)
+    assert e["delta"] == THRESHOLD == 0.02 and e["saturated"] is True and e["found_more"] == [47, 48]
+    assert _entry(Job, Job, head, set(range(46)), 0.49, 100, 1.0, complete=True)["saturated"] is False
