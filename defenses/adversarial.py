@@ -20,7 +20,8 @@ approximately with PGD and takes an Adam step on the cross-entropy of the PGD ex
 * Epochs: a CPU budget instead of the thesis's 200 (``EPOCHS``; PGD-10 training costs ~11 clean
   epochs per epoch). Every epoch reports clean validation accuracy and PGD validation accuracy on a
   fixed subset of the first ``val_pgd_samples`` validation images (same attack, fixed seed); both go
-  into the model card's ``history``.
+  into the model card's ``history``. The PGD validation runs at the data set's default eps (the
+  evaluation threat, ``val_pgd_eps``) also when ``--set eps=...`` trains at another one.
 """
 
 from __future__ import annotations
@@ -147,13 +148,16 @@ class AdversarialCNN(CNN):
 
         val_fn = None
         n_val = int(config.get("val_pgd_samples", 0))
+        # validated at the evaluation threat (the data set's default eps), also when training at
+        # another eps (`--set eps=...`, tuning the clean / robust trade-off): comparable across recipes
+        evaluation = ThreatModel(norm=self.norm, eps=default_threat(self.dataset, self.norm).eps)
         if val is not None and len(val.x) and n_val > 0:
             xv, yv = val.x[:n_val].to(device), val.y[:n_val].to(device)
 
             def val_fn(model):
-                adv = pgd_examples(run_attack, model, xv, yv, threat, spec, seed=0)  # fixed seed: comparable across epochs
+                adv = pgd_examples(run_attack, model, xv, yv, evaluation, spec, seed=0)  # fixed seed: comparable across epochs
                 with torch.no_grad():
-                    return {"val_pgd_acc": (model(adv).argmax(1) == yv).float().mean().item()}
+                    return {"val_pgd_acc": (model(adv).argmax(1) == yv).float().mean().item(), "val_pgd_eps": evaluation.eps}
 
         metrics = train_classifier(self.net, train, val, config=config, device=device, generator=generator, progress=progress, loss_fn=loss_fn, val_fn=val_fn,
                                    desc=f"train {self.checkpoint_name()}", resume=resume, on_epoch_end=on_epoch_end, extra={"init_checkpoint": init})

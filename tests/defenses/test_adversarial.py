@@ -69,6 +69,26 @@ def test_adv_linf_smoke(no_shipped, monkeypatch):
     assert adv.predict(x).shape == (2, 10)
 
 
+def test_training_at_another_eps_is_validated_at_the_evaluation_eps(no_shipped, monkeypatch):
+    """`--set eps=0.05` trains against PGD at 0.05 and validates PGD at the threat model's 0.1, so
+    cards of recipes at different training eps compare on the same figure."""
+    ckpt = no_shipped / "ckpt"
+    train_defense("cnn", "fmnist", device=CPU, epochs=1, out_dir=ckpt, progress=False, announce=_quiet)
+    calls = []
+    real = harness.attacks.run_attack
+
+    def spy(model, x, y, threat, spec, *, seed):
+        calls.append((len(x), threat.eps))
+        return real(model, x, y, threat, spec, seed=seed)
+
+    monkeypatch.setattr(harness.attacks, "run_attack", spy)
+    path = train_defense("adv-linf", "fmnist", device=CPU, out_dir=ckpt, progress=False, announce=_quiet,
+                         config_overrides={"epochs": 1, "pgd_steps": 1, "val_pgd_samples": 13, "eps": 0.05})
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["config"]["eps"] == 0.05 and card["history"][0]["val_pgd_eps"] == 0.1
+    assert {e for n, e in calls if n != 13} == {0.05} and {e for n, e in calls if n == 13} == {0.1}
+
+
 def test_fit_takes_pgd_and_checkpoints_from_the_harness():
     """defenses/ does not import the harness: adversarial training gets its PGD and the CNN checkpoint
     through the declared TrainingServices, and says so when called without them."""
