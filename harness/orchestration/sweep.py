@@ -36,7 +36,7 @@ from harness.errors import BenchUserError
 from harness.store.results import SCHEMA_VERSION, atomic_write_json, result_path, write_result
 from threat_models import NORMS, ThreatModel, default_threat, is_suite_file, load_suite
 
-PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch", "options"}
+PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch", "options", "check_budget"}
 CLEAN_KEY = "_clean"  # job key of a suite with no attacks for a norm: the clean pass only
 
 #: relative cost of the clean pass per sample (attacks declare their own ``cost``: FGM = 1 gradient step)
@@ -62,6 +62,9 @@ class Plan:
     num_gpus: float = 0.0
     arch: str | None = None
     options: tuple[tuple[str, Any], ...] = ()  # defense options, as `bench run --option KEY=VALUE`
+    #: > 0: after a group's file is merged, the budget saturation check on its first that many samples
+    #: (``bench run --check-budget N`` on the merged file; harness/engine/saturation.py)
+    check_budget: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ def parse_plan(raw: dict) -> Plan:
         num_gpus=_float(raw, "num_gpus", 0.0),
         arch=arch,
         options=tuple(sorted(options.items())),
+        check_budget=_int(raw, "check_budget", 0, 0),
     )
     bad = [x for x in plan.norms if x not in NORMS]
     if bad:
@@ -555,6 +559,33 @@ def _kept_budget_check(path: Path, manifest: dict, records: list[dict]) -> tuple
     return dict(check, attacks=attacks, all=worst_case(records[:n], manifest["attacks"], attacks)), list(dict.fromkeys(commands))
 
 
+def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int, configs=None, progress: bool = True, log=print) -> list[Path]:
+    """The budget saturation check on every merged file whose jobs are all done: ``bench run
+    --check-budget n`` on it, in this process (resumable block by block; a finished check is kept)."""
+    from dataclasses import replace
+
+    from harness.engine.runner import evaluate
+
+    groups: dict[tuple[str, str, str], list[SweepJob]] = {}
+    for j in jobs:
+        groups.setdefault((j.dataset, j.norm, j.variant), []).append(j)
+    checked = []
+    for (dataset, norm, variant), gjobs in groups.items():
+        path = result_path(results_dir, dataset, norm, variant)
+        if not path.is_file() or not all(is_done(j, results_dir, configs) for j in gjobs):
+            continue
+        names = tuple(dict.fromkeys(j.attack.split("@")[0] for j in gjobs if j.attack != CLEAN_KEY))
+        suites = {j.suite for j in gjobs}
+        if not names or len(suites) > 1:
+            if names:
+                log(f"no budget check of {path}: it merges several suites ({', '.join(sorted(suites))}); run bench run --check-budget per suite")
+            continue
+        log(f"budget check of {path} on its first {n} samples")
+        cfg = replace(_cfg(gjobs[0], attacks=names), results_dir=str(results_dir), check_budget=n, progress=progress)
+        checked.append(evaluate(cfg, log=log))
+    return checked
+
+
 def get_executor(name: str, *, address: str | None = None):
     """The executor called ``name`` (``local`` or ``ray``)."""
     if name == "local":
@@ -587,6 +618,8 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
         failures = ex.run(todo, results_dir=str(results_dir), max_retries=max_retries, progress=progress, log=log)
     for path in merge(jobs, results_dir, command=command, configs=configs):
         log(f"wrote {path}")
+    if plan.check_budget and not failures:
+        check_merged(jobs, results_dir, n=plan.check_budget, configs=configs, progress=progress, log=log)
     if failures:
         log(f"sweep: {len(failures)} job(s) failed after {max_retries} retr{'y' if max_retries == 1 else 'ies'}:")
         for name, err in failures.items():

@@ -410,3 +410,23 @@ def test_dry_run_scales_the_jobs_to_run_from_finished_shard_wall_times(tmp_path)
     # 20 x 2 s + 20 x 6 s + 2 x 20 x 0.5 s x 3 = 220 s
     assert f"about {220 / 3600:.1f} core-hours" in out
     assert rows[("adv-linf", "fmnist", "fgm", "2")].split()[4] == f"{60 / 3600:.1f}"
+
+
+def test_a_plan_with_check_budget_checks_each_merged_file(env):
+    tmp, plan, _ = env
+    plan.write_text(PLAN + "check_budget = 20\n")
+    out = tmp / "res"
+    lines = []
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lines.append) == 0
+    check = _merged(out)["manifest"]["budget_check"]
+    assert check["n"] == 20 and list(check["attacks"]) == ["pgd"] and check["not_checked"] == ["fgm"]
+    assert any("budget check of" in line for line in lines)
+    # a rerun keeps the finished check and the file
+    before = (out / "fmnist" / "linf" / "cnn.json").read_text()
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lambda *_: None) == 0
+    assert json.loads((out / "fmnist" / "linf" / "cnn.json").read_text())["manifest"]["budget_check"] == check
+    assert json.loads(before)["records"] == _merged(out)["records"]
+    from harness.errors import BenchUserError
+
+    with pytest.raises(BenchUserError, match="check_budget"):
+        sweep.parse_plan(tomllib.loads(PLAN) | {"check_budget": -1})
