@@ -22,6 +22,8 @@ approximately with PGD and takes an Adam step on the cross-entropy of the PGD ex
   fixed subset of the first ``val_pgd_samples`` validation images (same attack, fixed seed); both go
   into the model card's ``history``. The PGD validation runs at the data set's default eps (the
   evaluation threat, ``val_pgd_eps``) also when ``--set eps=...`` trains at another one.
+* ``--set clean_weight=W`` (default 0, the thesis's Madry loss) trains on ``W CE(x) + (1 - W)
+  CE(x_adv)`` (Goodfellow et al. 2015, eq. 6): the clean and PGD halves go through one forward pass.
 """
 
 from __future__ import annotations
@@ -65,6 +67,16 @@ def pgd_examples(run_attack: Callable[..., list[torch.Tensor]], model: nn.Module
     return threat.project(adv.detach(), x)
 
 
+def clean_weight(config: dict) -> float:
+    """The weight ``w`` of the clean cross-entropy in the training loss ``w CE(x) + (1 - w) CE(x_adv)``
+    (Goodfellow et al. 2015, eq. 6, who use 0.5); 0 (the default) is Madry et al.'s loss on the PGD
+    examples alone, as the thesis trains. A knob on the clean / robust trade-off beside the training eps."""
+    w = config.get("clean_weight", 0.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) < 1.0:
+        raise BenchUserError(f"training config: clean_weight must be a number in [0, 1), got {w!r} (1 would train without adversarial examples: use the cnn)")
+    return float(w)
+
+
 def _seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
@@ -94,6 +106,7 @@ class AdversarialCNN(CNN):
             "pgd_steps": 10,
             "pgd_rel_stepsize": 0.25,
             "val_pgd_samples": 500,
+            "clean_weight": 0.0,
         }
 
     def init_checkpoint_name(self) -> str:
@@ -142,9 +155,15 @@ class AdversarialCNN(CNN):
         threat = ThreatModel(norm=self.norm, eps=float(config["eps"]))
         spec = pgd_spec(config)
 
+        w = clean_weight(config)
+
         def loss_fn(model, xb, yb, gen):
             adv = pgd_examples(run_attack, model, xb, yb, threat, spec, seed=_seed(gen))
-            return nn.functional.cross_entropy(model(adv), yb)
+            if w == 0.0:
+                return nn.functional.cross_entropy(model(adv), yb)
+            # Goodfellow et al. (2015) eq. 6: w CE(x) + (1 - w) CE(x_adv), one forward over both halves
+            clean, robust = model(torch.cat([xb, adv])).split(len(xb))
+            return w * nn.functional.cross_entropy(clean, yb) + (1 - w) * nn.functional.cross_entropy(robust, yb)
 
         val_fn = None
         n_val = int(config.get("val_pgd_samples", 0))

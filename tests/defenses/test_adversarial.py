@@ -120,3 +120,51 @@ def test_fine_tuning_resumes_bit_for_bit(no_shipped):
     got = load_defense("adv-linf", "fmnist", device=CPU, train_if_missing=False)[0].state_dict()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert [h["val_pgd_acc"] for h in card2["history"]] == [h["val_pgd_acc"] for h in json.loads(one_go.with_suffix(".json").read_text())["history"]]
+
+
+def test_clean_weight_trains_on_clean_and_pgd_halves(no_shipped, monkeypatch):
+    """`--set clean_weight=0.5`: each training step scores the clean batch and its PGD examples in one
+    forward (Goodfellow et al. 2015 eq. 6); the default 0 scores the PGD examples alone."""
+    ckpt = no_shipped / "ckpt"
+    train_defense("cnn", "fmnist", device=CPU, epochs=1, out_dir=ckpt, progress=False, announce=_quiet)
+    attacked, seen = [], []
+    real = harness.attacks.run_attack
+
+    def spy(model, x, y, threat, spec, *, seed):
+        out = real(model, x, y, threat, spec, seed=seed)
+        attacked.append(x.clone())
+        return out
+
+    monkeypatch.setattr(harness.attacks, "run_attack", spy)
+    from defenses.cnn import CNNNet
+
+    def hook(module, args):
+        if module.training:
+            seen.append(args[0].detach().clone())
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: hook(m, a) if isinstance(m, CNNNet) else None)
+    try:
+        for w in (0.0, 0.5):
+            attacked.clear(), seen.clear()
+            path = train_defense("adv-linf", "fmnist", device=CPU, out_dir=ckpt / str(w), progress=False, announce=_quiet,
+                                 config_overrides={"epochs": 1, "pgd_steps": 1, "val_pgd_samples": 0, "clean_weight": w})
+            card = json.loads(path.with_suffix(".json").read_text())
+            assert card["config"]["clean_weight"] == w
+            assert seen and len(seen) == len(attacked)
+            for x, batch in zip(attacked, seen):
+                if w == 0.0:
+                    assert len(batch) == len(x) and not torch.equal(batch, x)  # PGD examples only
+                else:
+                    assert len(batch) == 2 * len(x) and torch.equal(batch[: len(x)], x)  # clean half, then the PGD half
+                    assert not torch.equal(batch[len(x):], x) and (batch[len(x):] - x).abs().max() <= 0.1 + 1e-6
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, "half", True])
+def test_clean_weight_out_of_range_is_a_user_error(no_shipped, bad):
+    ckpt = no_shipped / "ckpt"
+    train_defense("cnn", "fmnist", device=CPU, epochs=1, out_dir=ckpt, progress=False, announce=_quiet)
+    with pytest.raises(BenchUserError, match="clean_weight must be a number in \\[0, 1\\)"):
+        train_defense("adv-linf", "fmnist", device=CPU, out_dir=ckpt, progress=False, announce=_quiet,
+                      config_overrides={"epochs": 1, "pgd_steps": 1, "clean_weight": bad})
