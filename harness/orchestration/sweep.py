@@ -36,7 +36,7 @@ from harness.errors import BenchUserError
 from harness.store.results import SCHEMA_VERSION, atomic_write_json, result_path, write_result
 from threat_models import NORMS, ThreatModel, default_threat, is_suite_file, load_suite
 
-PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch", "options", "check_budget"}
+PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch", "options", "check_budget", "check_attacks"}
 CLEAN_KEY = "_clean"  # job key of a suite with no attacks for a norm: the clean pass only
 
 #: relative cost of the clean pass per sample (attacks declare their own ``cost``: FGM = 1 gradient step)
@@ -65,6 +65,9 @@ class Plan:
     #: > 0: after a group's file is merged, the budget saturation check on its first that many samples
     #: (``bench run --check-budget N`` on the merged file; harness/engine/saturation.py)
     check_budget: int = 0
+    #: the attacks the check runs (None: every gradient attack of the file): on a CPU the check of an
+    #: inference-time defense can cost as much as its row, so a plan may check the headline attacks only
+    check_attacks: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -183,10 +186,23 @@ def parse_plan(raw: dict) -> Plan:
         arch=arch,
         options=tuple(sorted(options.items())),
         check_budget=_int(raw, "check_budget", 0, 0),
+        check_attacks=_strs(raw, "check_attacks", required=False),
     )
     bad = [x for x in plan.norms if x not in NORMS]
     if bad:
         raise BenchUserError(f"plan: unknown norm(s) {', '.join(bad)}; use {', '.join(NORMS)}")
+    if plan.check_attacks is not None:
+        if not plan.check_budget:
+            raise BenchUserError("plan: 'check_attacks' names the attacks of the budget check; set check_budget = N (samples) too")
+        if plan.attacks is not None:
+            bad = [a for a in plan.check_attacks if a not in plan.attacks]
+            if bad:
+                raise BenchUserError(f"plan: check_attacks {', '.join(bad)} not in the plan's attacks ({', '.join(plan.attacks)})")
+        else:
+            from harness.attacks import get_attack
+
+            for a in plan.check_attacks:
+                get_attack(a)  # an unknown name is a user error that lists the known ones
     if plan.num_gpus > 1 and plan.num_gpus != int(plan.num_gpus):
         raise BenchUserError(f"plan: num_gpus above 1 must be a whole number, got {plan.num_gpus}")
     return plan
@@ -559,9 +575,10 @@ def _kept_budget_check(path: Path, manifest: dict, records: list[dict]) -> tuple
     return dict(check, attacks=attacks, all=worst_case(records[:n], manifest["attacks"], attacks)), list(dict.fromkeys(commands))
 
 
-def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int, configs=None, progress: bool = True, log=print) -> list[Path]:
+def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int, attacks: tuple[str, ...] | None = None, configs=None, progress: bool = True, log=print) -> list[Path]:
     """The budget saturation check on every merged file whose jobs are all done: ``bench run
-    --check-budget n`` on it, in this process (resumable block by block; a finished check is kept)."""
+    --check-budget n`` on it, in this process (resumable block by block; a finished check is kept).
+    ``attacks``: check only these (the plan's ``check_attacks``); None checks every gradient attack."""
     from dataclasses import replace
 
     from harness.engine.runner import evaluate
@@ -575,6 +592,11 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
         if not path.is_file() or not all(is_done(j, results_dir, configs) for j in gjobs):
             continue
         names = tuple(dict.fromkeys(j.attack.split("@")[0] for j in gjobs if j.attack != CLEAN_KEY))
+        if attacks is not None:
+            left = [a for a in names if a not in attacks]
+            names = tuple(a for a in names if a in attacks)
+            if left:
+                log(f"budget check of {path}: {', '.join(left)} left out by the plan's check_attacks")
         suites = {j.suite for j in gjobs}
         if not names or len(suites) > 1:
             if names:
@@ -619,7 +641,7 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     for path in merge(jobs, results_dir, command=command, configs=configs):
         log(f"wrote {path}")
     if plan.check_budget and not failures:
-        check_merged(jobs, results_dir, n=plan.check_budget, configs=configs, progress=progress, log=log)
+        check_merged(jobs, results_dir, n=plan.check_budget, attacks=plan.check_attacks, configs=configs, progress=progress, log=log)
     if failures:
         log(f"sweep: {len(failures)} job(s) failed after {max_retries} retr{'y' if max_retries == 1 else 'ies'}:")
         for name, err in failures.items():

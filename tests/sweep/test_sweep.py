@@ -430,3 +430,27 @@ def test_a_plan_with_check_budget_checks_each_merged_file(env):
 
     with pytest.raises(BenchUserError, match="check_budget"):
         sweep.parse_plan(tomllib.loads(PLAN) | {"check_budget": -1})
+
+
+def test_check_attacks_limits_the_budget_check_to_the_named_attacks(env):
+    """`check_attacks = ["deepfool"]`: the merged file's check runs DeepFool only and says PGD was left out."""
+    tmp, plan, _ = env
+    plan.write_text(PLAN.replace('attacks = ["pgd", "fgm"]', 'attacks = ["pgd", "deepfool"]') + 'check_budget = 20\ncheck_attacks = ["deepfool"]\n')
+    out = tmp / "res-check-attacks"
+    lines = []
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lines.append) == 0
+    merged = _merged(out)
+    assert set(merged["manifest"]["attacks"]) >= {"pgd", "deepfool"}
+    assert list(merged["manifest"]["budget_check"]["attacks"]) == ["deepfool"]
+    assert any("pgd left out by the plan's check_attacks" in line for line in lines)
+    from harness.errors import BenchUserError
+
+    base = tomllib.loads(PLAN)
+    with pytest.raises(BenchUserError, match="check_attacks cw not in the plan's attacks"):
+        sweep.parse_plan(base | {"check_budget": 20, "check_attacks": ["cw"]})
+    with pytest.raises(BenchUserError, match="set check_budget"):
+        sweep.parse_plan(base | {"check_attacks": ["pgd"]})
+    with pytest.raises(BenchUserError, match="unknown attack 'pgdd'"):
+        sweep.parse_plan({k: v for k, v in base.items() if k != "attacks"} | {"check_budget": 20, "check_attacks": ["pgdd"]})
+    with pytest.raises(BenchUserError, match="non-empty list"):
+        sweep.parse_plan(base | {"check_budget": 20, "check_attacks": []})
