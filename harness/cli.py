@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="run a sweep plan (defenses x datasets x norms x suites, sharded) locally or on Ray")
     sw.add_argument("plan", help="plan TOML (see plans/fmnist-quick.toml)")
     sw.add_argument("--dry-run", action="store_true", help="print the job table, job count and a cost estimate; run nothing")
+    sw.add_argument("--merge-partial", action="store_true", help="merge the attacks whose shards are all finished into the result files of unfinished groups, the rest marked pending (the row reads as incomplete); run nothing")
     sw.add_argument("--executor", choices=["local", "ray"], default="local")
     sw.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT); default: start a local Ray instance")
     sw.add_argument("--results-dir", default="results")
@@ -232,11 +233,14 @@ def _cmd_run(a) -> int:
 
 
 def _cmd_sweep(a) -> int:
-    from harness.orchestration.sweep import expand, format_job_table, load_plan, run_sweep
+    from harness.orchestration.sweep import expand, format_job_table, load_plan, merge_partial, run_sweep
 
     plan = load_plan(a.plan)
     if a.dry_run:
         print(format_job_table(expand(plan), a.results_dir))
+        return 0
+    if a.merge_partial:
+        merge_partial(plan, results_dir=a.results_dir)
         return 0
     return run_sweep(plan, results_dir=a.results_dir, executor=a.executor, address=a.address, max_retries=a.max_retries, progress=not a.quiet)
 

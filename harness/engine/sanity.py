@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.engine.eot import EOTModel
+from harness.store.results import pending_attacks
 
 MARGIN = 0.05  # accuracy points (as a fraction) an eps sweep may rise by before it is flagged
 UNDECLARED_RANDOMNESS = "declares itself deterministic but its scores change"
@@ -180,8 +181,9 @@ class Verdict:
     """Whether a result can be trusted, judged from its result file alone (a pure function of it).
 
     ``reliable`` is False when the gradient-consistency check failed (:mod:`harness.engine.gradcheck`), when
-    gradient-free or transfer attacks beat the gradient attacks by more than the Wilson interval, or
-    when a defense that declares itself deterministic is not. ``reasons``: short tags for tables;
+    gradient-free or transfer attacks beat the gradient attacks by more than the Wilson interval,
+    when a defense that declares itself deterministic is not, or when the file is a partial sweep
+    merge whose other attacks are still pending (``bench sweep --merge-partial``). ``reasons``: short tags for tables;
     ``warnings``: every warning of the file (recorded at run time plus the outcome checks of now).
     """
 
@@ -214,5 +216,8 @@ def verdict(data: dict) -> Verdict:
     recorded = [w for w in man.get("warnings") or [] if isinstance(w, str)]
     if any(UNDECLARED_RANDOMNESS in w for w in recorded):
         reasons.append("undeclared randomness")
+    pending = pending_attacks(man)
+    if pending:  # a partially merged sweep: the attacks still to come can only lower "All"
+        reasons.append(f"incomplete: {', '.join(pending)} pending")
     fresh = [w for w in outcome_checks(data) if w not in recorded]
     return Verdict(not reasons, tuple(reasons), tuple(recorded + fresh), masking_checked(data))

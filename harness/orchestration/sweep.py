@@ -15,7 +15,8 @@ covers what determines the job's output: the job's fields and its attack's ident
 spec with its effective EOT, and eps), not the suite file's text, so editing a comment or another
 attack of the suite does not throw finished shards away. When all
 jobs of a (dataset, norm, defense) are done, the merge writes ``<results_dir>/<dataset>/<norm>/<defense>.json``
-with the same manifest keys as ``bench run``.
+with the same manifest keys as ``bench run``. ``bench sweep --merge-partial`` writes that file early, from
+the attacks finished so far, naming the others in ``pending_attacks`` (the row reads as incomplete).
 """
 
 from __future__ import annotations
@@ -461,14 +462,19 @@ def _test_hooks(job: SweepJob) -> None:
         time.sleep(float(delay))
 
 
-def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None, configs: dict[tuple, dict | None] | None = None, force: bool = False) -> list[Path]:
+def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None, configs: dict[tuple, dict | None] | None = None, force: bool = False, partial: bool = False) -> list[Path]:
     """Write the canonical result file of every (dataset, norm, defense) whose jobs are all done
     (``configs``: today's defense settings, :func:`today_configs`; see :func:`is_done`).
 
     A file already merged from exactly these shard files (its ``shards_sha256``) is left as it is
     unless ``force``: rerunning a sweep for its other groups does not rewrite a finished group's
     file, so what was added to it since (a ``bench run --check-budget``, another attack) and its
-    provenance stay untouched."""
+    provenance stay untouched.
+
+    ``partial`` (``bench sweep --merge-partial``): a group whose jobs are not all done is merged too,
+    from the attacks whose shards are all finished; the others are named in the manifest's
+    ``pending_attacks`` (``{key: "k/S shards"}``), which makes the row's verdict unreliable
+    ("incomplete") until a later merge of the finished group replaces the file."""
     from harness.store.provenance import command_line
 
     groups: dict[tuple[str, str, str], list[SweepJob]] = {}
@@ -476,8 +482,18 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         groups.setdefault((j.dataset, j.norm, j.variant), []).append(j)
     written = []
     for (dataset, norm, variant), gjobs in groups.items():
-        if not all(is_done(j, results_dir, configs) for j in gjobs):
-            continue
+        done = [is_done(j, results_dir, configs) for j in gjobs]
+        pending: dict[str, str] = {}
+        if not all(done):
+            if not partial:
+                continue
+            per_attack: dict[str, list[bool]] = {}
+            for j, d in zip(gjobs, done):
+                per_attack.setdefault(j.attack, []).append(d)
+            pending = {a: f"{sum(ds)}/{len(ds)} shards" for a, ds in per_attack.items() if not all(ds)}
+            gjobs = [j for j in gjobs if j.attack not in pending]
+            if not gjobs:
+                continue
         raw = {(j.attack, j.shard): j.partial_path(results_dir).read_bytes() for j in gjobs}
         digest = hashlib.sha256("\n".join(f"{a}/{s}:{hashlib.sha256(b).hexdigest()}" for (a, s), b in sorted(raw.items())).encode()).hexdigest()
         path = result_path(results_dir, dataset, norm, variant)
@@ -531,6 +547,8 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         if "gradient_check" in first:
             manifest["gradient_check"] = first["gradient_check"]
         manifest["shards_sha256"] = digest
+        if pending:
+            manifest["pending_attacks"] = pending
         kept, commands = _kept_budget_check(path, manifest, records)
         if kept:
             manifest["budget_check"] = kept
@@ -573,6 +591,22 @@ def _kept_budget_check(path: Path, manifest: dict, records: list[dict]) -> tuple
 
     commands = [c for c in [*(old.get("earlier_commands") or []), old.get("command")] if isinstance(c, str) and c]
     return dict(check, attacks=attacks, all=worst_case(records[:n], manifest["attacks"], attacks)), list(dict.fromkeys(commands))
+
+
+def merge_partial(plan: Plan, *, results_dir: str | os.PathLike, log=print) -> list[Path]:
+    """``bench sweep --merge-partial``: merge every group of ``plan`` from the attacks finished so far
+    (:func:`merge` with ``partial``), run nothing; the budget check waits for the finished group."""
+    from harness.store.provenance import command_line
+
+    jobs = expand(plan)
+    configs = today_configs(jobs)
+    written = merge(jobs, results_dir, command=command_line(), configs=configs, partial=True)
+    for path in written:
+        pending = json.loads(path.read_text(encoding="utf-8"))["manifest"].get("pending_attacks") or {}
+        log(f"wrote {path}" + (f" (pending: {', '.join(f'{a} {s}' for a, s in pending.items())})" if pending else ""))
+    if not written:
+        log("nothing to merge: no group has a newly finished attack")
+    return written
 
 
 def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int, attacks: tuple[str, ...] | None = None, configs=None, progress: bool = True, log=print) -> list[Path]:

@@ -24,7 +24,7 @@ from tabulate import tabulate
 from harness import stats
 from benchcore.io import atomic_write
 from threat_models import NORMS
-from harness.store.results import load_results
+from harness.store.results import load_results, pending_attacks
 from harness.report.tables import attack_label, defense_label, norm_label
 
 ALPHA = 0.01  # McNemar significance level unless the reference file sets ``alpha``
@@ -90,6 +90,9 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
         stronger = "more" if residual < 0 else "fewer"
         parts.append(f"beyond the clean gap ({clean_gap:+.1f}): the attack removes {drop_ours:.1f} points from clean here vs {drop_ref:.1f} in the thesis ({abs(residual):.1f} {stronger})")
     if row == "all":
+        pending = pending_attacks(m)
+        if pending:
+            parts.append(f"incomplete row: {', '.join(f'{attack_label(a)} ({s})' for a, s in pending.items())} still pending, which can only lower All")
         extra = [a for a in m.get("attacks", {}) if a not in t]
         if extra:
             parts.append(f"our All also takes the worst case over {', '.join(attack_label(a) for a in extra)}, which the thesis did not run")
@@ -178,8 +181,9 @@ def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.Pa
             for i, d in enumerate(defenses):
                 ref = t[row][i]
                 ours = _ours(results, d, row)
+                pending = pending_attacks(results[d]["manifest"]) if d in results else {}
                 if ours is None:
-                    cells.append(f"— / {ref:.1f} / not run")
+                    cells.append(f"— / {ref:.1f} / {'pending (' + pending[row] + ')' if row in pending else 'not run'}")
                 else:
                     acc, lo, hi, _ = ours
                     cells.append(f"{acc:.1f} ({lo:.1f}-{hi:.1f}) / {ref:.1f} / {acc - ref:+.1f}")
@@ -191,7 +195,9 @@ def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.Pa
         for d in defenses:
             if d in results:
                 m = results[d]["manifest"]
-                brows.append([defense_label(d), m.get("n"), m.get("suite"), "; ".join(f"{a}: {v.get('budget', '')}" for a, v in m.get("attacks", {}).items()),
+                pending = pending_attacks(m)
+                brows.append([defense_label(d), m.get("n"), m.get("suite"), "; ".join([f"{a}: {v.get('budget', '')}" for a, v in m.get("attacks", {}).items()]
+                                                                                  + [f"{a}: pending ({s}; sweep in progress)" for a, s in pending.items()]),
                               m.get("checkpoint_epochs"), _status_cell(d, dataset, m)])
         if brows:
             lines += ["Budgets of our runs:", "", tabulate(brows, headers=["Defense", "n", "suite", "attacks", "training epochs", "checkpoint"], tablefmt="github"), ""]

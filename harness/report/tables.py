@@ -12,7 +12,7 @@ from tabulate import tabulate
 
 from harness import stats
 from harness.errors import BenchUserError
-from harness.store.results import load_results
+from harness.store.results import load_results, pending_attacks
 from harness.engine.saturation import unsaturated
 
 #: Defenses in this order come first in every table; the rest follow alphabetically.
@@ -153,7 +153,8 @@ def header_line(results: dict[str, dict]) -> str:
 
 def accuracy_frame(results: dict[str, dict]) -> pd.DataFrame:
     """Display frame of the thesis table: index = row labels (Clean, attacks, All), columns =
-    defense labels, cells ``acc% [lo, hi]`` or ``—`` for an attack a defense did not run."""
+    defense labels, cells ``acc% [lo, hi]``, ``pending (k/S shards)`` for an attack of a partially
+    merged sweep, or ``—`` for an attack a defense did not run."""
     _check_results(results)
     res = ordered(results)
     norm = _common(res, "norm") or ""
@@ -163,6 +164,11 @@ def accuracy_frame(results: dict[str, dict]) -> pd.DataFrame:
                          columns=[defense_label(d) for d in res], dtype=object)
     for rec in acc.itertuples(index=False):
         frame.loc[row_label(rec.row, norm), defense_label(rec.defense)] = format_cell(rec.acc, rec.lo, rec.hi)
+    for d, data in res.items():  # attacks a partially merged sweep still runs (bench sweep --merge-partial)
+        for key, shards in pending_attacks(stats.manifest(data)).items():
+            cell = (row_label(key, norm), defense_label(d))
+            if cell[0] in frame.index and frame.loc[cell] == MISSING:
+                frame.loc[cell] = f"pending ({shards})"
     for d, data in res.items():  # attacks whose doubled budget still found more (harness/engine/saturation.py)
         for key, _ in unsaturated(data):
             cell = (row_label(key, norm), defense_label(d))

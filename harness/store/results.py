@@ -29,7 +29,8 @@ defense options)::
         "clean_wall_time_s": 0.4, "created": "2026-11-23T08:00:00Z",
         "budget_check": {...},                       # optional: bench run --check-budget (harness/engine/saturation.py documents it)
         "gradient_check": {...},                     # the gradient-consistency check (harness/engine/gradcheck.py)
-        "warnings": ["..."]                          # trust checks at run time (harness/engine/sanity.py)
+        "warnings": ["..."],                         # trust checks at run time (harness/engine/sanity.py)
+        "pending_attacks": {"noise": "1/8 shards"}   # optional: bench sweep --merge-partial, attacks still running (pending_attacks())
       },
       "records": [                                   # Record per sample, in sample_ids order
         {"index": 12, "label": 3, "clean_correct": true, "clean_abstained": false,
@@ -78,7 +79,7 @@ from harness.errors import BenchUserError
 
 __all__ = ["ABSENT", "SCHEMA_VERSION", "READABLE_SCHEMAS", "Outcome", "Record", "AttackEntry", "Manifest", "ResultFile",
            "FoolingImage", "FoolingScore", "FoolingFile", "atomic_write", "atomic_write_json", "read_result", "write_result",
-           "read_fooling", "write_fooling", "read_any", "load_result", "load_results", "result_path", "list_result_sets"]
+           "read_fooling", "write_fooling", "read_any", "pending_attacks", "load_result", "load_results", "result_path", "list_result_sets"]
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -256,13 +257,14 @@ class Manifest(_Doc):
     budget_check: Any = ABSENT
     gradient_check: Any = ABSENT
     warnings: Any = ABSENT
+    pending_attacks: Any = ABSENT
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     TYPES: ClassVar = {
         "defense": (str,), "defense_options": (dict,), "dataset": (str,), "norm": (str,), "eps": _NUM, "eps_label": (str,), "suite": (str,),
         "seed": (int,), "n": (int,), "sample_ids": (list,), "versions": (dict,), "data": (dict, type(None)), "randomized": (bool,),
         "score_draws": (int,), "defense_config": (dict, type(None)), "attacks": (dict,), "clean_wall_time_s": _OPT_NUM,
-        "budget_check": (dict,), "gradient_check": (dict,), "warnings": (list,),
+        "budget_check": (dict,), "gradient_check": (dict,), "warnings": (list,), "pending_attacks": (dict,),
     }
     REQUIRED: ClassVar = ("defense", "dataset", "norm", "eps", "suite", "seed", "n", "sample_ids", "attacks")
     NESTED: ClassVar = {"attacks": AttackEntry}
@@ -400,6 +402,16 @@ def read_any(path: str | os.PathLike) -> "ResultFile | FoolingFile":
     if path.parent.name == "neat":
         return read_fooling(path)
     return read_result(path)
+
+
+def pending_attacks(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The attacks a partially merged sweep file (``bench sweep --merge-partial``) still waits for,
+    ``{key: "k/S shards"}``, less any a later ``bench run`` has added to the file since."""
+    pending = manifest.get("pending_attacks")
+    if not isinstance(pending, dict):
+        return {}
+    done = manifest.get("attacks") or {}
+    return {str(k): str(v) for k, v in pending.items() if k not in done}
 
 
 def result_path(results_dir: str | os.PathLike, dataset: str, norm: str, defense: str) -> Path:

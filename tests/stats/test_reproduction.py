@@ -53,3 +53,17 @@ def test_cells_far_from_the_thesis_are_explained_from_measurements(tmp_path):
     deepfool = next(line for line in far if "/ DeepFool" in line)
     assert "beyond the clean gap (-8.9)" in deepfool and "(6.0 more)" in deepfool and "change it by -3.0 points" in deepfool
     assert not any(line.startswith("- CNN / ") for line in text.splitlines())  # every CNN cell within 5 points
+
+
+def test_a_partially_merged_row_shows_its_pending_attacks(tmp_path):
+    """A `bench sweep --merge-partial` file: its unfinished attacks read "pending", not "not run",
+    and a far All cell says the pending attacks can still lower it."""
+    n = 100
+    data = fake_result("adv-linf", "fmnist", "linf", bools(89, n), {"pgd": bools(20, n)})
+    data["manifest"]["pending_attacks"] = {"deepfool": "3/8 shards", "noise": "0/8 shards"}
+    write_result(tmp_path, data)
+    text = render_reproduction(tmp_path, THESIS).split("## L2")[0]
+    assert "— / 64.9 / pending (3/8 shards)" in text and "— / 88.9 / pending (0/8 shards)" in text
+    assert "deepfool: pending (3/8 shards; sweep in progress)" in text
+    all_line = next(line for line in text.splitlines() if line.startswith("- Adv-L∞ / All"))
+    assert "incomplete row: DeepFool (3/8 shards), Noise (0/8 shards) still pending" in all_line

@@ -454,3 +454,34 @@ def test_check_attacks_limits_the_budget_check_to_the_named_attacks(env):
         sweep.parse_plan({k: v for k, v in base.items() if k != "attacks"} | {"check_budget": 20, "check_attacks": ["pgdd"]})
     with pytest.raises(BenchUserError, match="non-empty list"):
         sweep.parse_plan(base | {"check_budget": 20, "check_attacks": []})
+
+
+def test_merge_partial_writes_the_finished_attacks_and_marks_the_rest_pending(env, capsys):
+    """`bench sweep --merge-partial`: a group with an unfinished attack is merged from its finished
+    attacks (records equal bench run's), the rest named pending, the verdict "incomplete"; the
+    finished sweep's merge then replaces it with the whole file."""
+    from harness.engine.sanity import verdict
+    from harness.store.results import pending_attacks
+
+    tmp, plan, envs = env
+    out = tmp / "res-partial"
+    assert main(["sweep", str(plan), "--merge-partial", "--results-dir", str(out)]) == 0
+    assert "nothing to merge" in capsys.readouterr().out and not (out / "fmnist").exists()
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 0
+    ref = _merged(out)
+    (out / "fmnist" / "linf" / "cnn.json").unlink()
+    shard = next(p for p in data_files(out / ".shards", "**/*.json") if "/fgm/" in p.as_posix() and "shard-1-of-2" in p.name)
+    shard.unlink()
+    assert main(["sweep", str(plan), "--merge-partial", "--results-dir", str(out)]) == 0
+    assert "pending: fgm 1/2 shards" in capsys.readouterr().out
+    part = _merged(out)
+    assert list(part["manifest"]["attacks"]) == ["pgd"] and part["manifest"]["pending_attacks"] == {"fgm": "1/2 shards"}
+    assert [r["attacks"]["pgd"] for r in part["records"]] == [r["attacks"]["pgd"] for r in ref["records"]]
+    v = verdict(part)
+    assert not v.reliable and "incomplete: fgm pending" in v.reasons
+    # an attack added to the file since (bench run) is no longer pending
+    assert pending_attacks(dict(part["manifest"], attacks={"pgd": {}, "fgm": {}})) == {}
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 0
+    full = _merged(out)
+    assert "pending_attacks" not in full["manifest"] and full["records"] == ref["records"]
+    assert not any(r.startswith("incomplete") for r in verdict(full).reasons)
