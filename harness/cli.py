@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("plan", help="plan TOML (see plans/fmnist-quick.toml)")
     sw.add_argument("--dry-run", action="store_true", help="print the job table, job count and a cost estimate; run nothing")
     sw.add_argument("--merge-partial", action="store_true", help="merge the attacks whose shards are all finished into the result files of unfinished groups, the rest marked pending (the row reads as incomplete); run nothing")
+    sw.add_argument("--only", default=None, metavar="ATTACKS", help="comma-separated: run only these attacks' jobs now (the plan still decides when a row is finished and merged)")
     sw.add_argument("--executor", choices=["local", "ray"], default="local")
     sw.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT); default: start a local Ray instance")
     sw.add_argument("--results-dir", default="results")
@@ -233,16 +234,23 @@ def _cmd_run(a) -> int:
 
 
 def _cmd_sweep(a) -> int:
-    from harness.orchestration.sweep import expand, format_job_table, load_plan, merge_partial, run_sweep
+    from harness.orchestration.sweep import check_only, expand, format_job_table, load_plan, merge_partial, run_sweep
 
     plan = load_plan(a.plan)
+    only = tuple(x.strip() for x in a.only.split(",") if x.strip()) if a.only is not None else None
+    if only is not None and not only:
+        raise BenchUserError("--only needs at least one attack name")
     if a.dry_run:
-        print(format_job_table(expand(plan), a.results_dir))
+        jobs = expand(plan)
+        if only is not None:
+            check_only(jobs, only)
+            jobs = [j for j in jobs if j.attack.split("@")[0] in only]
+        print(format_job_table(jobs, a.results_dir))
         return 0
     if a.merge_partial:
         merge_partial(plan, results_dir=a.results_dir)
         return 0
-    return run_sweep(plan, results_dir=a.results_dir, executor=a.executor, address=a.address, max_retries=a.max_retries, progress=not a.quiet)
+    return run_sweep(plan, results_dir=a.results_dir, executor=a.executor, address=a.address, max_retries=a.max_retries, progress=not a.quiet, only=only)
 
 
 def _cmd_train(a) -> int:

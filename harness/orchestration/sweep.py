@@ -497,7 +497,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         raw = {(j.attack, j.shard): j.partial_path(results_dir).read_bytes() for j in gjobs}
         digest = hashlib.sha256("\n".join(f"{a}/{s}:{hashlib.sha256(b).hexdigest()}" for (a, s), b in sorted(raw.items())).encode()).hexdigest()
         path = result_path(results_dir, dataset, norm, variant)
-        if not force and _merged_digest(path) == digest:
+        if not force and _merged_digest(path) == digest and _merged_pending(path) == pending:
             continue
         parts = {key: json.loads(b.decode("utf-8")) for key, b in raw.items()}
         keys = list(dict.fromkeys(j.attack for j in gjobs))
@@ -566,6 +566,14 @@ def _merged_digest(path: Path) -> str | None:
     """The ``shards_sha256`` of the merged file at ``path`` (None when missing or unreadable)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))["manifest"].get("shards_sha256")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _merged_pending(path: Path) -> dict | None:
+    """The ``pending_attacks`` of the merged file at ``path`` ({} when it has none, None when unreadable)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["manifest"].get("pending_attacks") or {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -655,15 +663,33 @@ def get_executor(name: str, *, address: str | None = None):
     raise BenchUserError(f"unknown executor {name!r}; use local or ray")
 
 
-def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address: str | None = None, max_retries: int = 1, progress: bool = True, log=print) -> int:
-    """Run every unfinished job of ``plan``, merge, and return the exit status (1 when jobs failed)."""
+def check_only(jobs: list[SweepJob], only: tuple[str, ...]) -> None:
+    """Refuse (:class:`BenchUserError`) ``--only`` names that are not attacks of the plan's jobs."""
+    names = {j.attack.split("@")[0] for j in jobs}
+    unknown = [a for a in only if a not in names]
+    if unknown:
+        raise BenchUserError(f"--only {', '.join(unknown)}: not among the plan's attacks ({', '.join(sorted(names))})")
+
+
+def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address: str | None = None, max_retries: int = 1, progress: bool = True, log=print,
+              only: tuple[str, ...] | None = None) -> int:
+    """Run every unfinished job of ``plan``, merge, and return the exit status (1 when jobs failed).
+
+    ``only`` (``bench sweep --only``): run just the jobs of these attacks now; the plan still defines
+    what a finished group is, so a group waits for its other attacks before it is merged (unlike a
+    copy of the plan listing fewer attacks, whose merge would call the group finished)."""
     from harness.store.provenance import command_line
 
     jobs = expand(plan)
+    if only is not None:
+        check_only(jobs, only)
     configs = today_configs(jobs)
     done = [j for j in jobs if is_done(j, results_dir, configs)]
     todo = [j for j in jobs if not is_done(j, results_dir, configs)]
-    log(f"sweep: {len(jobs)} jobs; skipping {len(done)} finished jobs; running {len(todo)} on the {executor} executor")
+    later = [] if only is None else [j for j in todo if j.attack.split("@")[0] not in only]
+    todo = [j for j in todo if j not in later]
+    log(f"sweep: {len(jobs)} jobs; skipping {len(done)} finished jobs; running {len(todo)} on the {executor} executor"
+        + (f"; {len(later)} of other attacks left for later (--only {','.join(only)})" if later else ""))
     failures: dict[str, str] = {}
     command = command_line()
     if todo:  # groups whose jobs are all finished already are merged first: their files need not wait for the rest

@@ -485,3 +485,27 @@ def test_merge_partial_writes_the_finished_attacks_and_marks_the_rest_pending(en
     full = _merged(out)
     assert "pending_attacks" not in full["manifest"] and full["records"] == ref["records"]
     assert not any(r.startswith("incomplete") for r in verdict(full).reasons)
+
+
+def test_only_runs_the_named_attacks_and_the_group_waits_for_the_rest(env, capsys):
+    """`bench sweep --only pgd`: only PGD's jobs run and no merged file appears (the plan's FGM is
+    still to come); a partial merge marks FGM pending; a plan copy listing PGD alone would have
+    merged a "finished" file, and the partial merge of the full plan replaces it even though it
+    is made of the same shard files."""
+    tmp, plan, envs = env
+    out = tmp / "res-only"
+    assert main(["sweep", str(plan), "--only", "pgdd", "--results-dir", str(out)]) == 2
+    assert "--only pgdd: not among the plan's attacks (fgm, pgd)" in capsys.readouterr().err
+    assert main(["sweep", str(plan), "--only", "pgd", "--dry-run", "--results-dir", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "2 jobs" in table and "fgm" not in table
+    assert main(["sweep", str(plan), "--only", "pgd", "--results-dir", str(out), "--quiet"]) == 0
+    assert "running 2 on the local executor; 2 of other attacks left for later (--only pgd)" in capsys.readouterr().out
+    assert {p.parent.name for p in _finished_shards(out)} == {"pgd"}
+    assert not (out / "fmnist" / "linf" / "cnn.json").exists()
+    subset = tmp / "pgd-only.toml"
+    subset.write_text(PLAN.replace('attacks = ["pgd", "fgm"]', 'attacks = ["pgd"]'))
+    assert main(["sweep", str(subset), "--results-dir", str(out), "--quiet"]) == 0  # runs nothing, merges pgd as "finished"
+    assert "pending_attacks" not in _merged(out)["manifest"]
+    assert main(["sweep", str(plan), "--merge-partial", "--results-dir", str(out)]) == 0
+    assert _merged(out)["manifest"]["pending_attacks"] == {"fgm": "0/2 shards"}
