@@ -234,7 +234,7 @@ def _cmd_run(a) -> int:
 
 
 def _cmd_sweep(a) -> int:
-    from harness.orchestration.sweep import check_only, expand, format_job_table, load_plan, merge_partial, run_sweep
+    from harness.orchestration.sweep import check_estimate, check_only, expand, format_job_table, load_plan, merge_partial, run_sweep
 
     plan = load_plan(a.plan)
     only = tuple(x.strip() for x in a.only.split(",") if x.strip()) if a.only is not None else None
@@ -246,6 +246,9 @@ def _cmd_sweep(a) -> int:
             check_only(jobs, only)
             jobs = [j for j in jobs if j.attack.split("@")[0] in only]
         print(format_job_table(jobs, a.results_dir))
+        check = check_estimate(plan, jobs, a.results_dir)
+        if check:
+            print(f"\n{check}")
         return 0
     if a.merge_partial:
         merge_partial(plan, results_dir=a.results_dir)

@@ -365,6 +365,72 @@ def measured_estimate(todo: list[SweepJob], results_dir: str | os.PathLike) -> s
             f"(one job per core; wall times depend on the machine and its load)\n\n{body}")
 
 
+def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathLike) -> str:
+    """What the plan's budget saturation check (``check_budget`` > 0) will cost once each group is
+    merged, scaled like :func:`measured_estimate`: per checked attack, the measured seconds per sample
+    of this defense and attack x the check's samples x the step factor, for the first restart on every
+    sample and, for each further restart, on the share of the check's samples that survived the
+    attack in the finished shards (the check attacks only the samples still standing). An upper
+    bound where restarts stop early (an attack that proposes identical candidates twice). Attacks
+    with no finished shard of this defense are listed as not estimated; finished checks are skipped."""
+    from statistics import mean
+
+    from tabulate import tabulate
+
+    from harness.engine import saturation
+
+    if not plan.check_budget:
+        return ""
+    rates = {k: mean(v) for k, v in _shard_rates(results_dir).items()}
+    n = plan.check_budget
+    rows, missing = [], []
+    groups: dict[tuple[str, str, str, str], list[SweepJob]] = {}
+    for j in jobs:
+        if j.attack != CLEAN_KEY:
+            groups.setdefault((j.dataset, j.norm, j.variant, j.suite), []).append(j)
+    for (dataset, norm, variant, suite), gjobs in groups.items():
+        path = result_path(results_dir, dataset, norm, variant)
+        try:
+            check = (json.loads(path.read_text(encoding="utf-8"))["manifest"].get("budget_check") or {}) if path.is_file() else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            check = {}
+        specs = {e.spec.name: e.spec for e in load_suite(suite, norm=norm, dataset=dataset).entries}
+        for a in dict.fromkeys(j.attack.split("@")[0] for j in gjobs):
+            if (plan.check_attacks is not None and a not in plan.check_attacks) or a not in specs or saturation.stronger(specs[a]) is None:
+                continue  # what saturation.run checks: gradient attacks with a step count
+            prev = (check.get("attacks") or {}).get(a) or {}
+            if prev and "restarts_done" not in prev and check.get("n") == n:
+                continue  # finished
+            rate = rates.get((dataset, variant, a))
+            if rate is None:
+                missing.append(f"{variant}/{norm}/{a}")
+                continue
+            robust, total = 0, 0
+            for jj in (jj for jj in gjobs if jj.attack == a and jj.start < n):
+                try:
+                    records = json.loads(jj.partial_path(results_dir).read_text(encoding="utf-8"))["records"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                for pos, r in enumerate(records, start=jj.start):
+                    if pos < n and r.get("clean_correct"):
+                        total += 1
+                        robust += bool((r.get("attacks") or {}).get(a, {}).get("correct"))
+            share = robust / total if total else 0.5
+            done = int(prev.get("restarts_done") or 0)
+            passes = (0 if done else 1) + (saturation.RESTARTS - max(done, 1)) * share
+            secs = rate * n * saturation.FACTOR * passes
+            rows.append([variant, dataset, norm, a, f"{secs / 3600:.1f}", f"{100 * share:.0f}% of {total}" if total else "50% (assumed)"])
+    if not rows and not missing:
+        return ""
+    head = f"the budget check ({saturation.FACTOR}x steps, {saturation.RESTARTS} restarts, first {n} samples), after each group is merged"
+    out = [f"{head}: about {sum(float(r[4]) for r in rows):.1f} core-hours more (an upper bound where restarts stop early)" if rows else f"{head}:"]
+    if rows:
+        out += ["", tabulate(rows, headers=["defense", "dataset", "norm", "attack", "core-hours", "standing after the first pass"], disable_numparse=True)]
+    if missing:
+        out += ["", f"not estimated (no finished shard of that attack on that defense yet): {', '.join(missing)}"]
+    return "\n".join(out)
+
+
 def _cfg(job: SweepJob, *, attacks: tuple[str, ...] | None):
     from harness.engine.runner import RunConfig
 

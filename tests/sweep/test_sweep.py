@@ -412,6 +412,33 @@ def test_dry_run_scales_the_jobs_to_run_from_finished_shard_wall_times(tmp_path)
     assert rows[("adv-linf", "fmnist", "fgm", "2")].split()[4] == f"{60 / 3600:.1f}"
 
 
+def test_dry_run_estimates_the_budget_check_from_the_shards(tmp_path):
+    """The check (2x steps; the first pass on every sample, each further restart on the samples still
+    standing in the finished shards) is scaled from the measured seconds per sample; FGM (no steps) is
+    not checked, an attack with no finished shard is listed as not estimated, a finished check is skipped."""
+    plan = sweep.parse_plan(tomllib.loads(PLAN) | {"attacks": ["pgd", "fgm", "deepfool"], "check_budget": 20})
+    jobs = sweep.expand(plan)
+    res = tmp_path / "res"
+    by = {(j.attack, j.shard): j for j in jobs}
+    job = by[("pgd", 0)]  # samples 0-19: 16 clean-correct, 4 of them robust to PGD; 1 s per sample
+    recs = [{"index": i, "clean_correct": i < 16, "attacks": {"pgd": {"correct": i < 4}}} for i in range(job.start, job.stop)]
+    job.partial_path(res).parent.mkdir(parents=True, exist_ok=True)
+    job.partial_path(res).write_text(json.dumps({"manifest": {"attacks": {"pgd": {"wall_time_s": 18.0}}, "clean_wall_time_s": 2.0}, "records": recs}))
+    out = sweep.check_estimate(plan, jobs, res)
+    # 1 s x 20 samples x 2 (doubled steps) x (1 + 4 restarts x 25% standing) = 80 s
+    assert f"about {80 / 3600:.1f} core-hours more" in out
+    row = next(line for line in out.splitlines() if line.startswith("cnn"))
+    assert row.split()[:4] == ["cnn", "fmnist", "linf", "pgd"] and "25% of 16" in row
+    assert "not estimated (no finished shard of that attack on that defense yet): cnn/linf/deepfool" in out
+    assert "fgm" not in out
+    # a finished check of the same n is skipped
+    path = res / "fmnist" / "linf" / "cnn.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"manifest": {"budget_check": {"n": 20, "attacks": {"pgd": {"delta": 0.0}, "deepfool": {"delta": 0.0}}}}, "records": []}))
+    assert sweep.check_estimate(plan, jobs, res) == ""
+    assert sweep.check_estimate(sweep.parse_plan(tomllib.loads(PLAN)), jobs, res) == ""  # no check_budget
+
+
 def test_a_plan_with_check_budget_checks_each_merged_file(env):
     tmp, plan, _ = env
     plan.write_text(PLAN + "check_budget = 20\n")
