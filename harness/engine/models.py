@@ -81,6 +81,17 @@ def today_config(name: str, dataset: str, options: dict | None = None) -> dict |
         return None
 
 
+def today_checkpoint_sha(name: str, dataset: str, options: dict | None = None) -> str | None:
+    """The ``sha256`` of the model card a run of defense ``name`` would load today (what result files
+    record as ``checkpoint_sha256``); None when it has none or cannot be built here."""
+    try:
+        d = build_defense(name, dataset, **(options or {}))
+        path = find_checkpoint(d.checkpoint_name(), dataset) if d.trainable else None
+        return read_card(path).get("sha256") if path is not None else None
+    except Exception:  # noqa: BLE001 - callers use this to compare, and skip what they cannot build
+        return None
+
+
 def variant_key(name: str, options: dict | None) -> str:
     """Result-file key of a defense with options: ``cnn``, ``cnn-resnet18`` (the ``arch`` value appended)
     or ``vsmooth-cnn-radius0.05-steps5`` (other options as key and value, sorted by key; execution

@@ -458,24 +458,34 @@ def _legacy_identity(saved: dict, attack: str) -> str | None:
     return attack_identity(entry["spec_hash"], entry["eps"], draws)
 
 
-def today_configs(jobs: list[SweepJob]) -> dict[tuple, dict | None]:
-    """Today's ``defense_config`` of every (defense, dataset, options) of ``jobs``
-    (:func:`harness.engine.models.today_config`), for :func:`is_done`."""
-    from harness.engine.models import today_config
+@dataclass(frozen=True)
+class Today:
+    """What a run of one defense would record today, for :func:`is_done`."""
 
-    out: dict[tuple, dict | None] = {}
+    config: dict | None  # its ``defense_config`` (None: it cannot be built here)
+    checkpoint_sha256: str | None  # the model card found now (None: no checkpoint, or cannot tell)
+
+
+def today_configs(jobs: list[SweepJob]) -> dict[tuple, Today]:
+    """Today's ``defense_config`` and checkpoint of every (defense, dataset, options) of ``jobs``
+    (:func:`harness.engine.models.today_config`, :func:`harness.engine.models.today_checkpoint_sha`),
+    for :func:`is_done`."""
+    from harness.engine.models import today_checkpoint_sha, today_config
+
+    out: dict[tuple, Today] = {}
     for j in jobs:
         key = (j.defense, j.dataset, j.options, j.arch)
         if key not in out:
-            out[key] = today_config(j.defense, j.dataset, j.defense_options)
+            out[key] = Today(today_config(j.defense, j.dataset, j.defense_options), today_checkpoint_sha(j.defense, j.dataset, j.defense_options))
     return out
 
 
-def is_done(job: SweepJob, results_dir: str | os.PathLike, configs: dict[tuple, dict | None] | None = None) -> bool:
+def is_done(job: SweepJob, results_dir: str | os.PathLike, configs: dict[tuple, Today] | None = None) -> bool:
     """True when the job's partial file exists and was written for this exact job spec (or, for a
     file from before ``attack_id`` existed, for the same job fields and the same attack spec and eps)
-    and, with ``configs`` (:func:`today_configs`), for the defense's settings of today (a file
-    computed before a recalibration or a new inference default is not finished work)."""
+    and, with ``configs`` (:func:`today_configs`), for the defense's settings and checkpoint of today
+    (a file computed before a recalibration, a new inference default or a retraining is not finished
+    work: the sweep redoes it instead of merging another model's records)."""
     p = job.partial_path(results_dir)
     if not p.is_file():
         return False
@@ -485,7 +495,11 @@ def is_done(job: SweepJob, results_dir: str | os.PathLike, configs: dict[tuple, 
             from harness.engine.models import config_changes
 
             today = configs.get((job.defense, job.dataset, job.options, job.arch))
-            if today is not None and config_changes(saved.get("manifest", {}).get("defense_config") or {}, today):
+            man = saved.get("manifest", {})
+            if today is not None and today.config is not None and config_changes(man.get("defense_config") or {}, today.config):
+                return False
+            recorded = man.get("checkpoint_sha256")
+            if today is not None and today.checkpoint_sha256 and recorded and recorded != today.checkpoint_sha256:
                 return False
         if saved.get("job_hash") == job.spec_hash:
             return True
@@ -528,7 +542,7 @@ def _test_hooks(job: SweepJob) -> None:
         time.sleep(float(delay))
 
 
-def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None, configs: dict[tuple, dict | None] | None = None, force: bool = False, partial: bool = False) -> list[Path]:
+def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None, configs: dict[tuple, Today] | None = None, force: bool = False, partial: bool = False) -> list[Path]:
     """Write the canonical result file of every (dataset, norm, defense) whose jobs are all done
     (``configs``: today's defense settings, :func:`today_configs`; see :func:`is_done`).
 

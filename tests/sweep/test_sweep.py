@@ -347,18 +347,23 @@ def test_partial_files_from_before_attack_ids_are_recognised_by_their_recorded_s
     assert not sweep.is_done(job, tmp_path)
 
 
-def test_shards_of_other_defense_settings_are_not_finished_work(env, tmp_path):
+def test_shards_of_other_defense_settings_or_checkpoints_are_not_finished_work(env, tmp_path):
     plan = sweep.parse_plan(tomllib.loads(PLAN))
     jobs = sweep.expand(plan)
     configs = sweep.today_configs(jobs)
     today = configs[(jobs[0].defense, jobs[0].dataset, jobs[0].options, jobs[0].arch)]
-    assert today == {"arch": "table2.1"}
+    assert today.config == {"arch": "table2.1"}
+    sha = today.checkpoint_sha256
+    assert sha and len(sha) == 64  # the card of the module's trained cnn
     job = jobs[0]
     path = job.partial_path(tmp_path)
     path.parent.mkdir(parents=True)
-    for recorded, done in (({"arch": "table2.1"}, True), ({"arch": "older"}, False), ({}, True)):
-        path.write_text(json.dumps({"job": asdict(job), "job_hash": job.spec_hash, "manifest": {"defense_config": recorded}}))
-        assert sweep.is_done(job, tmp_path, configs) is done, recorded
+    cases = (({"arch": "table2.1"}, sha, True), ({"arch": "older"}, sha, False), ({}, sha, True),
+             ({"arch": "table2.1"}, "0" * 64, False),  # computed on another checkpoint (retrained since)
+             ({"arch": "table2.1"}, None, True))  # a file that does not say: the job spec decides
+    for recorded, ckpt, done in cases:
+        path.write_text(json.dumps({"job": asdict(job), "job_hash": job.spec_hash, "manifest": {"defense_config": recorded, "checkpoint_sha256": ckpt}}))
+        assert sweep.is_done(job, tmp_path, configs) is done, (recorded, ckpt)
         assert sweep.is_done(job, tmp_path)  # without today's settings: the job spec alone
 
 
