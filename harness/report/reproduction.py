@@ -110,6 +110,21 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
     return "; ".join(parts)
 
 
+def within_gap(results: dict, t: dict, defenses: list[str], rows: list[str], gap: float) -> str:
+    """One line: how many measured cells of a norm's table lie within ``gap`` points of the thesis,
+    in all and per defense (cells not run or pending are not counted)."""
+    per = {}
+    for d in defenses:
+        diffs = [abs(o[0] - t[row][defenses.index(d)]) for row in rows
+                 if (o := _ours(results, d, stats.CLEAN if row == "clean" else (stats.ALL if row == "all" else row))) is not None]
+        if diffs:
+            per[d] = (sum(x <= gap for x in diffs), len(diffs))
+    if not per:
+        return f"Within {gap:g} points of the thesis: no measured cells."
+    k, m = sum(v[0] for v in per.values()), sum(v[1] for v in per.values())
+    return f"Within {gap:g} points of the thesis: {k} of {m} measured cells ({'; '.join(f'{defense_label(d)} {a}/{b}' for d, (a, b) in per.items())})."
+
+
 def thesis_attacks_all(data: dict, t: dict, ref: float) -> str:
     """Our "All" restricted to the attacks the thesis table also has (the per-sample worst case over
     those columns only), and which of our other attacks lower it below that: the part of an All cell's
@@ -207,6 +222,7 @@ def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.Pa
             table.append(cells)
         lines.append(tabulate(table, headers=["", *[defense_label(d) for d in defenses]], tablefmt="github"))
         lines.append("")
+        lines += [within_gap(results, t, defenses, rows, gap), ""]
         # budgets actually used
         brows = []
         for d in defenses:

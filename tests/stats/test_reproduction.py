@@ -23,6 +23,9 @@ def test_cells_show_ours_thesis_and_difference(tmp_path):
     assert "Ordering by All L∞" in text and "same" in text
     assert "pairs agree with the thesis" in text
     assert "not run" in text.split("## L2")[1]  # no L2 results at all
+    # cnn 91/10/26/90 (thesis 91.0/9.4/25.9/90.5, All 10 vs 9.4); adv-linf 89/57/65/89 (88.9/57.0/64.9/88.9, All 57 vs 57.0)
+    assert "Within 5 points of the thesis: 10 of 10 measured cells (CNN 5/5; Adv-L∞ 5/5)." in text.split("## L2")[0]
+    assert "Within 5 points of the thesis: no measured cells." in text.split("## L2")[1]
 
 
 def test_write_is_deterministic(tmp_path):
