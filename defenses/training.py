@@ -55,11 +55,14 @@ def restore_progress(resume: TrainProgress | None, optimizers: dict[str, torch.o
     if scheduler is not None and resume.scheduler is not None:
         if set(resume.scheduler) >= set(scheduler.state_dict()):
             scheduler.load_state_dict(resume.scheduler)
-        else:  # the resume changed the schedule (e.g. a constant rate now annealed): continue at its epoch
+        else:  # the resume changed the kind of schedule (e.g. a constant rate now annealed): continue at its epoch
             scheduler.last_epoch = int(resume.scheduler.get("last_epoch", resume.epoch))
-            factors = [f(scheduler.last_epoch) for f in getattr(scheduler, "lr_lambdas", [])]
-            for group, base, f in zip(opt_groups(optimizers), scheduler.base_lrs, factors):
-                group["lr"] = base * f
+        # the rate of the next epoch comes from the schedule in force: a resume may have changed the
+        # lambda (more epochs, a new anneal) while the optimiser came back with the old schedule's last
+        # rate; for an unchanged schedule this is the restored rate (LambdaLR's own formula)
+        factors = [f(scheduler.last_epoch) for f in getattr(scheduler, "lr_lambdas", [])]
+        for group, base, f in zip(opt_groups(optimizers), scheduler.base_lrs, factors):
+            group["lr"] = base * f
     return int(resume.epoch), [dict(h) for h in resume.history]
 
 

@@ -204,3 +204,18 @@ def test_resume_may_anneal_a_constant_rate_run(bench_env):
     lrs = [h["lr"] for h in card["history"]]  # the rate each epoch trained at
     assert lrs[0] == 1e-3 and 1e-3 > lrs[1] > lrs[2] > 0  # annealed after the resume, not the constant 1e-3
     assert first["sha256"] == card["resumed_from"]["sha256"]
+
+
+def test_a_resume_with_a_new_schedule_trains_its_first_epoch_at_the_new_rate(bench_env):
+    """A run annealed to ~0 and resumed for more epochs under a new schedule (constant, then a cosine
+    tail) trains the first resumed epoch at the new schedule's rate, not the rate restored with the
+    optimiser (the old schedule's last one): the rate comes from the schedule in force."""
+    from defenses.training import lr_factor
+
+    ckpt = bench_env / "ckpt"
+    train_defense("eabs", "fmnist", device=CPU, epochs=2, seed=3, out_dir=ckpt, config_overrides=TINY | {"lr_schedule": "cosine", "anneal_epochs": 1}, **QUIET)
+    path = train_defense("eabs", "fmnist", device=CPU, epochs=3, out_dir=ckpt, resume=True, config_overrides={"lr_schedule": "cosine", "anneal_epochs": 2}, **QUIET)
+    lrs = [h["lr"] for h in read_card(path)["history"]]
+    assert lrs[1] == 1e-3 * lr_factor(1, epochs=2, anneal=1) < 1e-3  # the first run's annealed last epoch
+    assert lrs[2:] == [1e-3 * lr_factor(e, epochs=5, anneal=2) for e in (2, 3, 4)]
+    assert lrs[2] == 1e-3  # constant part of the new schedule
