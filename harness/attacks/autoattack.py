@@ -214,7 +214,9 @@ def budget_for(spec, *, randomized: bool | None = None) -> str:
 
 @register
 class AutoAttackAdapter(Attack):
-    name, label, cost = "autoattack", "AutoAttack", 100
+    # standard, per sample that stands: APGD-CE + APGD-T (9 targets) at 100 iterations = 1000
+    # gradient steps, then FAB-T and Square on top; broken samples leave after the first component
+    name, label, cost = "autoattack", "AutoAttack", 1000
     library = "pyautoattack"
     components = dict(COMPONENT_USES)
     description = "AutoAttack (Croce & Hein 2020): standard for deterministic defenses, rand (own EOT) for randomized ones (thesis ch. 4)"
@@ -227,3 +229,13 @@ class AutoAttackAdapter(Attack):
 
     def budget(self, spec, *, randomized=None):
         return budget_for(spec, randomized=randomized)
+
+    def cost_of(self, params, restarts=1, *, eot=1, randomized=False):
+        """``rand`` (a randomized defense, or forced): APGD-CE + APGD-DLR, ``n_iter`` iterations of
+        ``eot_iter`` one-draw gradients each (AutoAttack's EOT replaces the harness's ``eot``);
+        otherwise ``cost`` scaled by ``n_iter`` / 100 and the EOT draws."""
+        version = params.get("version") or ("rand" if randomized else "standard")
+        n_iter = int(params.get("n_iter") or DEFAULT_N_ITER)
+        if version == "rand":
+            return float(2 * n_iter * int(params.get("eot_iter") or DEFAULT_EOT_ITER) * restarts)
+        return float(self.cost) * n_iter / DEFAULT_N_ITER * restarts * eot

@@ -18,7 +18,12 @@ by the rest of the harness instead of lists kept elsewhere:
                 budgets of gradient attacks with a ``steps`` parameter
 ``components``  component name -> what it uses, for attacks made of components that report which
                 one found an adversarial (AutoAttack's Square is gradient-free)
-``cost``        relative cost per attacked sample (FGM = 1 gradient step), for ``bench sweep --dry-run``
+``cost``        relative cost per attacked sample at the attack's default budget (FGM = 1 gradient step),
+                for ``bench sweep --dry-run``
+``cost_reference``  the suite parameter values at which ``cost`` is declared (``{"steps": 40}``):
+                :meth:`Attack.cost_of` scales the cost linearly in each of them, the restarts and the EOT
+                draws, so a suite's PGD-80 costs twice its PGD-40; empty: the cost does not depend on
+                the budget (override ``cost_of`` where it depends otherwise: AutoAttack)
 ``library``     the library that does the work (``foolbox``, ``pyautoattack``, ...)
 ``description`` one sentence for ``bench list attacks``
 ``default_params``  parameters used when ``bench run --attacks NAME`` adds an attack its suite lacks
@@ -77,6 +82,7 @@ class Attack:
     uses: ClassVar[str] = "gradient"
     components: ClassVar[dict[str, str]] = {}
     cost: ClassVar[float] = 20.0
+    cost_reference: ClassVar[dict[str, float]] = {}
     library: ClassVar[str] = ""
     description: ClassVar[str] = ""
     default_params: ClassVar[dict[str, Any]] = {}
@@ -89,6 +95,18 @@ class Attack:
                 defense: torch.nn.Module, report: AttackReport) -> torch.Tensor:
         """One restart: candidate adversarials for ``x`` (same shape), unverified."""
         raise NotImplementedError
+
+    def cost_of(self, params: dict, restarts: int = 1, *, eot: int = 1, randomized: bool = False) -> float:
+        """Relative cost per attacked sample of one run with suite ``params``, ``restarts`` and ``eot``
+        draws per prediction (``randomized``: the attacked defense is, for attacks whose algorithm
+        depends on it): ``cost`` x restarts x eot x, for each parameter of ``cost_reference``, the
+        suite's value over the reference value (a parameter the suite leaves out is at its reference)."""
+        scale = float(restarts) * float(eot)
+        for key, ref in self.cost_reference.items():
+            value = params.get(key, ref)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                scale *= float(value) / float(ref)
+        return float(self.cost) * scale
 
     def budget_params(self, params: dict, restarts: int) -> str:
         """The budget of the attack's own parameters (the EOT draws are added by :meth:`budget`)."""
@@ -121,3 +139,5 @@ class Attack:
             raise ValueError(f"{cls.__name__}: norms must be a non-empty tuple of 'linf' / 'l2', got {cls.norms!r}")
         if not (isinstance(cls.cost, (int, float)) and cls.cost > 0):
             raise ValueError(f"{cls.__name__}: cost must be a number > 0 (FGM = 1), got {cls.cost!r}")
+        if not isinstance(cls.cost_reference, dict) or any(not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for k, v in cls.cost_reference.items()):
+            raise ValueError(f"{cls.__name__}: cost_reference must map parameter names to numbers > 0, got {cls.cost_reference!r}")

@@ -103,6 +103,7 @@ def budget(p: dict, restarts: int) -> str:
 @register
 class Boundary(Attack):
     name, label, cost = "boundary", "Boundary", 2000
+    cost_reference = {"steps": PAPER_STEPS}
     norms, kind, uses, library = ("l2",), "minimization", "gradient-free", "foolbox"
     description = ("Boundary attack (Brendel et al. 2018), decision-based, L2; started from a random batch image the defense "
                    "assigns another class (thesis 2.3)")

@@ -128,6 +128,7 @@ def budget(p: dict, restarts: int) -> str:
 @register
 class ESPGD(Attack):
     name, label, cost = "es-pgd", "ES-PGD", 1000
+    cost_reference = {"steps": DEFAULT_STEPS, "samples": DEFAULT_SAMPLES}
     uses, library = "gradient-free", "foolbox"
     description = "PGD with evolution-strategies gradient estimation (foolbox es_gradient_estimator), per-sample margin loss (thesis 2.3)"
 

@@ -70,6 +70,7 @@ def run(cfg: SquareConfig, *, model, x, y, threat, seed) -> torch.Tensor:
 @register
 class Square(Attack):
     name, label, cost = "square", "Square", 2000
+    cost_reference = {"n_queries": DEFAULT_N_QUERIES}
     uses, library = "gradient-free", "pyautoattack"
     description = ("Square Attack (Andriushchenko et al. 2020), score-based random search on every clean-correct sample: "
                    "a check against masked gradients")

@@ -95,6 +95,9 @@ class SweepJob:
     num_gpus: float = 0.0
     #: identity of the attack this job runs (:func:`attack_identity`); "" for the clean pass
     attack_id: str = field(default="", compare=False)
+    #: cost units per attacked sample of the attack as its suite configures it
+    #: (:meth:`harness.attacks.base.Attack.cost_of` x EOT draws; 0 for the clean pass), for the estimates
+    cost: float = field(default=0.0, compare=False)
 
     @property
     def name(self) -> str:
@@ -116,7 +119,7 @@ class SweepJob:
     def spec_hash(self) -> str:
         """Hash of everything that determines the job's output (resources and device excluded)."""
         d = asdict(self)
-        for k in ("num_cpus", "num_gpus", "device"):
+        for k in ("num_cpus", "num_gpus", "device", "cost"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -230,10 +233,10 @@ def shard_ranges(*, n: int, batch_size: int, shards: int) -> list[tuple[int, int
     return [(edges[k] * batch_size, min(edges[k + 1] * batch_size, n)) for k in range(shards)]
 
 
-def plan_attacks(plan: Plan, *, dataset: str, norm: str, suite, randomized: bool = False) -> list[tuple[str, str]]:
-    """``(key, identity)`` of each attack ``bench run`` would record for this combination (the plan's
-    attack subset applied; identity: :func:`attack_identity`). ``suite``: a :class:`threat_models.Suite`
-    loaded for the defense's ``randomized`` flag, or its name."""
+def plan_attacks(plan: Plan, *, dataset: str, norm: str, suite, randomized: bool = False) -> list[tuple[str, str, float]]:
+    """``(key, identity, cost)`` of each attack ``bench run`` would record for this combination (the
+    plan's attack subset applied; identity: :func:`attack_identity`; cost: :func:`spec_cost`).
+    ``suite``: a :class:`threat_models.Suite` loaded for the defense's ``randomized`` flag, or its name."""
     from harness.engine.runner import attack_jobs
 
     if isinstance(suite, str):
@@ -247,8 +250,8 @@ def plan_attacks(plan: Plan, *, dataset: str, norm: str, suite, randomized: bool
             raise BenchUserError(f"plan: none of attacks {', '.join(plan.attacks)} is in suite {suite.name!r} for {norm}; available: {', '.join(sorted(names))}")
     threat = default_threat(dataset, norm) if plan.eps is None else ThreatModel(norm=norm, eps=plan.eps)
     # j.hash: the spec hash (with the eps for one eps of a sweep), as the result file's manifest records it
-    out = [(j.key, attack_identity(j.hash, j.threat.eps, draws)) for j in attack_jobs(entries, threat)]
-    return out or [(CLEAN_KEY, attack_identity("", None, draws))]
+    out = [(j.key, attack_identity(j.hash, j.threat.eps, draws), spec_cost(j.spec, randomized=randomized)) for j in attack_jobs(entries, threat)]
+    return out or [(CLEAN_KEY, attack_identity("", None, draws), 0.0)]
 
 
 def expand(plan: Plan) -> list[SweepJob]:
@@ -265,12 +268,12 @@ def expand(plan: Plan) -> list[SweepJob]:
                 seen: dict[str, str] = {}
                 for suite in plan.suites:
                     parsed = load_suite(suite, norm=norm, dataset=dataset, randomized=randomized)
-                    for key, identity in plan_attacks(plan, dataset=dataset, norm=norm, suite=parsed, randomized=randomized):
+                    for key, identity, cost in plan_attacks(plan, dataset=dataset, norm=norm, suite=parsed, randomized=randomized):
                         if key in seen and key != CLEAN_KEY:
                             raise BenchUserError(f"plan: attack {key!r} is in suites {seen[key]!r} and {suite!r}; one result file holds it once, so list one of them")
                         seen[key] = suite
                         for k, (a, b) in enumerate(ranges):
-                            jobs.append(SweepJob(defense=defense, dataset=dataset, norm=norm, suite=suite, attack=key, shard=k, shards=plan.shards, start=a, stop=b, n=plan.n, seed=plan.seed, batch_size=plan.batch_size, device=plan.device, eps=plan.eps, arch=plan.arch, options=plan.options, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, attack_id=identity))
+                            jobs.append(SweepJob(defense=defense, dataset=dataset, norm=norm, suite=suite, attack=key, shard=k, shards=plan.shards, start=a, stop=b, n=plan.n, seed=plan.seed, batch_size=plan.batch_size, device=plan.device, eps=plan.eps, arch=plan.arch, options=plan.options, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, attack_id=identity, cost=cost))
     return jobs
 
 
@@ -281,9 +284,28 @@ def attack_cost(key: str) -> float:
     return 0.0 if key == CLEAN_KEY else float(get_attack(key.split("@")[0]).cost)
 
 
+def spec_cost(spec, *, randomized: bool = False) -> float:
+    """Cost units per attacked sample of an attack spec (an :class:`threat_models.AttackSpec` or the
+    ``spec`` dict a result manifest records) on a defense that is ``randomized`` or not: the attack's
+    :meth:`~harness.attacks.base.Attack.cost_of` its parameters, restarts and EOT draws."""
+    from harness.attacks import get_attack
+
+    if isinstance(spec, dict):
+        name, params, restarts, eot = spec["name"], dict(spec.get("params") or {}), int(spec.get("restarts") or 1), int(spec.get("eot") or 1)
+    else:
+        name, params, restarts, eot = spec.name, spec.kwargs, spec.restarts, spec.eot
+    return get_attack(name).cost_of(params, restarts, eot=eot, randomized=randomized)
+
+
+def job_units(job: SweepJob) -> float:
+    """Cost units per sample of a job: its attack (:attr:`SweepJob.cost`; the declared cost for a job
+    built without one) plus the clean pass."""
+    return (job.cost or attack_cost(job.attack)) + CLEAN_COST
+
+
 def estimate_cost(jobs: list[SweepJob]) -> float:
-    """A crude relative cost (FGM on one sample = 1): the attack's declared cost x samples in the shard, plus clean passes."""
-    return sum((j.stop - j.start) * (attack_cost(j.attack) + CLEAN_COST) for j in jobs)
+    """A crude relative cost (FGM on one sample = 1): the attack's cost at the suite's budget x samples in the shard, plus clean passes."""
+    return sum((j.stop - j.start) * job_units(j) for j in jobs)
 
 
 def format_job_table(jobs: list[SweepJob], results_dir: str | os.PathLike | None = None) -> str:
@@ -299,14 +321,16 @@ def format_job_table(jobs: list[SweepJob], results_dir: str | os.PathLike | None
     if results_dir is not None:
         todo = [j for j, d in zip(jobs, done) if not d]
         measured = measured_estimate(todo, results_dir)
-        return (f"{table}\n\n{len(jobs)} jobs; estimated cost {estimate_cost(todo):,.0f} units (a rough estimate: per-attack relative cost factor x samples per shard; FGM on one sample = 1)\n"
+        return (f"{table}\n\n{len(jobs)} jobs; estimated cost {estimate_cost(todo):,.0f} units (a rough estimate: each attack's relative cost at the suite's budget x samples per shard; FGM on one sample = 1)\n"
                 f"{len(jobs) - len(todo)} finished in {results_dir}, {len(todo)} to run (the estimate counts those)" + (f"\n\n{measured}" if measured else ""))
-    return f"{table}\n\n{len(jobs)} jobs; estimated cost {estimate_cost(jobs):,.0f} units (a rough estimate: per-attack relative cost factor x samples per shard; FGM on one sample = 1)"
+    return f"{table}\n\n{len(jobs)} jobs; estimated cost {estimate_cost(jobs):,.0f} units (a rough estimate: each attack's relative cost at the suite's budget x samples per shard; FGM on one sample = 1)"
 
 
 def _shard_rates(results_dir: str | os.PathLike) -> dict[tuple[str, str, str], list[float]]:
-    """Seconds per sample that every finished shard file under ``results_dir/.shards`` took (its
-    attack plus its clean pass), keyed by (dataset, defense variant, attack), whatever plan wrote it."""
+    """Seconds per cost unit (:func:`job_units`: the attack at the budget the shard ran, plus its clean
+    pass) of every finished shard file under ``results_dir/.shards``, keyed by (dataset, defense
+    variant, attack), whatever plan or suite wrote it: a PGD-40 shard prices a PGD-80 job at twice
+    its time per sample. A file whose manifest lacks the spec is priced at the attack's declared cost."""
     rates: dict[tuple[str, str, str], list[float]] = {}
     root = Path(results_dir) / ".shards"
     for f in sorted(root.glob("*/*/*/*/*/shard-*.json")) if root.is_dir() else []:
@@ -314,20 +338,23 @@ def _shard_rates(results_dir: str | os.PathLike) -> dict[tuple[str, str, str], l
         try:
             data = json.loads(f.read_text(encoding="utf-8"))
             man, n = data["manifest"], len(data["records"])
-            secs = (0.0 if attack == CLEAN_KEY else float(man["attacks"][attack]["wall_time_s"])) + float(man.get("clean_wall_time_s") or 0.0)
-        except (OSError, ValueError, KeyError, TypeError):
+            entry = {} if attack == CLEAN_KEY else man["attacks"][attack]
+            secs = float(entry.get("wall_time_s") or 0.0) + float(man.get("clean_wall_time_s") or 0.0)
+            units = (spec_cost(entry["spec"], randomized=bool(man.get("randomized"))) if "spec" in entry else attack_cost(attack)) + CLEAN_COST
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
         if n:
-            rates.setdefault((dataset, variant, attack), []).append(secs / n)
+            rates.setdefault((dataset, variant, attack), []).append(secs / n / units)
     return rates
 
 
 def measured_estimate(todo: list[SweepJob], results_dir: str | os.PathLike) -> str:
     """How long the unfinished jobs will take, scaled from the wall times of finished shard files in
-    ``results_dir`` (any plan's): per sample of the same defense and attack (either norm); else the
-    attack's time on another defense, times the ratio of the two defenses' times on an attack both
-    ran; else cost units times the defense's measured time per unit. One row per attack, or "" when
-    nothing has been measured."""
+    ``results_dir`` (any plan's), per cost unit (:func:`_shard_rates`, so a different budget of the same
+    attack scales with it): from the same defense and attack (either norm); else the attack's time on
+    another defense, times the ratio of the two defenses' times on an attack both ran; else the
+    defense's time per unit on PGD (or its mean over its other attacks) (rough: the declared costs
+    are relative costs measured on a few models). One row per attack, or "" when nothing has been measured."""
     from statistics import mean
 
     from tabulate import tabulate
@@ -338,22 +365,25 @@ def measured_estimate(todo: list[SweepJob], results_dir: str | os.PathLike) -> s
     rows: dict[tuple, list] = {}
     for j in todo:
         d, v, a, n = j.dataset, j.variant, j.attack, j.stop - j.start
+        units = job_units(j) * n
         mine = {att: r for (dd, vv, att), r in rates.items() if (dd, vv) == (d, v)}
         if a in mine:
-            secs, how = mine[a] * n, "this attack on this defense"
+            secs, how = mine[a] * units, "this attack on this defense"
         else:
             secs, how = None, ""
             for (dd, other, att), r in sorted(rates.items()):
                 shared = [x for x in mine if (dd, other, x) in rates and x != a]
                 if dd == d and att == a and other != v and shared:
                     ref = "pgd" if "pgd" in shared else shared[0]
-                    secs, how = r * mine[ref] / rates[(d, other, ref)] * n, f"{a} on {other} x ({ref} on {v} / {ref} on {other})"
+                    secs, how = r * mine[ref] / rates[(d, other, ref)] * units, f"{a} on {other} x ({ref} on {v} / {ref} on {other})"
                     break
             if secs is None:
-                units = [rates[(d, v, att)] / (attack_cost(att) + CLEAN_COST) for att in mine]
-                if not units:
+                if not mine:
                     continue
-                secs, how = mean(units) * (attack_cost(a) + CLEAN_COST) * n, "cost units x this defense's time per unit (rough)"
+                if "pgd" in mine:
+                    secs, how = mine["pgd"] * units, "cost units x this defense's time per unit on pgd (rough)"
+                else:
+                    secs, how = mean(mine.values()) * units, "cost units x this defense's time per unit (rough)"
         row = rows.setdefault((v, d, a), [v, d, a, 0, 0.0, how])
         row[3] += 1
         row[4] += secs
@@ -367,8 +397,9 @@ def measured_estimate(todo: list[SweepJob], results_dir: str | os.PathLike) -> s
 
 def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathLike) -> str:
     """What the plan's budget saturation check (``check_budget`` > 0) will cost once each group is
-    merged, scaled like :func:`measured_estimate`: per checked attack, the measured seconds per sample
-    of this defense and attack x the check's samples x the step factor, for the first restart on every
+    merged, scaled like :func:`measured_estimate`: per checked attack, the measured seconds per cost
+    unit of this defense and attack x the units of one restart of the stronger budget
+    (:func:`harness.engine.saturation.stronger`) x the check's samples, for the first restart on every
     sample and, for each further restart, on the share of the check's samples that survived the
     attack in the finished shards (the check attacks only the samples still standing). An upper
     bound where restarts stop early (an attack that proposes identical candidates twice). Attacks
@@ -377,6 +408,7 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
 
     from tabulate import tabulate
 
+    from harness.attacks import get_attack
     from harness.engine import saturation
 
     if not plan.check_budget:
@@ -402,7 +434,14 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
             if prev and "restarts_done" not in prev and check.get("n") == n:
                 continue  # finished
             rate = rates.get((dataset, variant, a))
-            if rate is None:
+            if rate is not None:  # -> seconds per sample of one restart of the stronger budget
+                spec, job = specs[a], next(jj for jj in gjobs if jj.attack.split("@")[0] == a)
+                info = get_attack(a)
+                # at least in proportion to the steps (DeepFool's declared cost ignores them: it stops
+                # early, but not on the samples that stand)
+                ratio = max(info.cost_of(saturation.stronger(spec).kwargs), info.cost_of(spec.kwargs) * saturation.FACTOR) / info.cost_of(spec.kwargs, spec.restarts)
+                rate *= (job.cost or attack_cost(a)) * ratio
+            else:
                 missing.append(f"{variant}/{norm}/{a}")
                 continue
             robust, total = 0, 0
@@ -418,7 +457,7 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
             share = robust / total if total else 0.5
             done = int(prev.get("restarts_done") or 0)
             passes = (0 if done else 1) + (saturation.RESTARTS - max(done, 1)) * share
-            secs = rate * n * saturation.FACTOR * passes
+            secs = rate * n * passes
             rows.append([variant, dataset, norm, a, f"{secs / 3600:.1f}", f"{100 * share:.0f}% of {total}" if total else "50% (assumed)"])
     if not rows and not missing:
         return ""
@@ -508,7 +547,8 @@ def is_done(job: SweepJob, results_dir: str | os.PathLike, configs: dict[tuple, 
             return False
         mine = asdict(job)
         mine.pop("attack_id")
-        old = {k: v for k, v in old.items() if k != "suite_sha"}
+        mine.pop("cost")
+        old = {k: v for k, v in old.items() if k not in ("suite_sha", "cost")}
         old["options"] = tuple(tuple(o) for o in old.get("options", ()))
         return old == mine and _legacy_identity(saved, job.attack) == job.attack_id
     except (OSError, ValueError, TypeError, KeyError, AttributeError):

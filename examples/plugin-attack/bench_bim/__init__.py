@@ -13,7 +13,8 @@ class BIM(Attack):
     norms = ("linf", "l2")
     kind = "bounded"
     uses = "gradient"
-    cost = 10  # one gradient step per iteration (FGM = 1)
+    cost = 10  # one gradient step per iteration (FGM = 1), at the default 10 steps:
+    cost_reference = {"steps": 10}  # so `bench sweep --dry-run` prices a suite's 40 steps at 40
     library = "foolbox"
     description = "Basic iterative method (Kurakin et al. 2016): iterated gradient steps, no random start (example plugin)"
     default_params = {"steps": 10}
