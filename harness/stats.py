@@ -306,3 +306,57 @@ def distance_summary(data: dict, attack: str) -> tuple[float, float]:
     if d.size == 0:
         return math.nan, math.nan
     return float(np.mean(d)), float(np.median(d))
+
+
+#: a cell's verdicts count as unstable when a second, independent scoring of its candidates breaks
+#: more than this share of all samples that the first scoring left robust (same 2 points as the
+#: budget saturation check)
+RECHECK_THRESHOLD = 0.02
+
+
+def recheck_summary(data: dict) -> list[dict]:
+    """Verdict stability of a randomized defense's result file, per attack (manifest order) and for
+    "all": how many verdicts a second, independent scoring of the same candidates reverses
+    (``recheck_flip`` of the records; :mod:`harness.engine.verify`). Per row: ``n`` samples,
+    ``checked`` attacked samples that carry the flag (older files and shards do not), of them
+    ``robust`` / ``robust_flipped`` (robust verdicts the second scoring breaks) and ``broken`` /
+    ``broken_flipped``, ``acc`` (first scoring, over ``n``) and ``acc_both`` (robust under both
+    scorings: ``acc`` less the flipped robust verdicts), ``unstable`` when the flipped robust verdicts
+    exceed :data:`RECHECK_THRESHOLD` of ``n``. Empty when no record carries the flag."""
+    names = attack_names(data)
+    records = data.get("records") or []
+    if not any("recheck_flip" in o for r in records for o in (r.get("attacks") or {}).values() if isinstance(o, dict)):
+        return []
+    n = len(records)
+    rows = []
+    all_ok = [bool(r.get("clean_correct")) for r in records]
+    all_flip = [False] * n
+    all_checked = list(all_ok)
+    for name in names:
+        row = {"attack": name, "n": n, "attacked": 0, "checked": 0, "robust": 0, "robust_flipped": 0, "broken": 0, "broken_flipped": 0, "correct": 0}
+        for i, r in enumerate(records):
+            o = (r.get("attacks") or {}).get(name) or {}
+            ok = bool(r.get("clean_correct")) and bool(o.get("correct"))
+            row["correct"] += ok
+            all_ok[i] = all_ok[i] and ok
+            if not r.get("clean_correct"):
+                continue
+            row["attacked"] += 1
+            if "recheck_flip" not in o:
+                all_checked[i] = False
+                continue
+            flip = bool(o["recheck_flip"])
+            row["checked"] += 1
+            row["robust" if ok else "broken"] += 1
+            row["robust_flipped" if ok else "broken_flipped"] += flip
+            all_flip[i] = all_flip[i] or (ok and flip)
+        rows.append(row)
+    robust_all = sum(all_ok)
+    flipped_all = sum(1 for i in range(n) if all_ok[i] and all_flip[i])
+    rows.append({"attack": ALL, "n": n, "attacked": sum(bool(r.get("clean_correct")) for r in records), "checked": sum(all_checked),
+                 "robust": robust_all, "robust_flipped": flipped_all, "broken": None, "broken_flipped": None, "correct": robust_all})
+    for row in rows:
+        row["acc"] = row["correct"] / n if n else math.nan
+        row["acc_both"] = (row["correct"] - row["robust_flipped"]) / n if n else math.nan
+        row["unstable"] = bool(n) and row["robust_flipped"] > RECHECK_THRESHOLD * n
+    return rows

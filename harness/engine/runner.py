@@ -52,6 +52,11 @@ from harness.engine.sanity import model_checks, outcome_checks
 from harness.engine.verify import score, verify
 from threat_models import NORMS, AttackSpec, Suite, SuiteAttack, ThreatModel, default_threat, load_suite
 
+#: seeds the second, independent scoring of a randomized defense's candidates (verify's ``recheck``)
+#: from the block seed; the first scoring keeps its own stream (``seed ^ 0x5EED``), so results of
+#: earlier versions stay reproducible
+RECHECK_SALT = 0x2EC4EC
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -317,6 +322,8 @@ def outcome(v, j: int, report: AttackReport, *, minimization: bool) -> dict:
     r = int(v.kept[j])  # the restart whose candidate was kept; the component that found it (AutoAttack)
     if 0 <= r < len(report.found_by) and report.found_by[r] is not None and report.found_by[r][j] is not None:
         out["by"] = report.found_by[r][j]
+    if v.recheck_flip is not None:
+        out["recheck_flip"] = bool(v.recheck_flip[j])
     return out
 
 
@@ -353,7 +360,8 @@ def attack(ctx: EvalContext, job: AttackJob, clean: list[dict], start: int = 0) 
             for n in report.notes:
                 notes.note(n)
             vgen = torch.Generator(device=device).manual_seed(seed ^ 0x5EED)
-            v = verify(ctx.defense, xb, yb, cands, job.threat, generator=vgen, draws=ctx.draws, unbounded=minimization)
+            rgen = torch.Generator(device=device).manual_seed(seed ^ RECHECK_SALT) if ctx.defense.randomized else None
+            v = verify(ctx.defense, xb, yb, cands, job.threat, generator=vgen, draws=ctx.draws, unbounded=minimization, recheck=rgen)
             for j, p in enumerate(idx):
                 found[p - start] = outcome(v, j, report, minimization=minimization)
             bar.update(len(idx))

@@ -162,6 +162,14 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
         warnings.append(f"the worst case over all attacks drops by {drop:.1%} on the first {check.get('n')} samples with the doubled budgets: the row over-reports robustness; attack harder")
     if attacks and not masking_checked(data):
         warnings.append("no gradient-free or transfer attack ran (only the declared gradient was used): masked gradients would go unnoticed")
+    from harness.stats import ALL, recheck_summary
+
+    for row in recheck_summary(data):  # randomized defenses: verdicts a second, independent scoring reverses
+        if row["unstable"]:
+            what = "the worst case over all attacks" if row["attack"] == ALL else row["attack"]
+            warnings.append(f"{what}: verdict unstable: a second, independent scoring of the same candidates breaks {row['robust_flipped']} of its "
+                            f"{row['robust']} robust samples ({row['acc']:.1%} -> {row['acc_both']:.1%} if a sample must survive both scorings, "
+                            f"{row['checked']} of {row['attacked']} attacked samples checked)")
     acc = {k: sum(r["attacks"][k]["correct"] for r in recs if k in r["attacks"]) / len(recs) for k in attacks}
     base = {k: k.split("@")[0] for k in acc}
     sweeps: dict[str, list[tuple[float, float]]] = {}

@@ -5,6 +5,14 @@ Every candidate is projected into the threat model (eps-ball and input bounds), 
 randomized defense). A sample counts as broken only if a verified candidate is misclassified or
 abstained on. Per sample the smallest verified adversarial is kept. Foolbox's own success flags are
 never used.
+
+For a randomized defense one scoring is itself a random draw: a candidate near the decision boundary
+can be judged robust by one ``draws``-draw mean and broken by the next. With ``recheck`` (a second,
+independent generator) every projected candidate is scored a second time and :attr:`Verified.recheck_flip`
+says per sample whether that second scoring reverses the verdict (a robust sample one of whose
+candidates it misclassifies; a broken sample whose kept adversarial it classifies correctly). The
+verdict stays the first scoring's (an unbiased estimate of one fresh scoring); the flips measure how
+reliable it is (reported by ``bench table``, :func:`harness.stats.recheck_table`).
 """
 
 from __future__ import annotations
@@ -68,16 +76,20 @@ class Verified:
     norm: torch.Tensor  # float (B,): norm of the kept adversarial inside the ball; nan if none
     min_norm: torch.Tensor  # float (B,): smallest verified adversarial at any distance (minimization attacks); nan if none
     kept: torch.Tensor | None = None  # long (B,): restart whose candidate is the kept adversarial; -1 if none
+    recheck_flip: torch.Tensor | None = None  # bool (B,): an independent second scoring reverses the verdict (``recheck``)
 
 
 @torch.no_grad()
-def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, generator, draws: int = 1, unbounded: bool = False) -> Verified:
+def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, generator, draws: int = 1, unbounded: bool = False,
+           recheck: torch.Generator | None = None) -> Verified:
     """Verify attack ``candidates`` (one batch per restart) against ``defense`` for inputs ``x`` that
     the defense classifies correctly (the runner attacks only those; a sample misclassified to begin
     with is recorded as adversarial at distance 0 by :func:`harness.engine.runner.not_attacked`).
 
     ``unbounded=True`` (minimization attacks) additionally re-scores each candidate *without*
-    projection to record the smallest adversarial distance found at any size.
+    projection to record the smallest adversarial distance found at any size. ``recheck`` (randomized
+    defenses; ignored for deterministic ones): a generator for a second, independent scoring of every
+    projected candidate (module docstring).
     """
     check_inputs(defense, x, bounds=threat.bounds)
     b = x.shape[0]
@@ -86,6 +98,7 @@ def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, generator, 
     best_abst = torch.zeros(b, dtype=torch.bool, device=x.device)
     best_min = nan.clone()
     kept = torch.full((b,), -1, dtype=torch.long, device=x.device)
+    second = [] if recheck is not None and defense.randomized else None  # per restart: correct under the second scoring
     for r, cand in enumerate(candidates):
         if cand.shape != x.shape:
             raise RuntimeError(f"attack returned candidates of shape {tuple(cand.shape)} for inputs {tuple(x.shape)}")
@@ -94,6 +107,8 @@ def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, generator, 
         if not threat.contains(proj, x).all():
             raise RuntimeError("projection left the threat model; this is a harness bug")
         ok, abst = score(defense, proj, y, generator=generator, draws=draws)
+        if second is not None:
+            second.append(score(defense, proj, y, generator=recheck, draws=draws)[0])
         adv = ~ok
         d = threat.distance(proj, x)
         better = adv & (torch.isnan(best) | (d < best))
@@ -113,4 +128,10 @@ def verify(defense, x, y, candidates: list[torch.Tensor], threat, *, generator, 
     if not unbounded:
         best_min = nan
     correct = torch.isnan(best)
-    return Verified(correct=correct, abstained=best_abst & ~correct, norm=best, min_norm=best_min, kept=torch.where(correct, torch.full_like(kept, -1), kept))
+    flip = None
+    if second is not None and second:
+        ok2 = torch.stack(second)  # (restarts, B)
+        kept_ok2 = ok2.gather(0, kept.clamp_min(0)[None])[0]
+        flip = torch.where(correct, ~ok2.all(0), kept_ok2)
+    return Verified(correct=correct, abstained=best_abst & ~correct, norm=best, min_norm=best_min, kept=torch.where(correct, torch.full_like(kept, -1), kept),
+                    recheck_flip=flip)

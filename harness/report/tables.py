@@ -23,6 +23,7 @@ _NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 _FORMATS = ("github", "plain")
 MISSING = "—"
 UNSATURATED = "‡"  # marks an attack whose doubled budget lowered accuracy by more than 2 points
+UNSTABLE = "§"  # marks a randomized defense's cell whose verdicts a second scoring reverses (stats.recheck_summary)
 SIGNIFICANCE = 0.01
 
 
@@ -174,6 +175,11 @@ def accuracy_frame(results: dict[str, dict]) -> pd.DataFrame:
             cell = (row_label(key, norm), defense_label(d))
             if cell[0] in frame.index and frame.loc[cell] != MISSING:
                 frame.loc[cell] = frame.loc[cell] + " " + UNSATURATED
+    for d, data in res.items():  # randomized defenses: verdicts a second, independent scoring reverses
+        for row in stats.recheck_summary(data):
+            cell = (row_label(row["attack"], norm), defense_label(d))
+            if row["unstable"] and cell[0] in frame.index and frame.loc[cell] != MISSING:
+                frame.loc[cell] = frame.loc[cell] + " " + UNSTABLE
     return frame
 
 
@@ -188,7 +194,32 @@ def render_table(results: dict[str, dict], *, fmt: str = "github") -> str:
     out = header_line(results) + "\n\n" + body + "\n"
     if any(UNSATURATED in str(v) for v in frame.to_numpy().ravel()):
         out += f"\n{UNSATURATED} budget not saturated: twice the steps with 5 restarts lowered accuracy by more than 2 points on the checked samples (see the budget check below)\n"
+    if any(UNSTABLE in str(v) for v in frame.to_numpy().ravel()):
+        out += (f"\n{UNSTABLE} verdict unstable: a second, independent scoring of the same candidates breaks samples this one "
+                f"leaves robust, more than {100 * stats.RECHECK_THRESHOLD:.0f} points of accuracy (see the verdict stability below)\n")
     return out
+
+
+def render_recheck(results: dict[str, dict], *, fmt: str = "github") -> str:
+    """Verdict stability of randomized defenses (:func:`harness.stats.recheck_summary`): per defense
+    and attack, the robust and broken verdicts a second, independent scoring of the same candidates
+    reverses, and the accuracy under both scorings. Empty string when no file has the flags."""
+    rows = []
+    for d, data in ordered(results).items():
+        for r in stats.recheck_summary(data):
+            label = attack_label(r["attack"]) if r["attack"] != stats.ALL else "All"
+            checked = f"{r['checked']} of {r['attacked']}"
+            broken = "" if r["broken"] is None else f"{r['broken_flipped']} of {r['broken']}"
+            rows.append([defense_label(d), label, checked, f"{r['robust_flipped']} of {r['robust']}", broken,
+                         format_pct(r["acc"]), format_pct(r["acc_both"]) + (f" {UNSTABLE}" if r["unstable"] else "")])
+    if not rows:
+        return ""
+    body = tabulate(rows, headers=["Defense", "Attack", "Checked (of attacked)", "Robust → broken", "Broken → robust", "Acc", "Acc, both scorings"],
+                    tablefmt=_check_fmt(fmt), disable_numparse=True)
+    caption = ("Verdict stability (randomized defenses; harness/engine/verify.py): every verified candidate scored a second time with independent "
+               "draws. The table's accuracy is the first scoring's; \"both scorings\" counts a sample robust only if neither scoring "
+               "misclassifies one of its candidates. Samples of older shards carry no second scoring (Checked)")
+    return caption + "\n\n" + body + "\n"
 
 
 def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
@@ -352,6 +383,9 @@ def format_report(results_dir: str | os.PathLike, dataset: str, norm: str, *, fm
     saturation = render_saturation(results, fmt=fmt)
     if saturation:
         parts.append(saturation)
+    recheck = render_recheck(results, fmt=fmt)
+    if recheck:
+        parts.append(recheck)
     parts.append(render_trust(results, fmt=fmt))
     return "\n".join(parts)
 

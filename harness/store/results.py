@@ -36,7 +36,8 @@ defense options)::
         {"index": 12, "label": 3, "clean_correct": true, "clean_abstained": false,
          "attacks": {"pgd": {"correct": false, "abstained": false, "norm": 0.1,   # Outcome
                              "min_norm": 0.08,       # minimization attacks: smallest verified adversarial distance
-                             "by": "square"}},       # optional: the component that found it (AutoAttack)
+                             "by": "square",         # optional: the component that found it (AutoAttack)
+                             "recheck_flip": false}},  # randomized defenses: a second independent scoring reverses the verdict
          "certified_l2": 0.31}                       # optional: thesis eq. 2.7 lower bound (defenses that have one)
       ]
     }
@@ -181,9 +182,10 @@ class Outcome(_Doc):
     norm: float | None
     min_norm: Any = ABSENT  # float | None: minimization attacks only
     by: Any = ABSENT  # str: the component that found the kept adversarial (AutoAttack)
+    recheck_flip: Any = ABSENT  # bool: randomized defenses: a second, independent scoring reverses the verdict (harness/engine/verify.py)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    TYPES: ClassVar = {"correct": (bool,), "abstained": (bool,), "norm": _OPT_NUM, "min_norm": _OPT_NUM, "by": (str,)}
+    TYPES: ClassVar = {"correct": (bool,), "abstained": (bool,), "norm": _OPT_NUM, "min_norm": _OPT_NUM, "by": (str,), "recheck_flip": (bool,)}
     REQUIRED: ClassVar = ("correct", "abstained", "norm")
 
 

@@ -37,6 +37,7 @@ def test_run_writes_verified_results_and_resumes(trained):
     for rec in data["records"]:
         for name, a in rec["attacks"].items():
             assert not (a["correct"] and not rec["clean_correct"])
+            assert "recheck_flip" not in a  # a deterministic defense's verdicts need no second scoring
             if not a["correct"]:
                 assert a["norm"] is not None and a["norm"] <= 0.1 + 1e-5  # verified inside the ball
     assert "PGD" in r.stdout and "All L∞" in r.stdout
