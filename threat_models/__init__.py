@@ -228,6 +228,8 @@ def load_suite(name: str, *, norm: str, dataset: str, randomized: bool = False) 
         eps = [0.0, 0.1, 0.2]    # optional: an eps sweep (one run per eps)
         [attack.dataset.svhn]    # optional per-dataset overrides (params, restarts, eps)
         restarts = 20
+        [attack.randomized]      # optional overrides for randomized defenses (params, restarts),
+        params = { steps = 40 }  # applied before the dataset's
     """
     if norm not in NORMS:
         raise BenchUserError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
@@ -240,11 +242,15 @@ def load_suite(name: str, *, norm: str, dataset: str, randomized: bool = False) 
         if norm not in a.get("norms", NORMS):
             continue
         over = a.get("dataset", {}).get(dataset, {})
-        params = dict(a.get("params", {}), **over.get("params", {}))
+        kind = a.get("randomized", {})
+        if not isinstance(kind, dict) or set(kind) - {"params", "restarts"} or not isinstance(kind.get("params", {}), dict):
+            raise BenchUserError(f"suite {name!r}: [attack.randomized] of {a['name']!r} may set params (a table) and restarts only")
+        kind = kind if randomized else {}
+        params = {**a.get("params", {}), **kind.get("params", {}), **over.get("params", {})}
         spec = AttackSpec(
             name=a["name"],
             params=tuple(params.items()),
-            restarts=int(over.get("restarts", a.get("restarts", 1))),
+            restarts=int(over.get("restarts", kind.get("restarts", a.get("restarts", 1)))),
             eot=eot,
             seed=int(a.get("seed", 0)),
             label=a.get("label", ""),

@@ -410,6 +410,7 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
 
     from harness.attacks import get_attack
     from harness.engine import saturation
+    from harness.engine.models import build_defense
 
     if not plan.check_budget:
         return ""
@@ -426,7 +427,8 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
             check = (json.loads(path.read_text(encoding="utf-8"))["manifest"].get("budget_check") or {}) if path.is_file() else {}
         except (OSError, ValueError, KeyError, TypeError):
             check = {}
-        specs = {e.spec.name: e.spec for e in load_suite(suite, norm=norm, dataset=dataset).entries}
+        randomized = build_defense(gjobs[0].defense, dataset, **gjobs[0].defense_options).randomized
+        specs = {e.spec.name: e.spec for e in load_suite(suite, norm=norm, dataset=dataset, randomized=randomized).entries}
         for a in dict.fromkeys(j.attack.split("@")[0] for j in gjobs):
             if (plan.check_attacks is not None and a not in plan.check_attacks) or a not in specs or saturation.stronger(specs[a]) is None:
                 continue  # what saturation.run checks: gradient attacks with a step count

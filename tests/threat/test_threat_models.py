@@ -81,3 +81,21 @@ def test_masking_checks_are_appended_unless_a_suite_opts_out(tmp_path):
     own.write_text("[[attack]\nname=")
     with pytest.raises(BenchUserError, match="not valid TOML"):
         load_suite(str(own), norm="linf", dataset="fmnist")
+
+
+def test_randomized_overrides_apply_to_randomized_defenses_only(tmp_path):
+    """`[attack.randomized]`: params / restarts for randomized defenses, before the dataset's overrides."""
+    own = tmp_path / "kinds.toml"
+    own.write_text('masking_checks = false\neot_randomized = 5\n[[attack]]\nname = "cw"\nnorms = ["l2"]\n'
+                   'params = { binary_search_steps = 5, steps = 100, initial_const = 0.001 }\n'
+                   '[attack.randomized]\nparams = { binary_search_steps = 2, initial_const = 1.0 }\nrestarts = 2\n'
+                   '[attack.dataset.svhn]\nparams = { steps = 50 }\n')
+    (det,) = load_suite(str(own), norm="l2", dataset="fmnist").attacks
+    (rnd,) = load_suite(str(own), norm="l2", dataset="fmnist", randomized=True).attacks
+    (rnd_svhn,) = load_suite(str(own), norm="l2", dataset="svhn", randomized=True).attacks
+    assert det.kwargs == {"binary_search_steps": 5, "steps": 100, "initial_const": 0.001} and (det.restarts, det.eot) == (1, 1)
+    assert rnd.kwargs == {"binary_search_steps": 2, "steps": 100, "initial_const": 1.0} and (rnd.restarts, rnd.eot) == (2, 5)
+    assert rnd_svhn.kwargs == {"binary_search_steps": 2, "steps": 50, "initial_const": 1.0}
+    own.write_text('[[attack]]\nname = "cw"\n[attack.randomized]\nsteps = 3\n')
+    with pytest.raises(BenchUserError, match=r"\[attack.randomized\] of 'cw' may set params \(a table\) and restarts only"):
+        load_suite(str(own), norm="l2", dataset="fmnist")
