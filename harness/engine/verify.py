@@ -12,7 +12,7 @@ independent generator) every projected candidate is scored a second time and :at
 says per sample whether that second scoring reverses the verdict (a robust sample one of whose
 candidates it misclassifies; a broken sample whose kept adversarial it classifies correctly). The
 verdict stays the first scoring's (an unbiased estimate of one fresh scoring); the flips measure how
-reliable it is (reported by ``bench table``, :func:`harness.stats.recheck_table`).
+reliable it is (reported by ``bench table``, :func:`harness.stats.recheck_summary`).
 """
 
 from __future__ import annotations
