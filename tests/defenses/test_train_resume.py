@@ -13,6 +13,22 @@ CPU = torch.device("cpu")
 QUIET = {"progress": False, "announce": lambda *_: None}
 
 
+@pytest.fixture
+def bench_env(bench_env):
+    """The shared fixture data set cut to 220 training images (198 train + 22 val): these tests check
+    that resumed runs equal uninterrupted ones, which needs a few batches per epoch, not learning.
+    E-ABS then trains 2 batches of 100 per epoch (6 before), ABS one class-balanced batch (its
+    smallest class keeps 10+ images)."""
+    from harness import datasets
+
+    from tests.conftest import write_learnable_idx
+
+    write_learnable_idx(bench_env / "data" / "fmnist", n_train=220, n_test=50)
+    if hasattr(datasets, "clear_caches"):
+        datasets.clear_caches()
+    return bench_env
+
+
 def test_resume_continues_weights_and_card(bench_env):
     first = train_defense("cnn", "fmnist", device=CPU, epochs=1, **QUIET)
     card1 = read_card(first)
