@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from harness.errors import BenchUserError
 
@@ -65,6 +66,40 @@ def _eps(text: str) -> float:
     if not (v >= 0 and v != float("inf")):
         raise argparse.ArgumentTypeError(f"eps must be a finite number >= 0, got {text}")
     return v
+
+
+def _duration(text: str) -> float:
+    """``2h30m``, ``90m``, ``45s``, ``5400`` (seconds) -> seconds (> 0)."""
+    import re
+
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text.lower())
+    if not m or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"expected a duration like 2h30m, 90m, 45s or 5400 (seconds), got {text!r}")
+    h, mins, secs = (float(g or 0) for g in m.groups())
+    total = 3600 * h + 60 * mins + secs
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"the duration must be positive, got {text!r}")
+    return total
+
+
+def _deadline(text: str) -> float:
+    """``HH:MM`` (today, local time) or an ISO 8601 date-time (local time unless it has an offset)
+    -> seconds since the epoch; a moment already past is an error."""
+    import datetime as dt
+
+    now = dt.datetime.now().astimezone()
+    try:
+        if ":" in text and "-" not in text and "T" not in text.upper():
+            t = dt.time.fromisoformat(text.strip())
+            when = dt.datetime.combine(now.date(), t).astimezone()
+        else:
+            when = dt.datetime.fromisoformat(text.strip())
+            when = when.astimezone() if when.tzinfo is None else when
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HH:MM (today) or an ISO date-time like 2026-12-03T17:30, got {text!r}") from None
+    if when <= now:
+        raise argparse.ArgumentTypeError(f"{text!r} is already past (now {now:%Y-%m-%d %H:%M})")
+    return when.timestamp()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT); default: start a local Ray instance")
     sw.add_argument("--results-dir", default="results")
     sw.add_argument("--max-retries", type=_nonneg_int, default=1, help="retries of a failed job before it is reported (default 1)")
+    sw.add_argument("--time-limit", type=_duration, default=None, metavar="DURATION",
+                    help="start no job that is not expected to finish within this time (e.g. 2h30m; estimated from the latest finished shard of each attack); a rerun continues. Local executor; the plan's budget check is not started")
+    sw.add_argument("--deadline", type=_deadline, default=None, metavar="WHEN",
+                    help="as --time-limit, until HH:MM today or an ISO date-time (for a chain of sweeps in one allocation); with --time-limit the earlier one counts")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
 
     c = sub.add_parser("calibrate", help="set a generative classifier's reject threshold on the validation split (stored in its model card)")
@@ -253,7 +292,9 @@ def _cmd_sweep(a) -> int:
     if a.merge_partial:
         merge_partial(plan, results_dir=a.results_dir)
         return 0
-    return run_sweep(plan, results_dir=a.results_dir, executor=a.executor, address=a.address, max_retries=a.max_retries, progress=not a.quiet, only=only)
+    ends = [t for t in (a.deadline, None if a.time_limit is None else time.time() + a.time_limit) if t is not None]
+    return run_sweep(plan, results_dir=a.results_dir, executor=a.executor, address=a.address, max_retries=a.max_retries, progress=not a.quiet, only=only,
+                     deadline=min(ends) if ends else None)
 
 
 def _cmd_train(a) -> int:

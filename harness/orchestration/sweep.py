@@ -330,8 +330,9 @@ def _shard_rates(results_dir: str | os.PathLike) -> dict[tuple[str, str, str], l
     """Seconds per cost unit (:func:`job_units`: the attack at the budget the shard ran, plus its clean
     pass) of every finished shard file under ``results_dir/.shards``, keyed by (dataset, defense
     variant, attack), whatever plan or suite wrote it: a PGD-40 shard prices a PGD-80 job at twice
-    its time per sample. A file whose manifest lacks the spec is priced at the attack's declared cost."""
-    rates: dict[tuple[str, str, str], list[float]] = {}
+    its time per sample. A file whose manifest lacks the spec is priced at the attack's declared cost.
+    Each list is in the order the shards finished (their manifests' ``created``), the latest last."""
+    timed: dict[tuple[str, str, str], list[tuple[str, float]]] = {}
     root = Path(results_dir) / ".shards"
     for f in sorted(root.glob("*/*/*/*/*/shard-*.json")) if root.is_dir() else []:
         dataset, _norm, variant, _suite, attack = f.relative_to(root).parts[:5]
@@ -341,20 +342,45 @@ def _shard_rates(results_dir: str | os.PathLike) -> dict[tuple[str, str, str], l
             entry = {} if attack == CLEAN_KEY else man["attacks"][attack]
             secs = float(entry.get("wall_time_s") or 0.0) + float(man.get("clean_wall_time_s") or 0.0)
             units = (spec_cost(entry["spec"], randomized=bool(man.get("randomized"))) if "spec" in entry else attack_cost(attack)) + CLEAN_COST
+            created = str(man.get("created") or "")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
         if n:
-            rates.setdefault((dataset, variant, attack), []).append(secs / n / units)
-    return rates
+            timed.setdefault((dataset, variant, attack), []).append((created, secs / n / units))
+    return {k: [r for _, r in sorted(v, key=lambda t: t[0])] for k, v in timed.items()}
+
+
+def job_seconds(job: SweepJob, rates: dict[tuple[str, str, str], float]) -> tuple[float | None, str]:
+    """Estimated wall time of ``job`` from measured seconds per cost unit ``rates`` (one number per
+    key of :func:`_shard_rates`), and how it was scaled: from the same defense and attack (either
+    norm); else the attack's time on another defense, times the ratio of the two defenses' times on
+    an attack both ran; else the defense's time per unit on PGD (or its mean over its other attacks)
+    (rough: the declared costs are relative costs measured on a few models). ``(None, "")`` when
+    nothing of this defense has been measured."""
+    from statistics import mean
+
+    d, v, a = job.dataset, job.variant, job.attack
+    units = job_units(job) * (job.stop - job.start)
+    mine = {att: r for (dd, vv, att), r in rates.items() if (dd, vv) == (d, v)}
+    if a in mine:
+        return mine[a] * units, "this attack on this defense"
+    for (dd, other, att), r in sorted(rates.items()):
+        shared = [x for x in mine if (dd, other, x) in rates and x != a]
+        if dd == d and att == a and other != v and shared:
+            ref = "pgd" if "pgd" in shared else shared[0]
+            return r * mine[ref] / rates[(d, other, ref)] * units, f"{a} on {other} x ({ref} on {v} / {ref} on {other})"
+    if not mine:
+        return None, ""
+    if "pgd" in mine:
+        return mine["pgd"] * units, "cost units x this defense's time per unit on pgd (rough)"
+    return mean(mine.values()) * units, "cost units x this defense's time per unit (rough)"
 
 
 def measured_estimate(todo: list[SweepJob], results_dir: str | os.PathLike) -> str:
     """How long the unfinished jobs will take, scaled from the wall times of finished shard files in
     ``results_dir`` (any plan's), per cost unit (:func:`_shard_rates`, so a different budget of the same
-    attack scales with it): from the same defense and attack (either norm); else the attack's time on
-    another defense, times the ratio of the two defenses' times on an attack both ran; else the
-    defense's time per unit on PGD (or its mean over its other attacks) (rough: the declared costs
-    are relative costs measured on a few models). One row per attack, or "" when nothing has been measured."""
+    attack scales with it; the mean over the shards, scaled as :func:`job_seconds` says). One row per
+    attack, or "" when nothing has been measured."""
     from statistics import mean
 
     from tabulate import tabulate
@@ -364,27 +390,10 @@ def measured_estimate(todo: list[SweepJob], results_dir: str | os.PathLike) -> s
         return ""
     rows: dict[tuple, list] = {}
     for j in todo:
-        d, v, a, n = j.dataset, j.variant, j.attack, j.stop - j.start
-        units = job_units(j) * n
-        mine = {att: r for (dd, vv, att), r in rates.items() if (dd, vv) == (d, v)}
-        if a in mine:
-            secs, how = mine[a] * units, "this attack on this defense"
-        else:
-            secs, how = None, ""
-            for (dd, other, att), r in sorted(rates.items()):
-                shared = [x for x in mine if (dd, other, x) in rates and x != a]
-                if dd == d and att == a and other != v and shared:
-                    ref = "pgd" if "pgd" in shared else shared[0]
-                    secs, how = r * mine[ref] / rates[(d, other, ref)] * units, f"{a} on {other} x ({ref} on {v} / {ref} on {other})"
-                    break
-            if secs is None:
-                if not mine:
-                    continue
-                if "pgd" in mine:
-                    secs, how = mine["pgd"] * units, "cost units x this defense's time per unit on pgd (rough)"
-                else:
-                    secs, how = mean(mine.values()) * units, "cost units x this defense's time per unit (rough)"
-        row = rows.setdefault((v, d, a), [v, d, a, 0, 0.0, how])
+        secs, how = job_seconds(j, rates)
+        if secs is None:
+            continue
+        row = rows.setdefault((j.variant, j.dataset, j.attack), [j.variant, j.dataset, j.attack, 0, 0.0, how])
         row[3] += 1
         row[4] += secs
     if not rows:
@@ -772,6 +781,28 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
     return checked
 
 
+def time_gate(deadline: float, results_dir: str | os.PathLike, *, clock=time.time):
+    """The check the local executor makes before it starts each job under ``bench sweep --time-limit``
+    / ``--deadline`` (``deadline``: seconds since the epoch): None to start the job, else why not.
+    A job is started only if its estimate (:func:`job_seconds`, scaled from the *latest* finished
+    shard of each attack, re-read before every job so this run's own shards count: the first shards
+    of a session often ran under other load) fits in the time left; a job nothing has been measured
+    for is started while time is left. A job that is not started loses nothing (jobs are all or
+    nothing: one killed at the deadline would be lost whole)."""
+
+    def gate(job: SweepJob) -> str | None:
+        left = deadline - clock()
+        if left <= 0:
+            return "the time limit is reached"
+        rates = {k: v[-1] for k, v in _shard_rates(results_dir).items()}
+        secs, how = job_seconds(job, rates)
+        if secs is not None and secs > left:
+            return f"the next job ({job.name}) is estimated at {secs / 60:.0f} min ({how}, latest shard) and {left / 60:.0f} min are left"
+        return None
+
+    return gate
+
+
 def get_executor(name: str, *, address: str | None = None):
     """The executor called ``name`` (``local`` or ``ray``)."""
     if name == "local":
@@ -794,14 +825,19 @@ def check_only(jobs: list[SweepJob], only: tuple[str, ...]) -> None:
 
 
 def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address: str | None = None, max_retries: int = 1, progress: bool = True, log=print,
-              only: tuple[str, ...] | None = None) -> int:
+              only: tuple[str, ...] | None = None, deadline: float | None = None) -> int:
     """Run every unfinished job of ``plan``, merge, and return the exit status (1 when jobs failed).
 
     ``only`` (``bench sweep --only``): run just the jobs of these attacks now; the plan still defines
     what a finished group is, so a group waits for its other attacks before it is merged (unlike a
-    copy of the plan listing fewer attacks, whose merge would call the group finished)."""
+    copy of the plan listing fewer attacks, whose merge would call the group finished).
+    ``deadline`` (seconds since the epoch; ``--time-limit`` / ``--deadline``, local executor only):
+    start no job that is not expected to finish by then (:func:`time_gate`), and leave the budget
+    check, which can take hours, to a run without one; a rerun continues with the jobs left."""
     from harness.store.provenance import command_line
 
+    if deadline is not None and executor != "local":
+        raise BenchUserError("--time-limit / --deadline work with the local executor only (Ray runs jobs in parallel; bound the cluster allocation instead)")
     jobs = expand(plan)
     if only is not None:
         check_only(jobs, only)
@@ -819,11 +855,15 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
             log(f"wrote {path}")
     if todo:
         ex = get_executor(executor, address=address)
-        failures = ex.run(todo, results_dir=str(results_dir), max_retries=max_retries, progress=progress, log=log)
+        gate = {} if deadline is None else {"gate": time_gate(deadline, results_dir)}
+        failures = ex.run(todo, results_dir=str(results_dir), max_retries=max_retries, progress=progress, log=log, **gate)
     for path in merge(jobs, results_dir, command=command, configs=configs):
         log(f"wrote {path}")
     if plan.check_budget and not failures:
-        check_merged(jobs, results_dir, n=plan.check_budget, attacks=plan.check_attacks, configs=configs, progress=progress, log=log)
+        if deadline is None:
+            check_merged(jobs, results_dir, n=plan.check_budget, attacks=plan.check_attacks, configs=configs, progress=progress, log=log)
+        elif all(is_done(j, results_dir, configs) for j in todo):  # else stopped by the time limit: the executor said so
+            log("sweep: the plan's budget check is not started under a time limit (it can take hours: `bench sweep --dry-run` estimates it); run the sweep without one to do it")
     if failures:
         log(f"sweep: {len(failures)} job(s) failed after {max_retries} retr{'y' if max_retries == 1 else 'ies'}:")
         for name, err in failures.items():

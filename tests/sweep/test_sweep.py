@@ -541,3 +541,73 @@ def test_only_runs_the_named_attacks_and_the_group_waits_for_the_rest(env, capsy
     assert "pending_attacks" not in _merged(out)["manifest"]
     assert main(["sweep", str(plan), "--merge-partial", "--results-dir", str(out)]) == 0
     assert _merged(out)["manifest"]["pending_attacks"] == {"fgm": "0/2 shards"}
+
+
+def test_time_limit_starts_only_jobs_that_fit_and_a_rerun_continues(env, monkeypatch, capsys):
+    """Under --time-limit a job is started only if the latest finished shard of its attack says it
+    fits; the jobs not started are neither failed nor lost, the group is not merged, and the plan's
+    budget check is left to a run without a limit."""
+    tmp, plan, _ = env
+    plan.write_text(PLAN + "check_budget = 20\n")
+    res = tmp / "res"
+    real = sweep.run_job
+    ran = []
+
+    def slow_on_paper(job, results_dir):  # the real job, recorded as if it had taken 10 hours
+        path = Path(real(job, results_dir))
+        data = json.loads(path.read_text())
+        data["manifest"]["attacks"][job.attack]["wall_time_s"] = 36000.0
+        path.write_text(json.dumps(data))
+        ran.append(job.name)
+        return str(path)
+
+    monkeypatch.setattr(sweep, "run_job", slow_on_paper)
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--time-limit", "1h"]) == 0
+    out = capsys.readouterr().out
+    # nothing measured before the first job: it starts; its shard then prices PGD shard 2 at ~10 h
+    assert ran == ["fmnist/linf/cnn/quick/pgd/shard0"]
+    assert "stopping with 3 job(s) not started: the next job (fmnist/linf/cnn/quick/pgd/shard1) is estimated at 600 min" in out
+    assert not (res / "fmnist" / "linf" / "cnn.json").exists() and "FAILED" not in out
+
+    monkeypatch.setattr(sweep, "run_job", real)
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--time-limit", "10h", "--only", "fgm"]) == 0
+    assert "skipping 1 finished jobs; running 2" in capsys.readouterr().out  # FGM was never measured: its jobs start
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--deadline", "2099-01-01T00:00"]) == 0
+    out = capsys.readouterr().out
+    assert "skipping 3 finished jobs; running 1" in out and "stopping" not in out  # ~10 h fits before 2099
+    merged = _merged(res)
+    assert "budget_check" not in merged["manifest"] and "budget check is not started under a time limit" in out
+
+
+def test_time_gate_scales_from_the_latest_shard(tmp_path):
+    raw = tomllib.loads(PLAN) | {"defenses": ["cnn", "adv-linf"], "shards": 2}
+    jobs = {(j.defense, j.attack, j.shard): j for j in sweep.expand(sweep.parse_plan(raw))}
+
+    def finish(job, seconds, created):
+        p = job.partial_path(tmp_path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        recs = [{"index": i} for i in range(job.start, job.stop)]
+        p.write_text(json.dumps({"manifest": {"attacks": {job.attack: {"wall_time_s": seconds}}, "created": created}, "records": recs}))
+
+    finish(jobs[("cnn", "pgd", 1)], 1000.0, "2026-01-02T00:00:00Z")  # the first shard, under load (file order: later)
+    finish(jobs[("cnn", "pgd", 0)], 100.0, "2026-01-02T05:00:00Z")   # the latest
+    now = [0.0]
+    gate = sweep.time_gate(300.0, tmp_path, clock=lambda: now[0])
+    todo = jobs[("cnn", "pgd", 1)]
+    assert gate(todo) is None  # ~100 s from the latest shard fits in 300 s (the mean, 550 s, would not)
+    now[0] = 250.0
+    assert "estimated at 2 min (this attack on this defense, latest shard) and 1 min are left" in gate(todo)
+    assert gate(jobs[("adv-linf", "fgm", 0)]) is None  # nothing of adv-linf measured: started while time is left
+    now[0] = 300.0
+    assert gate(jobs[("adv-linf", "fgm", 0)]) == "the time limit is reached"
+
+
+def test_time_limit_bad_values_and_ray_are_user_errors(env, capsys):
+    tmp, plan, _ = env
+    for args, msg in ((["--time-limit", "soon"], "expected a duration like 2h30m"), (["--time-limit", "0"], "must be positive"),
+                      (["--deadline", "2020-01-01T00:00"], "already past"), (["--deadline", "25:00"], "expected HH:MM"),
+                      (["--time-limit", "1h", "--executor", "ray"], "local executor only")):
+        assert main(["sweep", str(plan), "--results-dir", str(tmp / "res"), "--quiet", *args]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err
+    assert not (tmp / "res").exists()

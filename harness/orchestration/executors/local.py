@@ -11,15 +11,21 @@ from harness.orchestration.executors import Progress, short_error
 class LocalExecutor:
     """Runs jobs one after another in this process."""
 
-    def run(self, jobs, *, results_dir: str, max_retries: int, progress: bool = True, log=print, fn=None) -> dict[str, str]:
-        """Run ``jobs``; return ``{job name: last error}`` for jobs that failed ``1 + max_retries`` times."""
+    def run(self, jobs, *, results_dir: str, max_retries: int, progress: bool = True, log=print, fn=None, gate=None) -> dict[str, str]:
+        """Run ``jobs``; return ``{job name: last error}`` for jobs that failed ``1 + max_retries`` times.
+        ``gate(job)`` (a time limit, :func:`harness.orchestration.sweep.time_gate`): asked before each
+        job; a reason (not None) stops the run there, the jobs left unstarted and not failed."""
         from harness.orchestration import sweep
 
         fn = fn or sweep.run_job  # looked up at call time (tests patch it)
         bar = Progress(total=len(jobs), enabled=progress)
         failures: dict[str, str] = {}
         try:
-            for job in jobs:
+            for k, job in enumerate(jobs):
+                why = gate(job) if gate is not None else None
+                if why is not None:
+                    log(f"sweep: stopping with {len(jobs) - k} job(s) not started: {why}; rerun the same command to continue")
+                    break
                 for attempt in range(max_retries + 1):
                     bar.update(running=1)
                     try:
