@@ -21,10 +21,14 @@ with the restart's number): a sample counts as broken by the doubled budget when
 verified candidate breaks it, which is what one run with all restarts verifies too. So a restart
 attacks only the samples every earlier restart left standing (a broken sample stays broken): on a
 defense that keeps 40% of its samples, restarts 2-5 cost 40% of the first. On a deterministic
-defense, two restarts that propose bit-identical candidates for the same samples (DeepFool, DDN,
-C&W: no random start) end the check early (``restarts_run`` and a ``note`` say so): different
-seeds gave the same candidates, so the attack draws no randomness and further restarts would repeat
-them; a check whose restarts broke every sample ends early too. The check is resumable block by
+defense, before each further restart a seed probe runs the attack with the previous restart's
+seed and with the next one on the first :data:`PROBE` samples still standing (one batch, so both
+calls see the same inputs); when the two propose bit-identical candidates (DeepFool, DDN, C&W: no
+random start) the attack draws no randomness and the remaining restarts would repeat the previous
+one, so the check ends there (``restarts_run`` and a ``note`` say so). This costs 2 x PROBE samples
+of one restart instead of the whole of each repeated one (on ABS the doubled C&W is hours per
+restart). As a second guard, two restarts that propose bit-identical candidates for the same
+samples end the check too; a check whose restarts broke every sample ends early too. The check is resumable block by
 block (``batch_size`` samples): after each block the entry is saved with ``"restarts_done": r`` (the
 restarts finished), ``"blocks_done"`` (the blocks of the next restart finished, with their candidate
 digests) and the samples still standing (``robust_doubled``); these are dropped once all have run,
@@ -56,6 +60,7 @@ DEFAULT_N = 100
 FACTOR = 2
 RESTARTS = 5
 THRESHOLD = 0.02
+PROBE = 2  # samples on which two seeds are compared before a further restart of a deterministic defense
 
 
 def stronger(spec: AttackSpec, *, factor: int = FACTOR, restarts: int = RESTARTS) -> AttackSpec | None:
@@ -130,6 +135,23 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
 
         for k in range(first, total):
             one = AttackJob(f"{orig.key} check {k + 1}/{total}", replace(job.spec, restarts=1), job.threat, f"{job.hash}:restart{k}", job.randomized)
+            if k > 0 and not job.randomized and standing:
+                same, probe_wall = _seed_probe(ctx, one, k, clean, standing, spans)
+                wall += probe_wall
+                if same:  # the attack ignores its seed: restart k would repeat restart k - 1
+                    e = _entry(orig, job, head, standing, acc, m, wall, complete=True)
+                    e["restarts_run"], e["stopped"] = k, "deterministic"
+                    e["note"] = (f"a probe on {same} sample(s) still standing: the seeds of restarts {k} and {k + 1} proposed identical candidates "
+                                 f"(a deterministic defense and an attack that draws no randomness): restarts {k + 1}-{total} would repeat "
+                                 f"restart {k} and were not run")
+                    entry["attacks"][orig.key] = e
+                    entry["all"] = worst_case(head, done, entry["attacks"])
+                    if log is not None:
+                        log(f"  budget check {orig.key:<9} accuracy {acc:.3f} -> {len(standing) / max(1, m):.3f} with {job.budget} on the first {m} samples "
+                            f"(restart {k + 1}'s seed proposed restart {k}'s candidates: the attack is deterministic here)")
+                    if save is not None:
+                        save(entry)
+                    break
             # a sample an earlier restart broke stays broken: attack only the ones still standing
             todo = [r | {"clean_correct": bool(r["clean_correct"]) and r["index"] in standing} for r in clean]
             start_block = first_block if k == first else 0
@@ -179,6 +201,24 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
     if not jobs and entry["attacks"]:
         entry["all"] = worst_case(head, done, entry["attacks"])
     return entry
+
+
+def _seed_probe(ctx, one, k: int, clean: list[dict], standing: set, spans) -> tuple[int, float]:
+    """Run restart ``k``'s job ``one`` and the same job with restart ``k - 1``'s seed on the first
+    :data:`PROBE` samples still standing (both calls see the same batches). Returns (the number of
+    samples probed if the two proposed bit-identical candidates, else 0; their wall time)."""
+    from harness.engine.runner import AttackJob, attack
+
+    pick = [i for i, r in enumerate(clean) if r["clean_correct"] and r["index"] in standing][:PROBE]
+    if not pick:
+        return 0, 0.0
+    b0 = next(a for a, b in spans if a <= pick[0] < b)  # the attack runs whole blocks (its seeds are per block)
+    b1 = next(b for a, b in spans if a <= pick[-1] < b)
+    recs = [r | {"clean_correct": i in pick} for i, r in enumerate(clean[b0:b1], start=b0)]
+    stem = one.hash.rsplit(":", 1)[0]
+    runs = [attack(ctx, AttackJob(f"{one.key} seed probe", one.spec, one.threat, f"{stem}:restart{r}", one.randomized), recs, b0) for r in (k - 1, k)]
+    wall = sum(r.entry["wall_time_s"] for r in runs)
+    return (len(pick) if runs[0].candidates_sha256 == runs[1].candidates_sha256 else 0), wall
 
 
 def _entry(orig, job, head: list[dict], standing: set, acc: float, m: int, wall: float, *, complete: bool) -> dict:

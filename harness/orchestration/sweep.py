@@ -411,7 +411,8 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
     (:func:`harness.engine.saturation.stronger`) x the check's samples, for the first restart on every
     sample and, for each further restart, on the share of the check's samples that survived the
     attack in the finished shards (the check attacks only the samples still standing). An upper
-    bound where restarts stop early (an attack that proposes identical candidates twice). Attacks
+    bound where restarts stop early (on a deterministic defense, an attack whose seed probe shows it
+    draws no randomness stops after its first restart). Attacks
     with no finished shard of this defense are listed as not estimated; finished checks are skipped."""
     from statistics import mean
 
@@ -473,7 +474,7 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
     if not rows and not missing:
         return ""
     head = f"the budget check ({saturation.FACTOR}x steps, {saturation.RESTARTS} restarts, first {n} samples), after each group is merged"
-    out = [f"{head}: about {sum(float(r[4]) for r in rows):.1f} core-hours more (an upper bound where restarts stop early)" if rows else f"{head}:"]
+    out = [f"{head}: about {sum(float(r[4]) for r in rows):.1f} core-hours more (an upper bound: an attack that draws no randomness on a deterministic defense stops after one restart)" if rows else f"{head}:"]
     if rows:
         out += ["", tabulate(rows, headers=["defense", "dataset", "norm", "attack", "core-hours", "standing after the first pass"], disable_numparse=True)]
     if missing:

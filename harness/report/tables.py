@@ -238,6 +238,8 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
                 doubled += f" ({e['restarts_done']} of {e.get('restarts', '?')} restarts so far{blocks})"
             elif e.get("stopped") == "all broken":
                 doubled += f" (every sample broken after {e['restarts_run']} restarts)"
+            elif "restarts_run" in e and "probe" in str(e.get("note", "")):
+                doubled += f" (deterministic: stopped after {e['restarts_run']} restart(s), a further seed proposed the same candidates)"
             elif "restarts_run" in e:
                 doubled += f" (deterministic: stopped after {e['restarts_run']} restarts, the last two identical)"
             rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), doubled, str(n),

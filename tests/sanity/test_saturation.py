@@ -112,7 +112,12 @@ def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninter
     evaluate(cfg("cut", None), log=lambda *_: None)  # the suite's attacks, no check yet
     real, calls = runner.attack, []
 
+    probes = []
+
     def killed_after_two_restarts(ctx, job, clean, start=0):
+        if job.key.endswith("seed probe"):
+            probes.append(job.hash)
+            return real(ctx, job, clean, start)
         if len(calls) == 2:
             raise KeyboardInterrupt  # the session ends during the third restart
         calls.append(job.hash)
@@ -123,11 +128,18 @@ def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninter
         evaluate(cfg("cut", 40), log=lambda *_: None)
     part = load_result(trained / "cut" / "fmnist" / "linf" / "cnn.json")["manifest"]["budget_check"]["attacks"]["pgd"]
     assert part["restarts_done"] == 2 and part["restarts"] == RESTARTS and len(calls) == 2
+    # a random start: the seed probes before restarts 2 and 3 saw two seeds propose different candidates
+    assert [h.rsplit(":", 1)[1] for h in probes] == ["restart0", "restart1", "restart1", "restart2"]
     assert part["saturated"] in (None, False) and part["acc_doubled"] == len(part["robust_doubled"]) / 40
     assert "2 of 5 restarts so far" in render_saturation(load_results(trained / "cut", "fmnist", "linf"))
 
     calls.clear()
-    monkeypatch.setattr(runner, "attack", lambda ctx, job, clean, start=0: calls.append(job.hash) or real(ctx, job, clean, start))
+    def count(ctx, job, clean, start=0):
+        if not job.key.endswith("seed probe"):
+            calls.append(job.hash)
+        return real(ctx, job, clean, start)
+
+    monkeypatch.setattr(runner, "attack", count)
     done = load_result(evaluate(cfg("cut", 40), log=lambda *_: None))["manifest"]["budget_check"]["attacks"]["pgd"]
     ran = [h.rsplit(":", 1)[1] for h in calls]
     assert ran and ran == ["restart2", "restart3", "restart4"][: len(ran)]  # only the restarts not yet run
@@ -146,16 +158,19 @@ def test_a_deterministic_attack_on_a_deterministic_defense_stops_when_two_restar
     cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=30, eps=0.25, attacks=("deepfool", "pgd"),
                     results_dir=str(trained / "det"), progress=False, train_if_missing=False, check_budget=30)
     check = load_result(evaluate(cfg, log=lambda *_: None))["manifest"]["budget_check"]["attacks"]
-    # PGD without a random start draws no randomness: restarts 2 and 3 (the first two that attack the
-    # same samples, those restart 1 left standing) propose the same candidates. DeepFool at eps 0.25
-    # breaks every sample in its first restart: nothing is left to attack
-    assert [k for k in calls if " check " in k] == ["pgd check 1/5", "pgd check 2/5", "pgd check 3/5", "deepfool check 1/5"]
-    assert check["pgd"]["restarts_run"] == 3 and check["pgd"]["stopped"] == "deterministic" and "identical candidates" in check["pgd"]["note"]
+    # PGD without a random start draws no randomness: before restart 2 the seed probe runs restart 1's
+    # seed and restart 2's on two samples still standing, they propose the same candidates, and the
+    # check ends after one restart. DeepFool at eps 0.25 breaks every sample in its first restart:
+    # nothing is left to attack (no probe)
+    assert [k for k in calls if " check " in k] == ["pgd check 1/5", "pgd check 2/5 seed probe", "pgd check 2/5 seed probe", "deepfool check 1/5"]
+    assert check["pgd"]["restarts_run"] == 1 and check["pgd"]["stopped"] == "deterministic" and "identical candidates" in check["pgd"]["note"]
+    standing = round(check["pgd"]["acc_doubled"] * 30)
+    assert standing >= 1 and f"a probe on {min(2, standing)} sample(s)" in check["pgd"]["note"]
     assert check["deepfool"]["restarts_run"] == 1 and check["deepfool"]["stopped"] == "all broken" and check["deepfool"]["acc_doubled"] == 0
     for key in ("pgd", "deepfool"):
         assert isinstance(check[key]["saturated"], bool) and "restarts_done" not in check[key]
     table = render_saturation(load_results(trained / "det", "fmnist", "linf"))
-    assert "deterministic: stopped after 3 restarts" in table and "every sample broken after 1 restarts" in table
+    assert "deterministic: stopped after 1 restart(s), a further seed proposed the same candidates" in table and "every sample broken after 1 restarts" in table
 
 
 def test_candidates_digest_tells_identical_runs_from_different_ones(trained):
@@ -197,6 +212,8 @@ def test_later_restarts_attack_only_the_samples_still_standing_and_resume_block_
     real, calls = runner.attack, []
 
     def spy(ctx, job, clean, start=0):
+        if job.key.endswith("seed probe"):  # random starts: the probes before restarts 2-5 never stop the check
+            return real(ctx, job, clean, start)
         calls.append((job.hash.rsplit(":", 1)[-1], start, {r["index"] for r in clean if r["clean_correct"]}))
         return real(ctx, job, clean, start)
 
