@@ -60,6 +60,7 @@ DEFAULT_N = 100
 FACTOR = 2
 RESTARTS = 5
 THRESHOLD = 0.02
+CHECK_BLOCK = 25  # samples per resumable block of the check (at most the run's batch size)
 PROBE = 2  # samples on which two seeds are compared before a further restart of a deterministic defense
 
 
@@ -120,12 +121,18 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
     if skipped:
         entry["not_checked"] = skipped
     clean = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in head]
+    run_bs = ctx.cfg.batch_size  # the block size of checks saved before CHECK_BLOCK
+    if ctx.cfg.batch_size > CHECK_BLOCK:  # the check's own blocks: resumable in pieces of at most CHECK_BLOCK samples
+        ctx = replace(ctx, cfg=replace(ctx.cfg, batch_size=CHECK_BLOCK))
     spans = blocks(ctx, 0, m)
     for orig, job in jobs:
         prev = entry["attacks"].get(orig.key) or {}
         partial = prev.get("of") == orig.hash and prev.get("spec_hash") == job.hash and "restarts_done" in prev
         first = int(prev["restarts_done"]) if partial else 0
-        first_block = int(prev.get("blocks_done") or 0) if partial else 0
+        # blocks finished under another block size (files before CHECK_BLOCK): that restart starts
+        # over from the samples still standing (those its finished blocks broke stay broken)
+        same_blocks = int(prev.get("block_size") or run_bs) == ctx.cfg.batch_size
+        first_block = int(prev.get("blocks_done") or 0) if partial and same_blocks else 0
         block_sha = list(prev.get("block_sha256") or []) if partial and first_block else []
         standing = set(prev.get("robust_doubled") or []) if partial else {r["index"] for r in head}
         wall = float(prev.get("wall_time_s") or 0.0) if partial else 0.0
@@ -164,7 +171,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
                 digests = [*digests, run_b.candidates_sha256]
                 if bi + 1 < len(spans):  # resumable block by block within a restart
                     e = _entry(orig, job, head, standing, acc, m, wall, complete=False)
-                    e.update(restarts_done=k, blocks_done=bi + 1, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last)
+                    e.update(restarts_done=k, blocks_done=bi + 1, block_size=ctx.cfg.batch_size, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last)
                     entry["attacks"][orig.key] = e
                     entry["all"] = worst_case(head, done, entry["attacks"])
                     if save is not None:

@@ -118,16 +118,16 @@ def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninter
         if job.key.endswith("seed probe"):
             probes.append(job.hash)
             return real(ctx, job, clean, start)
-        if len(calls) == 2:
+        if job.hash not in calls and len(set(calls)) == 2:
             raise KeyboardInterrupt  # the session ends during the third restart
-        calls.append(job.hash)
+        calls.append(job.hash)  # one call per block of the check (40 samples: 2 blocks)
         return real(ctx, job, clean, start)
 
     monkeypatch.setattr(runner, "attack", killed_after_two_restarts)
     with pytest.raises(KeyboardInterrupt):
         evaluate(cfg("cut", 40), log=lambda *_: None)
     part = load_result(trained / "cut" / "fmnist" / "linf" / "cnn.json")["manifest"]["budget_check"]["attacks"]["pgd"]
-    assert part["restarts_done"] == 2 and part["restarts"] == RESTARTS and len(calls) == 2
+    assert part["restarts_done"] == 2 and part["restarts"] == RESTARTS and len(set(calls)) == 2
     # a random start: the seed probes before restarts 2 and 3 saw two seeds propose different candidates
     assert [h.rsplit(":", 1)[1] for h in probes] == ["restart0", "restart1", "restart1", "restart2"]
     assert part["saturated"] in (None, False) and part["acc_doubled"] == len(part["robust_doubled"]) / 40
@@ -141,7 +141,7 @@ def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninter
 
     monkeypatch.setattr(runner, "attack", count)
     done = load_result(evaluate(cfg("cut", 40), log=lambda *_: None))["manifest"]["budget_check"]["attacks"]["pgd"]
-    ran = [h.rsplit(":", 1)[1] for h in calls]
+    ran = list(dict.fromkeys(h.rsplit(":", 1)[1] for h in calls))
     assert ran and ran == ["restart2", "restart3", "restart4"][: len(ran)]  # only the restarts not yet run
     if len(ran) < 3:  # ends early only when every sample is broken
         assert done["stopped"] == "all broken" and done["acc_doubled"] == 0 and done["restarts_run"] == 2 + len(ran)
@@ -162,7 +162,8 @@ def test_a_deterministic_attack_on_a_deterministic_defense_stops_when_two_restar
     # seed and restart 2's on two samples still standing, they propose the same candidates, and the
     # check ends after one restart. DeepFool at eps 0.25 breaks every sample in its first restart:
     # nothing is left to attack (no probe)
-    assert [k for k in calls if " check " in k] == ["pgd check 1/5", "pgd check 2/5 seed probe", "pgd check 2/5 seed probe", "deepfool check 1/5"]
+    # (30 samples: the check's blocks of 25 and 5, one call each; a probe is one call)
+    assert [k for k in calls if " check " in k] == ["pgd check 1/5"] * 2 + ["pgd check 2/5 seed probe"] * 2 + ["deepfool check 1/5"] * 2
     assert check["pgd"]["restarts_run"] == 1 and check["pgd"]["stopped"] == "deterministic" and "identical candidates" in check["pgd"]["note"]
     standing = round(check["pgd"]["acc_doubled"] * 30)
     assert standing >= 1 and f"a probe on {min(2, standing)} sample(s)" in check["pgd"]["note"]
@@ -265,3 +266,24 @@ def test_a_drop_of_exactly_the_threshold_is_saturated():
     e = _entry(Job, Job, head, set(range(47)), 0.49, 100, 1.0, complete=True)
     assert e["delta"] == THRESHOLD == 0.02 and e["saturated"] is True and e["found_more"] == [47, 48]
     assert _entry(Job, Job, head, set(range(46)), 0.49, 100, 1.0, complete=True)["saturated"] is False
+
+
+def test_the_check_runs_in_blocks_of_at_most_check_block_samples_whatever_the_runs_batch_size(trained, monkeypatch):
+    """A sweep of 100-sample blocks (ABS) would otherwise save its check once per restart: on ABS one
+    restart of the doubled C&W on 100 samples is hours, all lost when a session ends inside it."""
+    import harness.engine.runner as runner
+    from harness.engine.saturation import CHECK_BLOCK
+
+    real, starts = runner.attack, []
+
+    def spy(ctx, job, clean, start=0):
+        if job.hash.endswith(":restart0") and not job.key.endswith("seed probe"):
+            starts.append((start, ctx.cfg.batch_size))
+        return real(ctx, job, clean, start)
+
+    monkeypatch.setattr(runner, "attack", spy)
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=60, eps=0.25, attacks=("deepfool",),
+                    batch_size=100, results_dir=str(trained / "cb"), progress=False, train_if_missing=False, check_budget=60)
+    man = load_result(evaluate(cfg, log=lambda *_: None))["manifest"]
+    assert CHECK_BLOCK == 25 and starts == [(0, 25), (25, 25), (50, 25)]
+    assert man["budget_check"]["n"] == 60 and "deepfool" in man["budget_check"]["attacks"]
