@@ -508,7 +508,7 @@ def model_trust(ctx: EvalContext) -> tuple[list[str], dict]:
     return warnings, check
 
 
-def evaluate(cfg: RunConfig, *, log=print) -> Path:
+def evaluate(cfg: RunConfig, *, log=print, check_deadline: float | None = None) -> Path:
     """Run ``cfg`` and return the path of the result file: prepare -> clean pass -> for each attack
     not yet in the file: propose -> verify -> record -> save; then the budget check and the trust checks."""
     if cfg.norm not in NORMS:
@@ -537,7 +537,8 @@ def evaluate(cfg: RunConfig, *, log=print) -> Path:
             ev.set_budget_check(entry)
             ev.save(path)
 
-        ev.set_budget_check(saturation.run(ctx, ev.data, n=cfg.check_budget, save=keep, log=log))
+        # check_deadline (bench sweep --time-limit): no block of the check starts that would end after it
+        ev.set_budget_check(saturation.run(ctx, ev.data, n=cfg.check_budget, save=keep, log=log, deadline=check_deadline))
     ev.set_trust(*model_trust(ctx))
     for w in ev.manifest["warnings"]:
         log(f"WARNING: {w}")

@@ -51,6 +51,7 @@ their budget is the suite's.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import replace
 
 from harness.attacks import get_attack
@@ -83,13 +84,19 @@ def _acc(records: list[dict], key: str) -> float:
     return sum(bool(r["attacks"][key]["correct"]) for r in records if key in r["attacks"]) / max(1, len(records))
 
 
-def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
+def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: float | None = None, clock=time.time) -> dict:
     """Run the check for ``ctx``'s attacks that ``data`` (the result file of ``ctx``, read only) holds.
 
     Resumable: an attack whose entry was computed for the same spec (``of``) and doubled spec is
     kept, or continued from its next restart when it holds ``restarts_done``; ``save(entry)`` is called
     with the ``budget_check`` entry so far after each restart (``bench run`` records it in its file
     there). Returns the ``budget_check`` manifest entry.
+
+    ``deadline`` (seconds since the epoch; ``bench sweep --time-limit / --deadline``): start no block
+    (or seed probe) that its estimate says ends after it: seconds per attacked sample of the
+    attack's latest block (saved with a partial entry as ``sample_s``, so a later session knows it)
+    x the samples the block attacks. A block nothing has been measured for starts while time is
+    left. The check then returns what it has (saved as after any block); a rerun continues it.
     """
     from harness.engine.runner import AttackJob, attack, blocks  # the runner calls this module
 
@@ -139,10 +146,24 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
         last = prev.get("candidates_sha256") if partial else None
         total = job.spec.restarts
         acc = _acc(head, orig.key)
+        rate = prev.get("sample_s") if partial else None  # seconds per attacked sample, latest block
+
+        def out_of_time(count: int, what: str) -> bool:
+            left = None if deadline is None else deadline - clock()
+            why = None
+            if left is not None and left <= 0:
+                why = "the time limit is reached"
+            elif left is not None and rate is not None and rate * count > left:
+                why = f"{what} is estimated at {rate * count / 60:.0f} min ({rate:.0f} s a sample, latest block) and {left / 60:.0f} min are left"
+            if why and log is not None:
+                log(f"  budget check {orig.key}: stopping before {what}: {why}; rerun to continue (finished blocks are saved)")
+            return why is not None
 
         for k in range(first, total):
             one = AttackJob(f"{orig.key} check {k + 1}/{total}", replace(job.spec, restarts=1), job.threat, f"{job.hash}:restart{k}", job.randomized)
             if k > 0 and not job.randomized and standing:
+                if out_of_time(2 * PROBE, f"the seed probe of restart {k + 1}"):
+                    return _stop(entry, head, done)
                 same, probe_wall = _seed_probe(ctx, one, k, clean, standing, spans)
                 wall += probe_wall
                 if same:  # the attack ignores its seed: restart k would repeat restart k - 1
@@ -165,13 +186,18 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
             digests = block_sha if k == first else []
             for bi in range(start_block, len(spans)):
                 b0, b1 = spans[bi]
+                count = sum(bool(r["clean_correct"]) for r in todo[b0:b1])
+                if count and out_of_time(count, f"block {bi + 1} of {len(spans)} of restart {k + 1}"):
+                    return _stop(entry, head, done)
                 run_b = attack(ctx, one, todo[b0:b1], b0)
+                if count:
+                    rate = run_b.entry["wall_time_s"] / count
                 standing -= {r["index"] for r, o in zip(head[b0:b1], run_b.outcomes) if not o["correct"]}
                 wall += run_b.entry["wall_time_s"]
                 digests = [*digests, run_b.candidates_sha256]
                 if bi + 1 < len(spans):  # resumable block by block within a restart
                     e = _entry(orig, job, head, standing, acc, m, wall, complete=False)
-                    e.update(restarts_done=k, blocks_done=bi + 1, block_size=ctx.cfg.batch_size, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last)
+                    e.update(restarts_done=k, blocks_done=bi + 1, block_size=ctx.cfg.batch_size, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last, sample_s=rate)
                     entry["attacks"][orig.key] = e
                     entry["all"] = worst_case(head, done, entry["attacks"])
                     if save is not None:
@@ -196,6 +222,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
                 e["restarts_done"] = k + 1
                 e["robust_doubled"] = sorted(standing)
                 e["candidates_sha256"] = last
+                e["sample_s"] = rate
             entry["attacks"][orig.key] = e
             entry["all"] = worst_case(head, done, entry["attacks"])
             if log is not None:
@@ -206,6 +233,13 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None) -> dict:
             if complete:
                 break
     if not jobs and entry["attacks"]:
+        entry["all"] = worst_case(head, done, entry["attacks"])
+    return entry
+
+
+def _stop(entry: dict, head: list[dict], done: dict) -> dict:
+    """The entry as saved after the last finished block, when a deadline stops the check."""
+    if entry["attacks"]:
         entry["all"] = worst_case(head, done, entry["attacks"])
     return entry
 

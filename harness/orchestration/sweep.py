@@ -749,10 +749,13 @@ def merge_partial(plan: Plan, *, results_dir: str | os.PathLike, log=print) -> l
     return written
 
 
-def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int, attacks: tuple[str, ...] | None = None, configs=None, progress: bool = True, log=print) -> list[Path]:
+def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int, attacks: tuple[str, ...] | None = None, configs=None, progress: bool = True, log=print,
+                 deadline: float | None = None) -> list[Path]:
     """The budget saturation check on every merged file whose jobs are all done: ``bench run
     --check-budget n`` on it, in this process (resumable block by block; a finished check is kept).
-    ``attacks``: check only these (the plan's ``check_attacks``); None checks every gradient attack."""
+    ``attacks``: check only these (the plan's ``check_attacks``); None checks every gradient attack.
+    ``deadline`` (seconds since the epoch): start no block of a check that is estimated to end after
+    it (:func:`harness.engine.saturation.run`) and no file's check once it has passed."""
     from dataclasses import replace
 
     from harness.engine.runner import evaluate
@@ -776,9 +779,12 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
             if names:
                 log(f"no budget check of {path}: it merges several suites ({', '.join(sorted(suites))}); run bench run --check-budget per suite")
             continue
+        if deadline is not None and time.time() >= deadline:
+            log(f"budget check of {path}: not started, the time limit is reached; rerun to continue")
+            continue
         log(f"budget check of {path} on its first {n} samples")
         cfg = replace(_cfg(gjobs[0], attacks=names), results_dir=str(results_dir), check_budget=n, progress=progress)
-        checked.append(evaluate(cfg, log=log))
+        checked.append(evaluate(cfg, log=log, check_deadline=deadline))
     return checked
 
 
@@ -833,8 +839,8 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     what a finished group is, so a group waits for its other attacks before it is merged (unlike a
     copy of the plan listing fewer attacks, whose merge would call the group finished).
     ``deadline`` (seconds since the epoch; ``--time-limit`` / ``--deadline``, local executor only):
-    start no job that is not expected to finish by then (:func:`time_gate`), and leave the budget
-    check, which can take hours, to a run without one; a rerun continues with the jobs left."""
+    start no job that is not expected to finish by then (:func:`time_gate`), nor a block of the
+    budget check (:func:`check_merged`); a rerun continues with the jobs and blocks left."""
     from harness.store.provenance import command_line
 
     if deadline is not None and executor != "local":
@@ -861,10 +867,8 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     for path in merge(jobs, results_dir, command=command, configs=configs):
         log(f"wrote {path}")
     if plan.check_budget and not failures:
-        if deadline is None:
-            check_merged(jobs, results_dir, n=plan.check_budget, attacks=plan.check_attacks, configs=configs, progress=progress, log=log)
-        elif all(is_done(j, results_dir, configs) for j in todo):  # else stopped by the time limit: the executor said so
-            log("sweep: the plan's budget check is not started under a time limit (it can take hours: `bench sweep --dry-run` estimates it); run the sweep without one to do it")
+        # under a time limit, block by block: no block starts that its estimate says ends after the deadline
+        check_merged(jobs, results_dir, n=plan.check_budget, attacks=plan.check_attacks, configs=configs, progress=progress, log=log, deadline=deadline)
     if failures:
         log(f"sweep: {len(failures)} job(s) failed after {max_retries} retr{'y' if max_retries == 1 else 'ies'}:")
         for name, err in failures.items():

@@ -287,3 +287,39 @@ def test_the_check_runs_in_blocks_of_at_most_check_block_samples_whatever_the_ru
     man = load_result(evaluate(cfg, log=lambda *_: None))["manifest"]
     assert CHECK_BLOCK == 25 and starts == [(0, 25), (25, 25), (50, 25)]
     assert man["budget_check"]["n"] == 60 and "deepfool" in man["budget_check"]["attacks"]
+
+
+def test_a_deadline_stops_the_check_before_a_block_its_estimate_says_ends_too_late(trained, monkeypatch):
+    """bench sweep --time-limit: the check starts no block that its latest block's seconds per
+    sample say would end after the deadline; what ran is saved, the rate too, and a rerun continues."""
+    import harness.engine.runner as runner
+    from harness.engine import saturation
+    from harness.engine.runner import prepare
+
+    (trained / "suite.toml").write_text(SUITE.replace("random_start = false", "random_start = true"), encoding="utf-8")
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=60, eps=0.25, attacks=("pgd",),
+                    results_dir=str(trained / "dl"), progress=False, train_if_missing=False)
+    path = evaluate(cfg, log=lambda *_: None)
+    real, calls = runner.attack, []
+
+    def slow_on_paper(ctx, job, clean, start=0):  # each attacked sample "takes" 10 s
+        run = real(ctx, job, clean, start)
+        run.entry["wall_time_s"] = 10.0 * sum(bool(r["clean_correct"]) for r in clean)
+        calls.append(start)
+        return run
+
+    monkeypatch.setattr(runner, "attack", slow_on_paper)
+    ctx, logs = prepare(cfg, log=lambda *_: None), []
+    entry = saturation.run(ctx, load_result(path), n=60, log=logs.append, deadline=200.0, clock=lambda: 0.0)
+    pgd = entry["attacks"]["pgd"]
+    # block 1 (nothing measured yet) runs; block 2 would take ~10 s x its samples > 200 s
+    assert calls == [0] and pgd["restarts_done"] == 0 and pgd["blocks_done"] == 1 and pgd["sample_s"] == 10.0
+    assert any("stopping before block 2 of 3 of restart 1" in line and "rerun to continue" in line for line in logs)
+    data = load_result(path)
+    data["manifest"]["budget_check"] = entry
+    calls.clear()
+    # a later session: the saved rate stops it before it starts anything
+    again = saturation.run(ctx, data, n=60, log=logs.append, deadline=200.0, clock=lambda: 0.0)
+    assert calls == [] and again["attacks"]["pgd"]["blocks_done"] == 1
+    done = saturation.run(ctx, data | {"manifest": data["manifest"] | {"budget_check": again}}, n=60, log=logs.append)
+    assert calls[:2] == [25, 50] and "restarts_done" not in done["attacks"]["pgd"] and isinstance(done["attacks"]["pgd"]["saturated"], bool)
