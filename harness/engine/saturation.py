@@ -22,19 +22,22 @@ verified candidate breaks it, which is what one run with all restarts verifies t
 attacks only the samples every earlier restart left standing (a broken sample stays broken): on a
 defense that keeps 40% of its samples, restarts 2-5 cost 40% of the first. On a deterministic
 defense, before each further restart a seed probe runs the attack with the previous restart's
-seed and with the next one on the first :data:`PROBE` samples still standing (one batch, so both
-calls see the same inputs); when the two propose bit-identical candidates (DeepFool, DDN, C&W: no
+seed and with the next one on the first :data:`PROBE` samples still standing (both calls see the
+same batches); when the two propose bit-identical candidates (DeepFool, DDN, C&W: no
 random start) the attack draws no randomness and the remaining restarts would repeat the previous
 one, so the check ends there (``restarts_run`` and a ``note`` say so). This costs 2 x PROBE samples
 of one restart instead of the whole of each repeated one (on ABS the doubled C&W is hours per
 restart). As a second guard, two restarts that propose bit-identical candidates for the same
-samples end the check too; a check whose restarts broke every sample ends early too. The check is resumable block by
-block (``batch_size`` samples): after each block the entry is saved with ``"restarts_done": r`` (the
-restarts finished), ``"blocks_done"`` (the blocks of the next restart finished, with their candidate
-digests) and the samples still standing (``robust_doubled``); these are dropped once all have run,
-so an interrupted check loses at most one block of one restart (on this project's CPU, one restart
-of the doubled PGD-80 on all 100 first samples took 35 minutes on ABS; on E-ABS a block of 25
-samples at EOT 5 is twice the work of a sweep job of PGD-80, measured at 1609-2509 s). A partial entry already proves an unsaturated budget when its
+samples end the check too; a check whose restarts broke every sample ends early too.
+
+The check is resumable block by block (``batch_size`` samples, at most :data:`CHECK_BLOCK`): after
+each block the entry is saved with ``"restarts_done": r`` (the restarts finished), ``"blocks_done"``
+(the blocks of the next restart finished, with their candidate digests), the samples still standing
+(``robust_doubled``) and the seconds per attacked sample of the latest block (``sample_s``, for a
+deadline); these are dropped once all have run, so an interrupted check loses at most one block of
+one restart (on this project's CPU, one restart of the doubled PGD-80 on all 100 first samples took
+35 minutes on ABS; on E-ABS a block of 25 samples at EOT 5 is twice the work of a sweep job of
+PGD-80, measured at 1609-2509 s). A partial entry already proves an unsaturated budget when its
 ``delta`` exceeds the threshold (more restarts only break more samples); ``saturated`` stays None
 until every restart has run.
 
