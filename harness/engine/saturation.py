@@ -240,6 +240,20 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
     return entry
 
 
+def so_far(records: list[dict], e: dict, key: str) -> dict | None:
+    """While the first restart of attack ``key``'s check runs (``e`` its partial entry): accuracy with
+    the suite's budget and with the doubled one on the samples of its finished blocks (``records``:
+    the result file's). None otherwise. The entry's own ``acc_doubled`` counts the samples not yet
+    attacked as standing: a bound (its drop can only grow) that reads oddly until they are."""
+    if e.get("restarts_done") != 0 or not e.get("blocks_done") or not e.get("block_size"):
+        return None
+    seen = records[: min(int(e["blocks_done"]) * int(e["block_size"]), len(records))]
+    standing = set(e.get("robust_doubled") or [])
+    acc = _acc(seen, key)
+    acc2 = sum(r["index"] in standing for r in seen) / max(1, len(seen))
+    return {"n": len(seen), "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6)}
+
+
 def _stop(entry: dict, head: list[dict], done: dict) -> dict:
     """The entry as saved after the last finished block, when a deadline stops the check."""
     if entry["attacks"]:

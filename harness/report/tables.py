@@ -13,7 +13,7 @@ from tabulate import tabulate
 from harness import stats
 from harness.errors import BenchUserError
 from harness.store.results import load_results, pending_attacks
-from harness.engine.saturation import unsaturated
+from harness.engine.saturation import so_far, unsaturated
 
 #: Defenses in this order come first in every table; the rest follow alphabetically.
 CANONICAL_DEFENSE_ORDER = ("cnn", "adv-linf", "adv-l2", "abs", "eabs")
@@ -242,6 +242,11 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
                 doubled += f" (deterministic: stopped after {e['restarts_run']} restart(s), a further seed proposed the same candidates)"
             elif "restarts_run" in e:
                 doubled += f" (deterministic: stopped after {e['restarts_run']} restarts, the last two identical)"
+            so = so_far(data.get("records") or [], e, key)
+            if so:  # the first restart is still running: the figures of the samples it has attacked
+                rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), doubled, f"{so['n']} of {n} so far",
+                             format_pct(so.get("acc")), format_pct(so.get("acc_doubled")), f"{100 * float(so.get('delta') or 0):+.1f}{flag}"])
+                continue
             rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), doubled, str(n),
                          format_pct(e.get("acc")), format_pct(e.get("acc_doubled")), f"{100 * float(e.get('delta') or 0):+.1f}{flag}"])
         whole = check.get("all") or {}

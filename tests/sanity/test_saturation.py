@@ -317,6 +317,14 @@ def test_a_deadline_stops_the_check_before_a_block_its_estimate_says_ends_too_la
     assert any("stopping before block 2 of 3 of restart 1" in line and "rerun to continue" in line for line in logs)
     data = load_result(path)
     data["manifest"]["budget_check"] = entry
+    # while the first restart runs, the table shows the samples it has attacked, not the bound that
+    # counts the 35 samples not yet attacked as standing
+    seen = data["records"][:25]
+    acc = sum(r["attacks"]["pgd"]["correct"] for r in seen) / 25
+    acc2 = sum(r["index"] in set(pgd["robust_doubled"]) for r in seen) / 25
+    row = next(line for line in render_saturation({"cnn": data}).splitlines() if "| PGD" in line)
+    assert "25 of 60 so far" in row and f"{100 * acc:.1f}%" in row and f"{100 * acc2:.1f}%" in row
+    assert pgd["acc_doubled"] == len(pgd["robust_doubled"]) / 60 >= acc2 * 25 / 60 + 35 / 60 - 1e-9
     calls.clear()
     # a later session: the saved rate stops it before it starts anything
     again = saturation.run(ctx, data, n=60, log=logs.append, deadline=200.0, clock=lambda: 0.0)
