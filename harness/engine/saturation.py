@@ -171,7 +171,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                 wall += probe_wall
                 if same:  # the attack ignores its seed: restart k would repeat restart k - 1
                     e = _entry(orig, job, head, standing, acc, m, wall, complete=True)
-                    e["restarts_run"], e["stopped"] = k, "deterministic"
+                    e["restarts_run"], e["stopped"], e["probed"] = k, "deterministic", same
                     e["note"] = (f"a probe on {same} sample(s) still standing: the seeds of restarts {k} and {k + 1} proposed identical candidates "
                                  f"(a deterministic defense and an attack that draws no randomness): restarts {k + 1}-{total} would repeat "
                                  f"restart {k} and were not run")

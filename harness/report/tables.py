@@ -238,17 +238,15 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
                 doubled += f" ({e['restarts_done']} of {e.get('restarts', '?')} restarts so far{blocks})"
             elif e.get("stopped") == "all broken":
                 doubled += f" (every sample broken after {e['restarts_run']} restarts)"
-            elif "restarts_run" in e and "probe" in str(e.get("note", "")):
+            elif "restarts_run" in e and e.get("probed"):
                 doubled += f" (deterministic: stopped after {e['restarts_run']} restart(s), a further seed proposed the same candidates)"
             elif "restarts_run" in e:
                 doubled += f" (deterministic: stopped after {e['restarts_run']} restarts, the last two identical)"
+            # while the first restart runs: the figures of the samples it has attacked
             so = so_far(data.get("records") or [], e, key)
-            if so:  # the first restart is still running: the figures of the samples it has attacked
-                rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), doubled, f"{so['n']} of {n} so far",
-                             format_pct(so.get("acc")), format_pct(so.get("acc_doubled")), f"{100 * float(so.get('delta') or 0):+.1f}{flag}"])
-                continue
-            rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), doubled, str(n),
-                         format_pct(e.get("acc")), format_pct(e.get("acc_doubled")), f"{100 * float(e.get('delta') or 0):+.1f}{flag}"])
+            fig, size = (so, f"{so['n']} of {n} so far") if so else (e, str(n))
+            rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), doubled, size,
+                         format_pct(fig.get("acc")), format_pct(fig.get("acc_doubled")), f"{100 * float(fig.get('delta') or 0):+.1f}{flag}"])
         whole = check.get("all") or {}
         if whole.get("delta") is not None:
             rows.append([defense_label(d), "All", "", "", str(n), format_pct(whole.get("acc")), format_pct(whole.get("acc_doubled")), f"{100 * float(whole['delta']):+.1f}"])
