@@ -47,6 +47,7 @@ from harness.errors import BenchUserError
 from harness.engine.gradcheck import check_gradients, describe
 from harness.engine.models import config_changes, load_defense, variant_key
 from harness.store.provenance import code_commit, command_line, device_name, package_versions, resolve_device
+from benchcore.io import dumps_json
 from harness.store.results import SCHEMA_VERSION, load_result, result_path, write_result
 from harness.engine.sanity import model_checks, outcome_checks
 from harness.engine.verify import score, verify
@@ -391,6 +392,8 @@ class Evaluation:
     def __init__(self, manifest: dict, records: list[dict]):
         self.manifest = manifest
         self.records = records
+        #: the content of the file as :meth:`resume` found it (:func:`_content`); None for a new evaluation
+        self.loaded: str | None = None
 
     @classmethod
     def start(cls, ctx: EvalContext, clean: CleanPass) -> "Evaluation":
@@ -408,8 +411,17 @@ class Evaluation:
         if before and before != now:  # provenance: the commands that wrote the file's earlier attacks stay on record
             earlier = [c for c in old["manifest"].get("earlier_commands", []) if c != before]
             old["manifest"]["earlier_commands"] = [*earlier, before]
+        loaded = _content(old)
         old["manifest"].update({k: v for k, v in ctx.manifest.items() if k != "attacks"})
-        return cls(old["manifest"], old["records"])
+        ev = cls(old["manifest"], old["records"])
+        ev.loaded = loaded
+        return ev
+
+    @property
+    def changed(self) -> bool:
+        """False for a resumed evaluation that holds nothing the file did not (same records, attacks,
+        budget check and trust checks: only this run's provenance differs)."""
+        return self.loaded is None or self.loaded != _content(self.data)
 
     @property
     def clean_accuracy(self) -> float:
@@ -442,6 +454,15 @@ class Evaluation:
 
     def save(self, path: Path) -> Path:
         return write_result(path, self.data)
+
+
+#: manifest fields that say who wrote a file, on what: a rerun that adds nothing does not rewrite them
+PROVENANCE_KEYS = frozenset({"versions", "commit", "command", "earlier_commands", "device"})
+
+
+def _content(data: dict) -> str:
+    """A result's content without its provenance, normalised as the file writes it."""
+    return dumps_json({"manifest": {k: v for k, v in data["manifest"].items() if k not in PROVENANCE_KEYS}, "records": data["records"]})
 
 
 def check_results_dir(results_dir: str | os.PathLike, dataset: str, norm: str) -> Path:
@@ -542,6 +563,9 @@ def evaluate(cfg: RunConfig, *, log=print, check_deadline: float | None = None) 
     ev.set_trust(*model_trust(ctx))
     for w in ev.manifest["warnings"]:
         log(f"WARNING: {w}")
+    if not ev.changed:  # a rerun with nothing left to do leaves the file (and its provenance) as it was
+        log(f"{path}: up to date, left unchanged")
+        return path
     return ev.save(path)
 
 

@@ -202,6 +202,25 @@ def test_a_resumed_file_keeps_the_commands_that_wrote_its_earlier_attacks(traine
     assert "deepfool" in man["budget_check"]["attacks"]
 
 
+def test_a_rerun_with_nothing_left_to_do_leaves_the_file_untouched(trained, monkeypatch):
+    import harness.engine.runner as runner
+
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=20, eps=0.25, attacks=("deepfool",),
+                    results_dir=str(trained / "noop"), progress=False, train_if_missing=False, check_budget=10)
+    path = evaluate(cfg, log=lambda *_: None)
+    before = path.read_bytes()
+    assert "deepfool" in load_result(path)["manifest"]["budget_check"]["attacks"]
+    monkeypatch.setattr(runner, "command_line", lambda: "bench run again")
+    lines = []
+    assert evaluate(cfg, log=lines.append) == path
+    assert path.read_bytes() == before  # neither the command nor the date of the rerun is written
+    assert any("up to date, left unchanged" in str(line) for line in lines)
+    # a rerun that adds an attack writes the file, with its own command on record
+    evaluate(RunConfig(**{**cfg.__dict__, "attacks": ("deepfool", "noise")}), log=lambda *_: None)
+    man = load_result(path)["manifest"]
+    assert "noise" in man["attacks"] and man["command"] == "bench run again" and man["earlier_commands"]
+
+
 def test_later_restarts_attack_only_the_samples_still_standing_and_resume_block_by_block(trained, monkeypatch):
     import harness.engine.runner as runner
 
