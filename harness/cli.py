@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--results-dir", default="results")
     sw.add_argument("--max-retries", type=_nonneg_int, default=1, help="retries of a failed job before it is reported (default 1)")
     sw.add_argument("--time-limit", type=_duration, default=None, metavar="DURATION",
-                    help="start no job that is not expected to finish within this time (e.g. 2h30m; estimated from the latest finished shard of each attack); a rerun continues. Local executor; the plan's budget check is not started")
+                    help="start no job that is not expected to finish within this time (e.g. 2h30m; estimated from the latest finished shard of each attack); a job that does not fit is skipped and shorter ones still run; the plan's budget check runs block by block under the same limit; a rerun continues. Local executor")
     sw.add_argument("--deadline", type=_deadline, default=None, metavar="WHEN",
                     help="as --time-limit, until HH:MM today or an ISO date-time (for a chain of sweeps in one allocation); with --time-limit the earlier one counts")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -564,17 +564,21 @@ def test_time_limit_starts_only_jobs_that_fit_and_a_rerun_continues(env, monkeyp
     monkeypatch.setattr(sweep, "run_job", slow_on_paper)
     assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--time-limit", "1h"]) == 0
     out = capsys.readouterr().out
-    # nothing measured before the first job: it starts; its shard then prices PGD shard 2 at ~10 h
-    assert ran == ["fmnist/linf/cnn/quick/pgd/shard0"]
-    assert "stopping with 3 job(s) not started: the next job (fmnist/linf/cnn/quick/pgd/shard1) is estimated at 600 min" in out
+    # nothing measured before the first job: it starts; its shard then prices PGD shard 2 at ~10 h,
+    # which is skipped, not the end of the run: FGM's first shard, priced from PGD's time per cost
+    # unit, fits in the hour and runs; its own 10 h on paper then price
+    # FGM's second shard out too
+    assert ran == ["fmnist/linf/cnn/quick/pgd/shard0", "fmnist/linf/cnn/quick/fgm/shard0"]
+    assert "2 job(s) not started (pgd 1, fgm 1): the next job (fmnist/linf/cnn/quick/pgd/shard1) is estimated at 600 min" in out
     assert not (res / "fmnist" / "linf" / "cnn.json").exists() and "FAILED" not in out
 
     monkeypatch.setattr(sweep, "run_job", real)
-    assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--time-limit", "10h", "--only", "fgm"]) == 0
-    assert "skipping 1 finished jobs; running 2" in capsys.readouterr().out  # FGM was never measured: its jobs start
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--time-limit", "11h", "--only", "fgm"]) == 0
+    out = capsys.readouterr().out
+    assert "skipping 2 finished jobs; running 1" in out and "not started" not in out  # ~10 h fits in 11
     assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--deadline", "2099-01-01T00:00"]) == 0
     out = capsys.readouterr().out
-    assert "skipping 3 finished jobs; running 1" in out and "stopping" not in out  # ~10 h fits before 2099
+    assert "skipping 3 finished jobs; running 1" in out and "not started" not in out  # ~10 h fits before 2099
     merged = _merged(res)
     # the budget check runs under the limit too, block by block (the tiny CNN's blocks fit)
     assert "budget check of" in out and "pgd" in merged["manifest"]["budget_check"]["attacks"]

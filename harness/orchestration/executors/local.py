@@ -14,18 +14,22 @@ class LocalExecutor:
     def run(self, jobs, *, results_dir: str, max_retries: int, progress: bool = True, log=print, fn=None, gate=None) -> dict[str, str]:
         """Run ``jobs``; return ``{job name: last error}`` for jobs that failed ``1 + max_retries`` times.
         ``gate(job)`` (a time limit, :func:`harness.orchestration.sweep.time_gate`): asked before each
-        job; a reason (not None) stops the run there, the jobs left unstarted and not failed."""
+        job; a job it gives a reason for (not None) is left unstarted, neither run nor failed, and the
+        run goes on with the next: a shorter job of another attack may still fit in the time left."""
+        from collections import Counter
+
         from harness.orchestration import sweep
 
         fn = fn or sweep.run_job  # looked up at call time (tests patch it)
         bar = Progress(total=len(jobs), enabled=progress)
         failures: dict[str, str] = {}
+        refused: list[tuple[object, str]] = []
         try:
-            for k, job in enumerate(jobs):
+            for job in jobs:
                 why = gate(job) if gate is not None else None
                 if why is not None:
-                    log(f"sweep: stopping with {len(jobs) - k} job(s) not started: {why}; rerun the same command to continue")
-                    break
+                    refused.append((job, why))
+                    continue
                 for attempt in range(max_retries + 1):
                     bar.update(running=1)
                     try:
@@ -45,4 +49,8 @@ class LocalExecutor:
                     break
         finally:
             bar.close()
+        if refused:
+            per_attack = Counter(job.attack for job, _ in refused)
+            counts = ", ".join(f"{a} {k}" for a, k in per_attack.items())
+            log(f"sweep: {len(refused)} job(s) not started ({counts}): {refused[0][1]}; rerun the same command to continue")
         return failures
