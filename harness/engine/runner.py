@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from benchcore.io import dumps_json
 from harness import datasets
 from harness.engine import saturation
 from harness.attacks import AttackReport, broken_plugins, find_attack, get_attack, origin_of, run_attack
@@ -47,7 +48,6 @@ from harness.errors import BenchUserError
 from harness.engine.gradcheck import check_gradients, describe
 from harness.engine.models import config_changes, load_defense, variant_key
 from harness.store.provenance import code_commit, command_line, device_name, package_versions, resolve_device
-from benchcore.io import dumps_json
 from harness.store.results import SCHEMA_VERSION, load_result, result_path, write_result
 from harness.engine.sanity import model_checks, outcome_checks
 from harness.engine.verify import score, verify

@@ -566,8 +566,7 @@ def test_time_limit_starts_only_jobs_that_fit_and_a_rerun_continues(env, monkeyp
     out = capsys.readouterr().out
     # nothing measured before the first job: it starts; its shard then prices PGD shard 2 at ~10 h,
     # which is skipped, not the end of the run: FGM's first shard, priced from PGD's time per cost
-    # unit, fits in the hour and runs; its own 10 h on paper then price
-    # FGM's second shard out too
+    # unit, fits in the hour and runs; its own 10 h on paper then price FGM's second shard out too
     assert ran == ["fmnist/linf/cnn/quick/pgd/shard0", "fmnist/linf/cnn/quick/fgm/shard0"]
     assert "2 job(s) not started (pgd 1, fgm 1): the next job (fmnist/linf/cnn/quick/pgd/shard1) is estimated at 600 min" in out
     assert not (res / "fmnist" / "linf" / "cnn.json").exists() and "FAILED" not in out
