@@ -759,6 +759,7 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
     from dataclasses import replace
 
     from harness.engine.runner import evaluate
+    from harness.orchestration import claims
 
     groups: dict[tuple[str, str, str], list[SweepJob]] = {}
     for j in jobs:
@@ -782,9 +783,14 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
         if deadline is not None and time.time() >= deadline:
             log(f"budget check of {path}: not started, the time limit is reached; rerun to continue")
             continue
-        log(f"budget check of {path} on its first {n} samples")
-        cfg = replace(_cfg(gjobs[0], attacks=names), results_dir=str(results_dir), check_budget=n, progress=progress)
-        checked.append(evaluate(cfg, log=log, check_deadline=deadline))
+        held = claims.take(path)
+        if isinstance(held, str):
+            log(f"budget check of {path}: {held}")
+            continue
+        with held:
+            log(f"budget check of {path} on its first {n} samples")
+            cfg = replace(_cfg(gjobs[0], attacks=names), results_dir=str(results_dir), check_budget=n, progress=progress)
+            checked.append(evaluate(cfg, log=log, check_deadline=deadline))
     return checked
 
 
@@ -808,6 +814,25 @@ def time_gate(deadline: float, results_dir: str | os.PathLike, *, clock=time.tim
         return None
 
     return gate
+
+
+def job_claim(results_dir: str | os.PathLike, configs: dict[tuple, Today] | None = None):
+    """The check the local executor makes before each job so that several sweep processes can share
+    one results directory (:mod:`harness.orchestration.claims`): the job's lock
+    (:class:`~harness.orchestration.claims.Claim`, held while it runs), or why another process has it:
+    it finished the job since this sweep listed its jobs, or is running it now."""
+    from harness.orchestration import claims
+
+    def claim(job: SweepJob):
+        if is_done(job, results_dir, configs):
+            return "finished it meanwhile"
+        got = claims.take(job.partial_path(results_dir))
+        if not isinstance(got, str) and is_done(job, results_dir, configs):  # finished between the two looks
+            got.release()
+            return "finished it meanwhile"
+        return got
+
+    return claim
 
 
 def get_executor(name: str, *, address: str | None = None):
@@ -862,8 +887,10 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
             log(f"wrote {path}")
     if todo:
         ex = get_executor(executor, address=address)
-        gate = {} if deadline is None else {"gate": time_gate(deadline, results_dir)}
-        failures = ex.run(todo, results_dir=str(results_dir), max_retries=max_retries, progress=progress, log=log, **gate)
+        extra = {} if deadline is None else {"gate": time_gate(deadline, results_dir)}
+        if executor == "local":  # Ray hands each job to one worker itself; local sweeps may be several processes
+            extra["claim"] = job_claim(results_dir, configs)
+        failures = ex.run(todo, results_dir=str(results_dir), max_retries=max_retries, progress=progress, log=log, **extra)
     for path in merge(jobs, results_dir, command=command, configs=configs):
         log(f"wrote {path}")
     if plan.check_budget and not failures:

@@ -615,3 +615,44 @@ def test_time_limit_bad_values_and_ray_are_user_errors(env, capsys):
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err
     assert not (tmp / "res").exists()
+
+
+def test_two_sweep_processes_on_one_plan_share_the_jobs(env):
+    """Two `bench sweep` processes started together on one plan and results directory: each job is
+    computed by exactly one of them (its lock file), the other goes on with the next; the merged file
+    equals `bench run`'s and no lock is left behind."""
+    tmp, plan, envs = env
+    out = tmp / "res"
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(plan), "--results-dir", str(out), "--quiet"]
+    procs = [subprocess.Popen(cmd, env=dict(os.environ, **envs, BENCH_SWEEP_JOB_SLEEP="3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    ran = []
+    for stdout, _ in logs:
+        planned = int(stdout.split("finished jobs; running ")[1].split(" ")[0])
+        elsewhere = int(stdout.split("job(s) left to another sweep process")[0].rsplit("sweep: ", 1)[1]) if "left to another sweep" in stdout else 0
+        ran.append(planned - elsewhere)
+    assert sum(ran) == 4, logs  # not 5 to 8: no job ran twice
+    assert _merged(out)["records"] == _reference(tmp / "ref")["records"]
+    assert not list(out.rglob("*.lock")) and not list(out.rglob("*.stale"))
+
+
+def test_a_job_finished_or_held_by_another_sweep_is_skipped(env, monkeypatch, capsys):
+    tmp, plan, _ = env
+    res = tmp / "res"
+    jobs = sweep.expand(sweep.load_plan(plan))
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--only", "pgd"]) == 0
+    capsys.readouterr()
+    from harness.orchestration import claims
+    from harness.orchestration.executors.local import LocalExecutor
+
+    fgm = [j for j in jobs if j.attack == "fgm"]
+    held = claims.take(fgm[0].partial_path(res))  # "another sweep" (this test) runs fgm's first shard now
+    ran, logs = [], []
+    # the job list as a sweep started before the pgd jobs finished would have it: pgd is finished by now
+    failures = LocalExecutor().run(jobs, results_dir=str(res), max_retries=0, progress=False, log=logs.append,
+                                   fn=lambda job, _: ran.append(job.name), claim=sweep.job_claim(res))
+    held.release()
+    assert failures == {} and ran == [fgm[1].name]
+    assert logs == [f"sweep: 3 job(s) left to another sweep process: {jobs[0].name} finished it meanwhile"]
+    assert not list(res.rglob("*.lock"))
