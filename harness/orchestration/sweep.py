@@ -313,9 +313,18 @@ def format_job_table(jobs: list[SweepJob], results_dir: str | os.PathLike | None
     count and the cost estimate (of the unfinished jobs, when ``results_dir`` is given)."""
     from tabulate import tabulate
 
+    from harness.orchestration.claims import holder, lock_path
+
     configs = today_configs(jobs) if results_dir is not None else None
     done = [results_dir is not None and is_done(j, results_dir, configs) for j in jobs]
-    rows = [[i, j.defense, j.dataset, j.norm, j.suite, j.attack, f"{j.shard + 1}/{j.shards}", f"{j.start}-{j.stop}"] + (["done" if d else "to run"] if results_dir is not None else [])
+
+    def status(j: SweepJob, d: bool) -> str:
+        if d:
+            return "done"
+        who = holder(lock_path(j.partial_path(results_dir)))
+        return "to run" if who is None else f"running ({who})"
+
+    rows = [[i, j.defense, j.dataset, j.norm, j.suite, j.attack, f"{j.shard + 1}/{j.shards}", f"{j.start}-{j.stop}"] + ([status(j, d)] if results_dir is not None else [])
             for i, (j, d) in enumerate(zip(jobs, done))]
     table = tabulate(rows, headers=["#", "defense", "dataset", "norm", "suite", "attack", "shard", "samples"] + (["status"] if results_dir is not None else []))
     if results_dir is not None:

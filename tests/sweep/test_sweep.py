@@ -648,6 +648,8 @@ def test_a_job_finished_or_held_by_another_sweep_is_skipped(env, monkeypatch, ca
 
     fgm = [j for j in jobs if j.attack == "fgm"]
     held = claims.take(fgm[0].partial_path(res))  # "another sweep" (this test) runs fgm's first shard now
+    status = [line.split("  ")[-1].strip() for line in sweep.format_job_table(jobs, res).splitlines()[2:6]]  # the dry run's job table
+    assert status[:2] == ["done", "done"] and status[2].startswith(f"running (pid {os.getpid()} on ") and status[3] == "to run", status
     ran, logs = [], []
     # the job list as a sweep started before the pgd jobs finished would have it: pgd is finished by now
     failures = LocalExecutor().run(jobs, results_dir=str(res), max_retries=0, progress=False, log=logs.append,
