@@ -764,11 +764,18 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
     --check-budget n`` on it, in this process (resumable block by block; a finished check is kept).
     ``attacks``: check only these (the plan's ``check_attacks``); None checks every gradient attack.
     ``deadline`` (seconds since the epoch): start no block of a check that is estimated to end after
-    it (:func:`harness.engine.saturation.run`) and no file's check once it has passed."""
+    it (:func:`harness.engine.saturation.run`) and no file's check once it has passed.
+
+    A group whose jobs are not all done is checked too when its file is a partial merge (``bench
+    sweep --merge-partial``, :func:`merge`): the file is first merged again from the shards finished
+    now (rewritten only if they changed), then the attacks whose shards are all finished are checked;
+    the others wait. A later merge keeps the check (:func:`_kept_budget_check`). So the check's
+    blocks can fill the time of a session that no remaining job fits in."""
     from dataclasses import replace
 
     from harness.engine.runner import evaluate
     from harness.orchestration import claims
+    from harness.store.provenance import command_line
 
     groups: dict[tuple[str, str, str], list[SweepJob]] = {}
     for j in jobs:
@@ -776,9 +783,20 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
     checked = []
     for (dataset, norm, variant), gjobs in groups.items():
         path = result_path(results_dir, dataset, norm, variant)
-        if not path.is_file() or not all(is_done(j, results_dir, configs) for j in gjobs):
+        if not path.is_file():
             continue
-        names = tuple(dict.fromkeys(j.attack.split("@")[0] for j in gjobs if j.attack != CLEAN_KEY))
+        finished: dict[str, bool] = {}
+        for j in gjobs:
+            if j.attack != CLEAN_KEY:
+                name = j.attack.split("@")[0]
+                finished[name] = finished.get(name, True) and is_done(j, results_dir, configs)
+        names = tuple(finished)
+        partial = not all(finished.values())
+        if partial:
+            if not _merged_pending(path) or not any(finished.values()):
+                continue  # a group still running is checked only when its file is a partial merge
+            names = tuple(a for a, ok in finished.items() if ok)
+            log(f"budget check of {path} (a partial merge): {', '.join(a for a, ok in finished.items() if not ok)} wait for their shards")
         if attacks is not None:
             left = [a for a in names if a not in attacks]
             names = tuple(a for a in names if a in attacks)
@@ -797,6 +815,8 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
             log(f"budget check of {path}: {held}")
             continue
         with held:
+            if partial:  # merged again from the shards finished now (rewritten only if they changed)
+                merge(gjobs, results_dir, command=command_line(), configs=configs, partial=True)
             log(f"budget check of {path} on its first {n} samples")
             cfg = replace(_cfg(gjobs[0], attacks=names), results_dir=str(results_dir), check_budget=n, progress=progress)
             checked.append(evaluate(cfg, log=log, check_deadline=deadline))
@@ -905,6 +925,10 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     if plan.check_budget and not failures:
         # under a time limit, block by block: no block starts that its estimate says ends after the deadline
         check_merged(jobs, results_dir, n=plan.check_budget, attacks=plan.check_attacks, configs=configs, progress=progress, log=log, deadline=deadline)
+        # a check of a partial merge that outlasted another sweep process's final merge of its group
+        # saved the partial file over it: merge the finished group again (its check is kept)
+        for path in merge(jobs, results_dir, command=command, configs=configs):
+            log(f"wrote {path}")
     if failures:
         log(f"sweep: {len(failures)} job(s) failed after {max_retries} retr{'y' if max_retries == 1 else 'ies'}:")
         for name, err in failures.items():

@@ -658,3 +658,29 @@ def test_a_job_finished_or_held_by_another_sweep_is_skipped(env, monkeypatch, ca
     assert failures == {} and ran == [fgm[1].name]
     assert logs == [f"sweep: 3 job(s) left to another sweep process: {jobs[0].name} finished it meanwhile"]
     assert not list(res.rglob("*.lock"))
+
+
+def test_the_finished_attacks_of_a_partial_merge_are_checked_and_the_full_merge_keeps_the_check(env, capsys):
+    """With check_budget, a group still running is checked when its file is a partial merge (so the
+    check's blocks can fill a session no remaining job fits in): only its finished attacks; the full
+    merge later replaces the file and keeps that check instead of redoing it."""
+    tmp, plan, _ = env
+    plan.write_text(PLAN + "check_budget = 20\n")
+    res = tmp / "res"
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--only", "pgd"]) == 0
+    assert "budget check of" not in capsys.readouterr().out  # no file yet: nothing is merged unasked
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--merge-partial"]) == 0
+    assert "budget_check" not in _merged(res)["manifest"]
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--only", "pgd"]) == 0
+    out = capsys.readouterr().out
+    assert "(a partial merge): fgm wait for their shards" in out
+    partial = _merged(res)["manifest"]
+    assert partial["pending_attacks"] == {"fgm": "0/2 shards"} and "fgm" not in partial["attacks"]
+    pgd = partial["budget_check"]["attacks"]["pgd"]
+    assert pgd["of"] == partial["attacks"]["pgd"]["spec_hash"] and "restarts_done" not in pgd  # finished
+
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet"]) == 0
+    full = _merged(res)["manifest"]
+    assert "pending_attacks" not in full and "fgm" in full["attacks"]
+    assert full["budget_check"]["attacks"]["pgd"] == pgd  # kept, not recomputed
+    assert full["budget_check"]["n"] == 20
