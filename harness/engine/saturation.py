@@ -99,7 +99,8 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
     (or seed probe) that its estimate says ends after it: seconds per attacked sample of the
     attack's latest block (saved with a partial entry as ``sample_s``, so a later session knows it)
     x the samples the block attacks. A block nothing has been measured for starts while time is
-    left. The check then returns what it has (saved as after any block); a rerun continues it.
+    left only when the row itself has no wall time for the attack; else it is priced from the row
+    (:func:`_row_rate`). The check then returns what it has (saved as after any block); a rerun continues it.
     """
     from harness.engine.runner import AttackJob, attack, blocks  # the runner calls this module
 
@@ -150,14 +151,16 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
         total = job.spec.restarts
         acc = _acc(head, orig.key)
         rate = prev.get("sample_s") if partial else None  # seconds per attacked sample, latest block
+        row_rate = _row_rate(data["records"], done.get(orig.key) or {}, orig.key)
 
         def out_of_time(count: int, what: str) -> bool:
             left = None if deadline is None else deadline - clock()
             why = None
+            per, how = (rate, "latest block") if rate is not None else (row_rate, f"the row's own {orig.key} x {FACTOR}") if row_rate is not None else (None, "")
             if left is not None and left <= 0:
                 why = "the time limit is reached"
-            elif left is not None and rate is not None and rate * count > left:
-                why = f"{what} is estimated at {rate * count / 60:.0f} min ({rate:.0f} s a sample, latest block) and {left / 60:.0f} min are left"
+            elif left is not None and per is not None and per * count > left:
+                why = f"{what} is estimated at {per * count / 60:.0f} min ({per:.0f} s a sample, {how}) and {left / 60:.0f} min are left"
             if why and log is not None:
                 log(f"  budget check {orig.key}: stopping before {what}: {why}; rerun to continue (finished blocks are saved)")
             return why is not None
@@ -293,6 +296,18 @@ def _entry(orig, job, head: list[dict], standing: set, acc: float, m: int, wall:
         # test-set indices robust at the suite's budget but broken by the doubled one
         "found_more": [r["index"] for r in head if r["attacks"][orig.key]["correct"] and r["index"] not in standing],
     }
+
+
+def _row_rate(records: list[dict], entry: dict, key: str) -> float | None:
+    """Seconds per attacked sample of a check block nothing has been measured for: the row's own run
+    of attack ``key`` (its ``wall_time_s`` over the samples it attacked, the clean-correct ones)
+    times :data:`FACTOR` (the doubled steps). An upper bound for attacks that stop early (DeepFool,
+    DDN); None when the row has no wall time for it."""
+    wall = entry.get("wall_time_s")
+    attacked = sum(bool(r.get("clean_correct")) and key in (r.get("attacks") or {}) for r in records)
+    if not isinstance(wall, (int, float)) or wall <= 0 or not attacked:
+        return None
+    return FACTOR * float(wall) / attacked
 
 
 def worst_case(head: list[dict], attacks: dict, checked: dict) -> dict:
