@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from harness.errors import BenchUserError
+
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
 
@@ -95,7 +97,10 @@ class Claim:
 def take(path: str | os.PathLike) -> Claim | str:
     """Claim the work that writes ``path``: a :class:`Claim`, or why not (the lock's holder)."""
     lock = lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchUserError(f"cannot create the lock file {lock} ({exc.strerror or exc}); the results directory must be writable") from None
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -121,6 +126,8 @@ def take(path: str | os.PathLike) -> Claim | str:
                 return f"running in another sweep ({who}; its lock: {lock})"
             aside.unlink(missing_ok=True)
             continue
+        except OSError as exc:
+            raise BenchUserError(f"cannot create the lock file {lock} ({exc.strerror or exc}); the results directory must be writable") from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, f)
         return Claim(lock)

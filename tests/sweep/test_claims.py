@@ -71,3 +71,14 @@ def test_a_held_claim_keeps_its_heartbeat(tmp_path, monkeypatch):
             time.sleep(0.02)
         assert held.lock.stat().st_mtime > time.time() - 5  # refreshed: not stale to another process
         assert isinstance(claims.take(target), str)
+
+
+def test_an_unwritable_place_is_a_user_error(tmp_path):
+    import pytest
+
+    from harness.errors import BenchUserError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(BenchUserError, match="cannot create the lock file"):
+        claims.take(blocker / "shard-0-of-1.json")  # its folder would be a file
