@@ -100,7 +100,9 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
     attack's latest block (saved with a partial entry as ``sample_s``, so a later session knows it)
     x the samples the block attacks. A block nothing has been measured for starts while time is
     left only when the row itself has no wall time for the attack; else it is priced from the row
-    (:func:`_row_rate`). The check then returns what it has (saved as after any block); a rerun continues it.
+    (:func:`_row_rate`). An attack whose next block does not fit waits for a rerun and the check goes
+    on with the next attack (a cheaper one may fit); it returns what it has (saved as after any
+    block) and a rerun continues it.
     """
     from harness.engine.runner import AttackJob, attack, blocks  # the runner calls this module
 
@@ -136,108 +138,116 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
     if ctx.cfg.batch_size > CHECK_BLOCK:  # the check's own blocks: resumable in pieces of at most CHECK_BLOCK samples
         ctx = replace(ctx, cfg=replace(ctx.cfg, batch_size=CHECK_BLOCK))
     spans = blocks(ctx, 0, m)
+    stopped = False
     for orig, job in jobs:
-        prev = entry["attacks"].get(orig.key) or {}
-        partial = prev.get("of") == orig.hash and prev.get("spec_hash") == job.hash and "restarts_done" in prev
-        first = int(prev["restarts_done"]) if partial else 0
-        # blocks finished under another block size (files before CHECK_BLOCK): that restart starts
-        # over from the samples still standing (those its finished blocks broke stay broken)
-        same_blocks = int(prev.get("block_size") or run_bs) == ctx.cfg.batch_size
-        first_block = int(prev.get("blocks_done") or 0) if partial and same_blocks else 0
-        block_sha = list(prev.get("block_sha256") or []) if partial and first_block else []
-        standing = set(prev.get("robust_doubled") or []) if partial else {r["index"] for r in head}
-        wall = float(prev.get("wall_time_s") or 0.0) if partial else 0.0
-        last = prev.get("candidates_sha256") if partial else None
-        total = job.spec.restarts
-        acc = _acc(head, orig.key)
-        rate = prev.get("sample_s") if partial else None  # seconds per attacked sample, latest block
-        row_rate = _row_rate(data["records"], done.get(orig.key) or {}, orig.key)
+        try:
+            prev = entry["attacks"].get(orig.key) or {}
+            partial = prev.get("of") == orig.hash and prev.get("spec_hash") == job.hash and "restarts_done" in prev
+            first = int(prev["restarts_done"]) if partial else 0
+            # blocks finished under another block size (files before CHECK_BLOCK): that restart starts
+            # over from the samples still standing (those its finished blocks broke stay broken)
+            same_blocks = int(prev.get("block_size") or run_bs) == ctx.cfg.batch_size
+            first_block = int(prev.get("blocks_done") or 0) if partial and same_blocks else 0
+            block_sha = list(prev.get("block_sha256") or []) if partial and first_block else []
+            standing = set(prev.get("robust_doubled") or []) if partial else {r["index"] for r in head}
+            wall = float(prev.get("wall_time_s") or 0.0) if partial else 0.0
+            last = prev.get("candidates_sha256") if partial else None
+            total = job.spec.restarts
+            acc = _acc(head, orig.key)
+            rate = prev.get("sample_s") if partial else None  # seconds per attacked sample, latest block
+            row_rate = _row_rate(data["records"], done.get(orig.key) or {}, orig.key)
 
-        def out_of_time(count: int, what: str) -> bool:
-            left = None if deadline is None else deadline - clock()
-            why = None
-            per, how = (rate, "latest block") if rate is not None else (row_rate, f"the row's own {orig.key} x {FACTOR}") if row_rate is not None else (None, "")
-            if left is not None and left <= 0:
-                why = "the time limit is reached"
-            elif left is not None and per is not None and per * count > left:
-                why = f"{what} is estimated at {per * count / 60:.0f} min ({per:.0f} s a sample, {how}) and {left / 60:.0f} min are left"
-            if why and log is not None:
-                log(f"  budget check {orig.key}: stopping before {what}: {why}; rerun to continue (finished blocks are saved)")
-            return why is not None
+            def out_of_time(count: int, what: str) -> bool:
+                left = None if deadline is None else deadline - clock()
+                why = None
+                per, how = (rate, "latest block") if rate is not None else (row_rate, f"the row's own {orig.key} x {FACTOR}") if row_rate is not None else (None, "")
+                if left is not None and left <= 0:
+                    why = "the time limit is reached"
+                elif left is not None and per is not None and per * count > left:
+                    why = f"{what} is estimated at {per * count / 60:.0f} min ({per:.0f} s a sample, {how}) and {left / 60:.0f} min are left"
+                if why and log is not None:
+                    log(f"  budget check {orig.key}: stopping before {what}: {why}; rerun to continue (finished blocks are saved)")
+                return why is not None
 
-        for k in range(first, total):
-            one = AttackJob(f"{orig.key} check {k + 1}/{total}", replace(job.spec, restarts=1), job.threat, f"{job.hash}:restart{k}", job.randomized)
-            if k > 0 and not job.randomized and standing:
-                if out_of_time(2 * PROBE, f"the seed probe of restart {k + 1}"):
-                    return _stop(entry, head, done)
-                same, probe_wall = _seed_probe(ctx, one, k, clean, standing, spans)
-                wall += probe_wall
-                if same:  # the attack ignores its seed: restart k would repeat restart k - 1
-                    e = _entry(orig, job, head, standing, acc, m, wall, complete=True)
-                    e["restarts_run"], e["stopped"], e["probed"] = k, "deterministic", same
-                    e["note"] = (f"a probe on {same} sample(s) still standing: the seeds of restarts {k} and {k + 1} proposed identical candidates "
-                                 f"(a deterministic defense and an attack that draws no randomness): restarts {k + 1}-{total} would repeat "
-                                 f"restart {k} and were not run")
-                    entry["attacks"][orig.key] = e
-                    entry["all"] = worst_case(head, done, entry["attacks"])
-                    if log is not None:
-                        log(f"  budget check {orig.key:<9} accuracy {acc:.3f} -> {len(standing) / max(1, m):.3f} with {job.budget} on the first {m} samples "
-                            f"(restart {k + 1}'s seed proposed restart {k}'s candidates: the attack is deterministic here)")
-                    if save is not None:
-                        save(entry)
+            for k in range(first, total):
+                one = AttackJob(f"{orig.key} check {k + 1}/{total}", replace(job.spec, restarts=1), job.threat, f"{job.hash}:restart{k}", job.randomized)
+                if k > 0 and not job.randomized and standing:
+                    if out_of_time(2 * PROBE, f"the seed probe of restart {k + 1}"):
+                        raise _OutOfTime(final=deadline is not None and clock() >= deadline)
+                    same, probe_wall = _seed_probe(ctx, one, k, clean, standing, spans)
+                    wall += probe_wall
+                    if same:  # the attack ignores its seed: restart k would repeat restart k - 1
+                        e = _entry(orig, job, head, standing, acc, m, wall, complete=True)
+                        e["restarts_run"], e["stopped"], e["probed"] = k, "deterministic", same
+                        e["note"] = (f"a probe on {same} sample(s) still standing: the seeds of restarts {k} and {k + 1} proposed identical candidates "
+                                     f"(a deterministic defense and an attack that draws no randomness): restarts {k + 1}-{total} would repeat "
+                                     f"restart {k} and were not run")
+                        entry["attacks"][orig.key] = e
+                        entry["all"] = worst_case(head, done, entry["attacks"])
+                        if log is not None:
+                            log(f"  budget check {orig.key:<9} accuracy {acc:.3f} -> {len(standing) / max(1, m):.3f} with {job.budget} on the first {m} samples "
+                                f"(restart {k + 1}'s seed proposed restart {k}'s candidates: the attack is deterministic here)")
+                        if save is not None:
+                            save(entry)
+                        break
+                # a sample an earlier restart broke stays broken: attack only the ones still standing
+                todo = [r | {"clean_correct": bool(r["clean_correct"]) and r["index"] in standing} for r in clean]
+                start_block = first_block if k == first else 0
+                digests = block_sha if k == first else []
+                for bi in range(start_block, len(spans)):
+                    b0, b1 = spans[bi]
+                    count = sum(bool(r["clean_correct"]) for r in todo[b0:b1])
+                    if count and out_of_time(count, f"block {bi + 1} of {len(spans)} of restart {k + 1}"):
+                        raise _OutOfTime(final=deadline is not None and clock() >= deadline)
+                    run_b = attack(ctx, one, todo[b0:b1], b0)
+                    if count:
+                        rate = run_b.entry["wall_time_s"] / count
+                    standing -= {r["index"] for r, o in zip(head[b0:b1], run_b.outcomes) if not o["correct"]}
+                    wall += run_b.entry["wall_time_s"]
+                    digests = [*digests, run_b.candidates_sha256]
+                    if bi + 1 < len(spans):  # resumable block by block within a restart
+                        e = _entry(orig, job, head, standing, acc, m, wall, complete=False)
+                        e.update(restarts_done=k, blocks_done=bi + 1, block_size=ctx.cfg.batch_size, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last, sample_s=rate)
+                        entry["attacks"][orig.key] = e
+                        entry["all"] = worst_case(head, done, entry["attacks"])
+                        if save is not None:
+                            save(entry)
+                digest = hashlib.sha256("".join(digests).encode()).hexdigest()
+                acc2 = len(standing) / max(1, m)
+                # a deterministic defense and two seeds that proposed the very same candidates for the
+                # same samples: the attack draws no randomness here, so the remaining restarts would repeat them
+                repeated = not job.randomized and digest == last
+                last = digest
+                exhausted = not standing and k + 1 < total  # every sample is broken: more restarts cannot change the figure
+                complete = k + 1 == total or repeated or exhausted
+                e = _entry(orig, job, head, standing, acc, m, wall, complete=complete)
+                if repeated:
+                    e["restarts_run"], e["stopped"] = k + 1, "deterministic"
+                    e["note"] = (f"restarts {k} and {k + 1} proposed identical candidates (a deterministic defense and an attack that "
+                                 f"draws no randomness): the other {total - k - 1} would repeat them and were not run")
+                if exhausted and not repeated:
+                    e["restarts_run"], e["stopped"] = k + 1, "all broken"
+                    e["note"] = f"every sample was broken after {k + 1} restart(s): the other {total - k - 1} were not run"
+                if not complete:
+                    e["restarts_done"] = k + 1
+                    e["robust_doubled"] = sorted(standing)
+                    e["candidates_sha256"] = last
+                    e["sample_s"] = rate
+                entry["attacks"][orig.key] = e
+                entry["all"] = worst_case(head, done, entry["attacks"])
+                if log is not None:
+                    so_far = f" (restart {k + 1} repeated restart {k}: the attack is deterministic here)" if repeated else "" if complete else f" (restart {k + 1} of {total})"
+                    log(f"  budget check {orig.key:<9} accuracy {acc:.3f} -> {acc2:.3f} with {job.budget} on the first {m} samples{so_far}")
+                if save is not None:
+                    save(entry)
+                if complete:
                     break
-            # a sample an earlier restart broke stays broken: attack only the ones still standing
-            todo = [r | {"clean_correct": bool(r["clean_correct"]) and r["index"] in standing} for r in clean]
-            start_block = first_block if k == first else 0
-            digests = block_sha if k == first else []
-            for bi in range(start_block, len(spans)):
-                b0, b1 = spans[bi]
-                count = sum(bool(r["clean_correct"]) for r in todo[b0:b1])
-                if count and out_of_time(count, f"block {bi + 1} of {len(spans)} of restart {k + 1}"):
-                    return _stop(entry, head, done)
-                run_b = attack(ctx, one, todo[b0:b1], b0)
-                if count:
-                    rate = run_b.entry["wall_time_s"] / count
-                standing -= {r["index"] for r, o in zip(head[b0:b1], run_b.outcomes) if not o["correct"]}
-                wall += run_b.entry["wall_time_s"]
-                digests = [*digests, run_b.candidates_sha256]
-                if bi + 1 < len(spans):  # resumable block by block within a restart
-                    e = _entry(orig, job, head, standing, acc, m, wall, complete=False)
-                    e.update(restarts_done=k, blocks_done=bi + 1, block_size=ctx.cfg.batch_size, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last, sample_s=rate)
-                    entry["attacks"][orig.key] = e
-                    entry["all"] = worst_case(head, done, entry["attacks"])
-                    if save is not None:
-                        save(entry)
-            digest = hashlib.sha256("".join(digests).encode()).hexdigest()
-            acc2 = len(standing) / max(1, m)
-            # a deterministic defense and two seeds that proposed the very same candidates for the
-            # same samples: the attack draws no randomness here, so the remaining restarts would repeat them
-            repeated = not job.randomized and digest == last
-            last = digest
-            exhausted = not standing and k + 1 < total  # every sample is broken: more restarts cannot change the figure
-            complete = k + 1 == total or repeated or exhausted
-            e = _entry(orig, job, head, standing, acc, m, wall, complete=complete)
-            if repeated:
-                e["restarts_run"], e["stopped"] = k + 1, "deterministic"
-                e["note"] = (f"restarts {k} and {k + 1} proposed identical candidates (a deterministic defense and an attack that "
-                             f"draws no randomness): the other {total - k - 1} would repeat them and were not run")
-            if exhausted and not repeated:
-                e["restarts_run"], e["stopped"] = k + 1, "all broken"
-                e["note"] = f"every sample was broken after {k + 1} restart(s): the other {total - k - 1} were not run"
-            if not complete:
-                e["restarts_done"] = k + 1
-                e["robust_doubled"] = sorted(standing)
-                e["candidates_sha256"] = last
-                e["sample_s"] = rate
-            entry["attacks"][orig.key] = e
-            entry["all"] = worst_case(head, done, entry["attacks"])
-            if log is not None:
-                so_far = f" (restart {k + 1} repeated restart {k}: the attack is deterministic here)" if repeated else "" if complete else f" (restart {k + 1} of {total})"
-                log(f"  budget check {orig.key:<9} accuracy {acc:.3f} -> {acc2:.3f} with {job.budget} on the first {m} samples{so_far}")
-            if save is not None:
-                save(entry)
-            if complete:
-                break
+        except _OutOfTime as why:
+            if why.final:
+                return _stop(entry, head, done)
+            stopped = True  # this attack waits for a rerun; a cheaper one after it may still fit
+    if stopped:
+        return _stop(entry, head, done)
     if not jobs and entry["attacks"]:
         entry["all"] = worst_case(head, done, entry["attacks"])
     return entry
@@ -255,6 +265,15 @@ def so_far(records: list[dict], e: dict, key: str) -> dict | None:
     acc = _acc(seen, key)
     acc2 = sum(r["index"] in standing for r in seen) / max(1, len(seen))
     return {"n": len(seen), "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6)}
+
+
+class _OutOfTime(Exception):
+    """An attack's next block of the check does not fit before the deadline (``final``: none will,
+    the deadline has passed); :func:`run` goes on with the next attack unless ``final``."""
+
+    def __init__(self, *, final: bool):
+        super().__init__("out of time")
+        self.final = final
 
 
 def _stop(entry: dict, head: list[dict], done: dict) -> dict:

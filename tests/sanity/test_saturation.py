@@ -352,15 +352,16 @@ def test_a_deadline_stops_the_check_before_a_block_its_estimate_says_ends_too_la
     assert calls[:2] == [25, 50] and "restarts_done" not in done["attacks"]["pgd"] and isinstance(done["attacks"]["pgd"]["saturated"], bool)
 
 
-def test_a_first_check_block_is_priced_from_the_rows_own_attack(trained, monkeypatch):
+def test_a_first_check_block_is_priced_from_the_rows_own_attack_and_a_cheaper_attack_still_runs(trained, monkeypatch):
     """Before any check block has run, the deadline gate prices the first from the row's own run of
     the attack (its seconds per attacked sample x the doubled steps): a check that cannot finish a
-    block in the time left does not start one that a session's end would kill."""
+    block in the time left does not start one that a session's end would kill. That attack waits;
+    the next one, cheaper, still runs in the time left."""
     import harness.engine.runner as runner
     from harness.engine import saturation
     from harness.engine.runner import prepare
 
-    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=60, eps=0.25, attacks=("pgd",),
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=60, eps=0.25, attacks=("pgd", "deepfool"),
                     results_dir=str(trained / "rowrate"), progress=False, train_if_missing=False)
     data = load_result(evaluate(cfg, log=lambda *_: None))
     attacked = sum(bool(r["clean_correct"]) for r in data["records"])
@@ -368,13 +369,15 @@ def test_a_first_check_block_is_priced_from_the_rows_own_attack(trained, monkeyp
     real, calls = runner.attack, []
 
     def spy(ctx, job, clean, start=0):
-        calls.append(start)
+        calls.append(job.key.split(" ")[0])
         return real(ctx, job, clean, start)
 
     monkeypatch.setattr(runner, "attack", spy)
     ctx, logs = prepare(cfg, log=lambda *_: None), []
     entry = saturation.run(ctx, data, n=60, log=logs.append, deadline=600.0, clock=lambda: 0.0)
-    assert calls == [] and "pgd" not in entry["attacks"]
+    assert "pgd" not in calls and "pgd" not in entry["attacks"]
     assert any("stopping before block 1 of 3 of restart 1" in line and "60 s a sample, the row's own pgd x 2" in line for line in logs), logs
-    entry = saturation.run(ctx, data, n=60, log=logs.append, deadline=1e9, clock=lambda: 0.0)  # enough time: it runs
-    assert calls[0] == 0 and "pgd" in entry["attacks"]
+    assert "deepfool" in calls and "restarts_done" not in entry["attacks"]["deepfool"]  # finished in the time left
+    data["manifest"]["budget_check"] = entry
+    entry = saturation.run(ctx, data, n=60, log=logs.append, deadline=1e9, clock=lambda: 0.0)  # enough time: pgd runs
+    assert "pgd" in calls and "pgd" in entry["attacks"] and "deepfool" in entry["attacks"]
