@@ -786,12 +786,15 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
         if not path.is_file():
             continue
         finished: dict[str, bool] = {}
+        complete = True
         for j in gjobs:
+            ok = is_done(j, results_dir, configs)
+            complete = complete and ok  # the clean-only job counts too
             if j.attack != CLEAN_KEY:
                 name = j.attack.split("@")[0]
-                finished[name] = finished.get(name, True) and is_done(j, results_dir, configs)
+                finished[name] = finished.get(name, True) and ok
         names = tuple(finished)
-        partial = not all(finished.values())
+        partial = not complete
         if partial:
             if not _merged_pending(path) or not any(finished.values()):
                 continue  # a group still running is checked only when its file is a partial merge
