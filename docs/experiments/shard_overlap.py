@@ -24,12 +24,15 @@ def overlap(base: Path, attack: str) -> dict:
         raise SystemExit(f"no finished shards of {attack!r} under {base}")
     tot = {"shards": len(shards), "samples": 0, "clean_correct": 0, "robust_attack": 0, "robust_others": 0, "robust_all": 0, "only_attack_breaks": 0, "only_others_break": 0, "others": set()}
     for f in shards:
-        recs = json.loads(f.read_text())["records"]
+        recs = json.loads(f.read_text(encoding="utf-8"))["records"]  # shard files: read as the sweep reads them
         others: dict[int, list[bool]] = {}
         for g in base.glob(f"*/{f.name}"):
             if g.parent.name == attack:
                 continue
-            for i, r in enumerate(json.loads(g.read_text())["records"]):
+            theirs = json.loads(g.read_text(encoding="utf-8"))["records"]
+            if [r["index"] for r in theirs] != [r["index"] for r in recs]:
+                raise SystemExit(f"{g} holds other samples than {f}: not shards of the same sweep")
+            for i, r in enumerate(theirs):
                 for k, v in r["attacks"].items():
                     tot["others"].add(k)
                     others.setdefault(i, []).append(bool(v["correct"]))
