@@ -178,6 +178,40 @@ def check_gradients(defense, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps
     return GradientCheck(verdict, declared, n, d, zero, nonfinite, tuple(rows), tuple(problems))
 
 
+#: two runs of the check whose numbers differ by less than this found the same (floating-point
+#: reductions differ with the thread count; the values are rounded to 4 digits, so a last digit can flip)
+SAME_COSINE, SAME_RATIO = 1e-3, 1e-3
+
+
+def same_finding(old: dict | None, new: dict) -> bool:
+    """True when two recorded checks (``GradientCheck.to_dict()``) say the same: equal verdict,
+    declared gradients, counts and per-step agreement, with cosines within ``SAME_COSINE``, ratios
+    within a relative ``SAME_RATIO`` and changed fractions within one probe. A rerun that only adds
+    to a result file keeps the recorded check then, so the file is not rewritten for jitter."""
+    if not old:
+        return False
+    keys = ("verdict", "declared", "samples", "directions", "zero_gradient", "nonfinite_gradient")
+    if any(old.get(k) != new.get(k) for k in keys):
+        return False
+    a, b = old.get("scales") or [], new.get("scales") or []
+    if len(a) != len(b):
+        return False
+    probe = 1.0 / max(1, (new.get("samples") or 1) * (new.get("directions") or 1))
+
+    def close(x, y, tol, rel=False):
+        if x is None or y is None:
+            return x is None and y is None
+        return abs(x - y) <= tol * (max(abs(x), abs(y)) if rel else 1.0)
+
+    return all(
+        r.get("h") == q.get("h") and r.get("agree") == q.get("agree")
+        and close(r.get("cosine"), q.get("cosine"), SAME_COSINE)
+        and close(r.get("ratio"), q.get("ratio"), SAME_RATIO, rel=True)
+        and close(r.get("changed"), q.get("changed"), probe + 1e-9)
+        for r, q in zip(a, b)
+    )
+
+
 def describe(check: dict) -> str:
     """One line for tables and logs from a manifest's ``gradient_check`` dict."""
     verdict = check.get("verdict", "?")

@@ -45,7 +45,7 @@ from harness.engine import saturation
 from harness.attacks import AttackReport, broken_plugins, find_attack, get_attack, origin_of, run_attack
 from harness.engine.eot import EOTModel
 from harness.errors import BenchUserError
-from harness.engine.gradcheck import check_gradients, describe
+from harness.engine.gradcheck import check_gradients, describe, same_finding
 from harness.engine.models import config_changes, load_defense, variant_key
 from harness.store.provenance import code_commit, command_line, device_name, package_versions, resolve_device
 from harness.store.results import SCHEMA_VERSION, load_result, result_path, write_result
@@ -444,8 +444,14 @@ class Evaluation:
         self.manifest["budget_check"] = entry
 
     def set_trust(self, warnings: list[str], gradient_check: dict) -> None:
-        """The trust checks: the defense's own (:func:`model_trust`) plus those of the outcomes (:func:`harness.engine.sanity.outcome_checks`)."""
-        self.manifest["gradient_check"] = gradient_check
+        """The trust checks: the defense's own (:func:`model_trust`) plus those of the outcomes (:func:`harness.engine.sanity.outcome_checks`).
+        A recorded gradient check that found the same (:func:`harness.engine.gradcheck.same_finding`:
+        only the last digits differ, e.g. under another thread count) is kept."""
+        kept = self.manifest.get("gradient_check")
+        if same_finding(kept, gradient_check):  # its warning line (if any) is the kept check's too
+            warnings = [describe(kept) if w == describe(gradient_check) else w for w in warnings]
+        else:
+            self.manifest["gradient_check"] = gradient_check
         self.manifest["warnings"] = list(warnings) + outcome_checks(self.data)
 
     @property

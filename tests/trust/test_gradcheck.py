@@ -3,7 +3,7 @@
 import torch
 
 from defenses.base import bpda_identity, straight_through
-from harness.engine.gradcheck import check_gradients, describe
+from harness.engine.gradcheck import check_gradients, describe, same_finding
 from tests.attacks.helpers import LinearDefense, batch
 
 
@@ -92,3 +92,38 @@ def test_declared_surrogates_are_reported_as_such():
 def test_randomized_defense_is_checked_with_common_random_numbers():
     c = _check(_Noisy)
     assert c.verdict == "consistent", c
+
+
+def _jitter(check: dict, dcos=0.0, dratio=0.0, dchanged=0.0, **top) -> dict:
+    out = dict(check, **top)
+    out["scales"] = [dict(s, cosine=None if s["cosine"] is None else s["cosine"] + dcos,
+                          ratio=None if s["ratio"] is None else s["ratio"] * (1 + dratio),
+                          changed=s["changed"] + dchanged) for s in check["scales"]]
+    return out
+
+
+def test_same_finding_tolerates_last_digit_jitter_only():
+    c = _check(_Shattered).to_dict()
+    probe = 1 / (c["samples"] * c["directions"])
+    assert same_finding(c, c) and same_finding(c, _jitter(c, dcos=2e-4, dratio=5e-4, dchanged=probe))
+    assert not same_finding(None, c)
+    assert not same_finding(c, _jitter(c, dcos=0.01))  # a cosine that really moved
+    assert not same_finding(c, _jitter(c, dratio=0.01))
+    assert not same_finding(c, _jitter(c, dchanged=2.5 * probe))
+    assert not same_finding(c, _jitter(c, verdict="consistent"))
+    assert not same_finding(c, _jitter(c, zero_gradient=c["zero_gradient"] + 1))
+    flipped = _jitter(c)
+    flipped["scales"][0]["agree"] = not flipped["scales"][0]["agree"]
+    assert not same_finding(c, flipped)
+
+
+def test_a_rerun_keeps_a_recorded_check_that_found_the_same():
+    from harness.engine.runner import Evaluation
+
+    c = _check(_Exploding).to_dict()
+    ev = Evaluation({"gradient_check": c, "attacks": {}}, [])
+    ev.set_trust(["other", describe(_jitter(c, dratio=1e-4))], _jitter(c, dratio=1e-4))
+    assert ev.manifest["gradient_check"] is c and ev.manifest["warnings"][:2] == ["other", describe(c)]
+    moved = _jitter(c, dcos=0.05)
+    ev.set_trust([describe(moved)], moved)
+    assert ev.manifest["gradient_check"] is moved and ev.manifest["warnings"][0] == describe(moved)
