@@ -16,7 +16,8 @@ them). A warning is not a verdict; it says where the evaluation may over-report 
 * accuracy that increases with eps within an eps sweep (the attack is not working properly),
 * attacks whose doubled budget (:mod:`harness.engine.saturation`, ``bench run --check-budget``) lowers
   accuracy by more than 2 points; when the worst case over all attacks drops by that much, the
-  verdict is unreliable ("budget not saturated").
+  verdict is unreliable ("budget not saturated"); a budget check that left gradient attacks of the
+  row undoubled (not started, or stopped between blocks) is named too.
 
 :func:`verdict` turns a result file into a :class:`Verdict` (reliable or not, and why) for
 ``bench table`` and ``leaderboard.md``; the gradient-consistency check lives in :mod:`harness.engine.gradcheck`.
@@ -152,7 +153,7 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
     for group, a, ag, lo in beaten_by(data):
         what = "gradient-free attacks (Square, Boundary, ES-PGD, noise, AutoAttack's Square)" if group == "gradient-free" else "transfer attacks from a source model"
         warnings.append(f"{what} ({a:.1%}) beat the gradient attacks ({ag:.1%}, Wilson 95% lower bound {lo:.1%}): the declared gradient is masked or misleading; the result is unreliable")
-    from harness.engine.saturation import headline_drop, unsaturated
+    from harness.engine.saturation import headline_drop, unchecked, unsaturated
 
     check = data["manifest"].get("budget_check") or {}
     for key, e in unsaturated(data):
@@ -160,6 +161,9 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
     drop = headline_drop(data)
     if drop is not None and drop > float(check.get("threshold", 0.02)):
         warnings.append(f"the worst case over all attacks drops by {drop:.1%} on the first {check.get('n')} samples with the doubled budgets: the row over-reports robustness; attack harder")
+    left = unchecked(data)
+    if left:
+        warnings.append(f"budget check incomplete ({'; '.join(left)}): its verdict on the worst case covers only the attacks it finished")
     if attacks and not masking_checked(data):
         warnings.append("no gradient-free or transfer attack ran (only the declared gradient was used): masked gradients would go unnoticed")
     from harness.stats import ALL, recheck_summary

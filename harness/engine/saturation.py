@@ -57,6 +57,7 @@ import hashlib
 import time
 from dataclasses import replace
 
+from benchcore.errors import BenchUserError
 from harness.attacks import get_attack
 from threat_models import AttackSpec
 
@@ -347,6 +348,33 @@ def unsaturated(data: dict) -> list[tuple[str, dict]]:
     check = data["manifest"].get("budget_check") or {}
     thr = float(check.get("threshold", THRESHOLD))
     return [(k, e) for k, e in (check.get("attacks") or {}).items() if isinstance(e, dict) and float(e.get("delta") or 0) > thr]
+
+
+def unchecked(data: dict) -> list[str]:
+    """The row's gradient attacks that its budget check (when it has one) has not finished: not
+    started (``"pgd: not checked"``; e.g. a plan's ``check_attacks`` or a deadline left it out)
+    or stopped between blocks (``"pgd: 2/4 blocks of restart 1"``). The drop of the worst case
+    (:func:`headline_drop`) covers the finished attacks only, so a row can read as saturated while
+    one of its attacks was never doubled; :mod:`harness.engine.sanity` warns with these."""
+    check = data["manifest"].get("budget_check") or {}
+    if not check:
+        return []
+    done = check.get("attacks") or {}
+    out = []
+    for key, entry in (data["manifest"].get("attacks") or {}).items():
+        spec = (entry or {}).get("spec") or {}
+        try:
+            applies = stronger(AttackSpec(spec["name"], tuple((spec.get("params") or {}).items()), int(spec.get("restarts", 1)), int(spec.get("eot", 1)))) is not None
+        except (KeyError, TypeError, ValueError, BenchUserError):  # not a harness attack spec (a plugin's unknown name, an old file)
+            continue
+        e = done.get(key)
+        if not applies or (isinstance(e, dict) and e.get("saturated") is False):
+            continue  # not doubled by the check, or already shown unsaturated (more blocks only break more)
+        if not isinstance(e, dict):
+            out.append(f"{key}: not checked")
+        elif "restarts_done" in e:
+            out.append(f"{key}: {int(e.get('blocks_done') or 0)} blocks of restart {int(e['restarts_done']) + 1} of {int(e.get('restarts') or RESTARTS)} done")
+    return out
 
 
 def headline_drop(data: dict) -> float | None:

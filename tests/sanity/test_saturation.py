@@ -381,3 +381,29 @@ def test_a_first_check_block_is_priced_from_the_rows_own_attack_and_a_cheaper_at
     data["manifest"]["budget_check"] = entry
     entry = saturation.run(ctx, data, n=60, log=logs.append, deadline=1e9, clock=lambda: 0.0)  # enough time: pgd runs
     assert "pgd" in calls and "pgd" in entry["attacks"] and "deepfool" in entry["attacks"]
+
+
+def test_a_check_that_left_gradient_attacks_undoubled_says_so():
+    """The worst-case drop covers only the attacks the check finished: a row whose PGD was never
+    doubled (a plan's check_attacks, a deadline) or stopped between blocks is named in a warning;
+    attacks the check does not apply to (noise) and those already shown unsaturated are not."""
+    from harness.engine.sanity import outcome_checks
+    from harness.engine.saturation import unchecked
+
+    def spec(name, **params):
+        return {"spec": {"name": name, "params": params, "restarts": 1, "eot": 1}}
+
+    attacks = {"pgd": spec("pgd", steps=2), "deepfool": spec("deepfool", steps=30), "noise": spec("noise", repeats=3)}
+    recs = [{"index": i, "clean_correct": True, "attacks": {k: {"correct": True} for k in attacks}} for i in range(4)]
+    done = {"delta": 0.0, "saturated": True, "acc": 1.0, "acc_doubled": 1.0, "found_more": []}
+    data = {"manifest": {"attacks": attacks, "budget_check": {"n": 4, "threshold": 0.02, "attacks": {"deepfool": done}, "all": {"delta": 0.0}}}, "records": recs}
+    assert unchecked(data) == ["pgd: not checked"]
+    assert any("budget check incomplete (pgd: not checked)" in w for w in outcome_checks(data))
+    data["manifest"]["budget_check"]["attacks"]["pgd"] = dict(done, saturated=None, restarts_done=1, blocks_done=2, restarts=5)
+    assert unchecked(data) == ["pgd: 2 blocks of restart 2 of 5 done"]
+    data["manifest"]["budget_check"]["attacks"]["pgd"] = dict(done, saturated=False, delta=0.5, restarts_done=0, blocks_done=1)
+    assert unchecked(data) == []  # already unsaturated: finishing it only breaks more
+    data["manifest"]["budget_check"]["attacks"]["pgd"] = done
+    assert unchecked(data) == [] and not any("incomplete" in w for w in outcome_checks(data))
+    del data["manifest"]["budget_check"]
+    assert unchecked(data) == []  # no check at all: nothing to call incomplete
