@@ -463,7 +463,7 @@ class Evaluation:
 
 
 #: manifest fields that say who wrote a file, on what: a rerun that adds nothing does not rewrite them
-PROVENANCE_KEYS = frozenset({"versions", "commit", "command", "earlier_commands", "device"})
+PROVENANCE_KEYS = frozenset({"versions", "commit", "command", "earlier_commands", "device", "shard_sources"})
 
 
 def _content(data: dict) -> str:

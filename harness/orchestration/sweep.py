@@ -616,7 +616,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
     from the attacks whose shards are all finished; the others are named in the manifest's
     ``pending_attacks`` (``{key: "k/S shards"}``), which makes the row's verdict unreliable
     ("incomplete") until a later merge of the finished group replaces the file."""
-    from harness.store.provenance import command_line
+    from harness.store.provenance import code_commit, command_line
 
     groups: dict[tuple[str, str, str], list[SweepJob]] = {}
     for j in jobs:
@@ -688,6 +688,13 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         if "gradient_check" in first:
             manifest["gradient_check"] = first["gradient_check"]
         manifest["shards_sha256"] = digest
+        sources = _shard_sources({k: v["manifest"] for k, v in parts.items()}, {(j.attack, j.shard): j.partial_path(results_dir).stem for j in gjobs})
+        if len(sources) > 1:
+            # shards written at several commits or on several machines: the file says so instead
+            # of passing the first shard's provenance off as the whole row's
+            manifest["commit"] = code_commit()
+            manifest["device"] = " + ".join(dict.fromkeys(s["device"] for s in sources))
+            manifest["shard_sources"] = sources
         if pending:
             manifest["pending_attacks"] = pending
         kept, commands = _kept_budget_check(path, manifest, records)
@@ -701,6 +708,17 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         write_result(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
         written.append(path)
     return written
+
+
+def _shard_sources(manifests: dict[tuple[str, int], dict], names: dict[tuple[str, int], str]) -> list[dict]:
+    """Who wrote the shard files of one merge: one entry per distinct (commit, device, package
+    versions), with the shards (``attack/shard-i-of-S``) it wrote."""
+    out: dict[str, dict] = {}
+    for key in sorted(manifests):
+        m = manifests[key]
+        src = {"commit": m.get("commit", "unknown"), "device": m.get("device", "unknown"), "versions": m.get("versions") or {}}
+        out.setdefault(json.dumps(src, sort_keys=True), dict(src, shards=[]))["shards"].append(f"{key[0]}/{names[key]}")
+    return list(out.values())
 
 
 def _merged_digest(path: Path) -> str | None:

@@ -519,6 +519,29 @@ def test_merge_partial_writes_the_finished_attacks_and_marks_the_rest_pending(en
     assert not any(r.startswith("incomplete") for r in verdict(full).reasons)
 
 
+def test_a_merge_of_shards_from_several_commits_or_machines_records_each_source(env):
+    """The merged file does not pass the first shard's commit and device off as the whole row's:
+    shards written at another commit or on another machine are listed with their source."""
+    from harness.store.provenance import code_commit
+
+    tmp, plan, _ = env
+    out = tmp / "res-sources"
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 0
+    same = _merged(out)["manifest"]
+    assert "shard_sources" not in same  # one process wrote every shard: nothing to list
+    shard = next(p for p in data_files(out / ".shards", "**/*.json") if "/fgm/" in p.as_posix() and "shard-1-of-2" in p.name)
+    data = json.loads(shard.read_text())
+    data["manifest"].update(commit="f" * 40, device="cuda:NVIDIA H200")
+    shard.write_text(json.dumps(data))
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 0  # the changed shard set is merged again
+    man = _merged(out)["manifest"]
+    sources = man["shard_sources"]
+    assert [s["commit"] for s in sources] == [same["commit"], "f" * 40]
+    assert sources[1]["shards"] == ["fgm/shard-1-of-2"] and "fgm/shard-0-of-2" in sources[0]["shards"] and "pgd/shard-1-of-2" in sources[0]["shards"]
+    assert man["commit"] == code_commit() and man["device"] == f"{same['device']} + cuda:NVIDIA H200"
+    assert _merged(out)["records"] == _reference(tmp / "ref-sources")["records"]
+
+
 def test_only_runs_the_named_attacks_and_the_group_waits_for_the_rest(env, capsys):
     """`bench sweep --only pgd`: only PGD's jobs run and no merged file appears (the plan's FGM is
     still to come); a partial merge marks FGM pending; a plan copy listing PGD alone would have
