@@ -542,6 +542,42 @@ def test_a_merge_of_shards_from_several_commits_or_machines_records_each_source(
     assert _merged(out)["records"] == _reference(tmp / "ref-sources")["records"]
 
 
+def test_merge_tolerates_float_jitter_of_the_clean_pass_but_not_other_verdicts(env, capsys):
+    """Two jobs of one shard that score the same clean verdicts but round a float diagnostic of the
+    clean pass differently (E-ABS's certified_l2 at another thread count) merge, keeping the first
+    job's value; a clean verdict that differs is still refused."""
+    tmp, plan, _ = env
+    out = tmp / "res-jitter"
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 0
+    ref = _merged(out)
+    (out / "fmnist" / "linf" / "cnn.json").unlink()
+    shards = {a: next(p for p in data_files(out / ".shards", "**/*.json") if f"/{a}/" in p.as_posix() and "shard-1-of-2" in p.name) for a in ("pgd", "fgm")}
+    for a, value in (("pgd", 0.8346749544143677), ("fgm", 0.8341423869132996)):  # the E-ABS pair the merge once refused
+        data = json.loads(shards[a].read_text())
+        for r in data["records"]:
+            r["certified_l2"] = value
+        shards[a].write_text(json.dumps(data))
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 0
+    merged = _merged(out)
+    half = len(ref["records"]) // 2
+    assert [r["certified_l2"] for r in merged["records"][half:]] == [0.8346749544143677] * half
+    assert [{k: v for k, v in r.items() if k != "certified_l2"} for r in merged["records"]] == ref["records"]
+    # a clean verdict that differs between the jobs is refused, nothing is written
+    (out / "fmnist" / "linf" / "cnn.json").unlink()
+    data = json.loads(shards["fgm"].read_text())
+    data["records"][0]["clean_correct"] = not data["records"][0]["clean_correct"]
+    shards["fgm"].write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 2
+    assert "jobs disagree on the clean pass" in capsys.readouterr().err and not (out / "fmnist" / "linf" / "cnn.json").exists()
+    # so is a float diagnostic that moved beyond rounding
+    data["records"][0]["clean_correct"] = not data["records"][0]["clean_correct"]
+    for r in data["records"]:
+        r["certified_l2"] = 0.9
+    shards["fgm"].write_text(json.dumps(data))
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 2
+
+
 def test_only_runs_the_named_attacks_and_the_group_waits_for_the_rest(env, capsys):
     """`bench sweep --only pgd`: only PGD's jobs run and no merged file appears (the plan's FGM is
     still to come); a partial merge marks FGM pending; a plan copy listing PGD alone would have
