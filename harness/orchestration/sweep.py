@@ -585,7 +585,10 @@ def run_job(job: SweepJob, results_dir: str) -> str:
     todo = [] if job.attack == CLEAN_KEY else [a for a in ctx.jobs if a.key == job.attack]
     if job.attack != CLEAN_KEY and not todo:
         raise BenchUserError(f"job {job.name}: attack {job.attack!r} not in suite {job.suite!r}")
-    ev = Evaluation.start(ctx, clean_pass(ctx, job.start, job.stop))
+    reused = shared_clean_pass(job, results_dir, ctx)
+    ev = Evaluation.start(ctx, reused[0] if reused else clean_pass(ctx, job.start, job.stop))
+    if reused:
+        ev.manifest["clean_pass_from"] = reused[1]
     for a in todo:
         ev.add(attack(ctx, a, ev.records, job.start))
     if job.start == 0:  # the trust checks of `bench run` on the defense, on the same first block
@@ -594,6 +597,48 @@ def run_job(job: SweepJob, results_dir: str) -> str:
     atomic_write_json(path, {"job": asdict(job), "job_hash": job.spec_hash, "manifest": ev.manifest, "records": ev.records})
     _test_hooks(job)
     return str(path)
+
+
+#: the job fields that must agree for two jobs of one shard to share a clean pass (all but the attack's)
+_SHARD_FIELDS = ("defense", "dataset", "norm", "suite", "shard", "shards", "start", "stop", "n", "seed", "batch_size", "eps", "arch", "options")
+
+
+def shared_clean_pass(job: SweepJob, results_dir: str | os.PathLike, ctx):
+    """The clean pass of a finished job of the same shard (another attack's partial file), as
+    ``(CleanPass, "attack/shard-i-of-S")``, or None when there is none to reuse.
+
+    The merge requires every job of a shard to have recorded the same clean verdicts; a randomized
+    defense draws them from a generator whose stream differs between devices (a CUDA generator is
+    not a CPU one, and a GPU batches the EOT draws), so a job on a GPU could disagree with the CPU
+    jobs of its shard on a borderline sample. Reusing the recorded clean pass keeps a shard's jobs
+    consistent on any mix of machines and saves the clean pass. Reused only from a file of the same
+    shard and plan settings, of today's checkpoint and defense settings, on the same samples and
+    labels; anything else (a corrupt file included) is passed over and the clean pass recomputed."""
+    from harness.engine.models import config_changes
+    from harness.engine.runner import CleanPass
+
+    own = job.partial_path(results_dir)
+    mine = json.loads(json.dumps({k: asdict(job)[k] for k in _SHARD_FIELDS}))  # as a partial file holds it
+    ids = ctx.ids[job.start:job.stop]
+    for path in sorted(own.parent.parent.glob(f"*/{own.name}")):
+        if path == own:
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            other, man, records = data["job"], data["manifest"], data["records"]
+            if {k: other.get(k) for k in _SHARD_FIELDS} != mine:
+                continue
+            if man.get("checkpoint_sha256") != ctx.manifest.get("checkpoint_sha256") or config_changes(ctx.manifest.get("defense_config") or {}, man.get("defense_config") or {}):
+                continue
+            if [r["index"] for r in records] != list(ids) or [r["label"] for r in records] != [int(v) for v in ctx.y[job.start:job.stop]]:
+                continue
+            if man.get("score_draws") != ctx.manifest.get("score_draws"):
+                continue
+            clean = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in records]
+            return CleanPass(clean, float(man.get("clean_wall_time_s") or 0.0)), f"{path.parent.name}/{path.stem}"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return None
 
 
 def _test_hooks(job: SweepJob) -> None:
@@ -644,7 +689,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         keys = list(dict.fromkeys(j.attack for j in gjobs))
         shards = sorted({j.shard for j in gjobs})
         first = parts[(keys[0], shards[0])]["manifest"]
-        manifest = {k: v for k, v in first.items() if k not in ("clean_wall_time_s", "attacks", "model_warnings", "gradient_check")}
+        manifest = {k: v for k, v in first.items() if k not in ("clean_wall_time_s", "attacks", "model_warnings", "gradient_check", "clean_pass_from")}
         manifest["attacks"] = {}
         shas = {p["manifest"].get("checkpoint_sha256") for p in parts.values()}
         if len(shas) > 1:

@@ -578,6 +578,44 @@ def test_merge_tolerates_float_jitter_of_the_clean_pass_but_not_other_verdicts(e
     assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 2
 
 
+def test_a_job_reuses_the_clean_pass_its_shard_recorded_and_only_a_matching_one(env, capsys):
+    """The second attack's job of a shard takes the clean verdicts a finished job of that shard
+    recorded (a GPU job then agrees with the CPU jobs of a randomized defense) instead of
+    recomputing them, and says so; a file of another checkpoint or of other samples is passed over."""
+    tmp, plan, _ = env
+    out = tmp / "res-reuse"
+    assert main(["sweep", str(plan), "--only", "pgd", "--results-dir", str(out), "--quiet"]) == 0
+    pgd = {k: out / ".shards" / "fmnist" / "linf" / "cnn" / "quick" / "pgd" / f"shard-{k}-of-2.json" for k in (0, 1)}
+    assert all(p.is_file() for p in pgd.values())
+    # shard 0: a verdict no recomputation would give (flipped) proves reuse
+    d0 = json.loads(pgd[0].read_text())
+    flipped = not d0["records"][0]["clean_correct"]
+    d0["records"][0]["clean_correct"] = flipped
+    pgd[0].write_text(json.dumps(d0))
+    # shard 1: the same flip, but the file names other samples: not reused
+    d1 = json.loads(pgd[1].read_text())
+    truth1 = d1["records"][0]["clean_correct"]
+    d1["records"][0]["clean_correct"] = not truth1
+    d1["records"][0]["index"] = -1
+    pgd[1].write_text(json.dumps(d1))
+    capsys.readouterr()
+    assert main(["sweep", str(plan), "--only", "fgm", "--results-dir", str(out), "--quiet"]) == 2  # the tampered shard 1 does not merge
+    assert "shard 1: jobs disagree on the clean pass" in capsys.readouterr().err
+    fgm0 = json.loads(pgd[0].parent.parent.joinpath("fgm", "shard-0-of-2.json").read_text())
+    fgm1 = json.loads(pgd[1].parent.parent.joinpath("fgm", "shard-1-of-2.json").read_text())
+    assert fgm0["records"][0]["clean_correct"] is flipped and fgm0["manifest"]["clean_pass_from"] == "pgd/shard-0-of-2"
+    assert fgm0["manifest"]["clean_wall_time_s"] == d0["manifest"]["clean_wall_time_s"]
+    assert fgm1["records"][0]["clean_correct"] is truth1 and "clean_pass_from" not in fgm1["manifest"]
+    # another checkpoint: recomputed
+    fgm0_path = pgd[0].parent.parent / "fgm" / "shard-0-of-2.json"
+    fgm0_path.unlink()
+    d0["manifest"]["checkpoint_sha256"] = "0" * 64
+    pgd[0].write_text(json.dumps(d0))
+    assert main(["sweep", str(plan), "--only", "fgm", "--results-dir", str(out), "--quiet"]) == 0
+    again = json.loads(fgm0_path.read_text())
+    assert again["records"][0]["clean_correct"] is (not flipped) and "clean_pass_from" not in again["manifest"]
+
+
 def test_only_runs_the_named_attacks_and_the_group_waits_for_the_rest(env, capsys):
     """`bench sweep --only pgd`: only PGD's jobs run and no merged file appears (the plan's FGM is
     still to come); a partial merge marks FGM pending; a plan copy listing PGD alone would have
