@@ -17,7 +17,7 @@
 #      default, the line shows the copy-by-copy path, so the log says which one wins there);
 #   6. a short `bench run --device cuda` on E-ABS (Fashion-MNIST, 20 samples, PGD + FGM of the quick
 #      suite) into a scratch results directory (the committed results/ are not touched).
-# With SWEEP=<plan> it runs only steps 1-2 and then that sweep (see the SWEEP block below), e.g.
+# With SWEEP=<plan> it runs only steps 1-2 and then that sweep with benchmarks/gpu_sweep.sh, e.g.
 #   SWEEP=plans/fmnist-eabs-paper.toml SWEEP_LIMIT=480 bash benchmarks/gpu_check.sh
 #
 # Wheels: on a machine with this project's environment, collect the dependencies except torch:
@@ -80,14 +80,11 @@ XDIST=""
 "$PYV" -c "import xdist" 2>/dev/null && XDIST="-n 4"
 
 if [ -n "${SWEEP:-}" ]; then
-    # SWEEP=plans/fmnist-eabs-paper.toml [SWEEP_LIMIT=480]: only the sweep (issue 14: E-ABS at the thesis
-    # budgets), resumable: the committed shards are copied in first, so finished jobs are skipped, and
-    # every finished job's shard file is under $OUT/sweep/.shards when the limit stops it.
-    #   copy back:  cp -rn <files_at>/sweep/.shards/. results/.shards/  then  bench sweep "$SWEEP" --results-dir results
-    SDIR="${OUT:-.}/sweep"
-    mkdir -p "$SDIR" && [ -d results/.shards ] && cp -r results/.shards "$SDIR/"
-    step sweep "${SWEEP_LIMIT:-480}" "$PYV" -m harness.cli sweep "$SWEEP" --results-dir "$SDIR" --quiet
-    echo; echo "=== summary"; printf '%s\n' "${SUMMARY[@]}"; exit 0
+    # SWEEP=plans/fmnist-eabs-paper.toml [SWEEP_LIMIT=480] [PROCS=10]: only the sweep (issue 14), by
+    # benchmarks/gpu_sweep.sh (several sweep processes share the GPU; the shard files they write come
+    # back packed in $OUT/gpu_sweep.tar.gz: $OUT returns files at most two folders down)
+    echo; echo "=== summary"; printf '%s\n' "${SUMMARY[@]}"
+    PLAN="$SWEEP" LIMIT="${SWEEP_LIMIT:-480}" PYTHON="$PYV" exec bash benchmarks/gpu_sweep.sh
 fi
 step tests 900 "$PYV" -m pytest -q $XDIST tests
 step abs-inference-fp32 300 "$PYV" benchmarks/abs_inference.py --device cuda --repeats 2
