@@ -118,6 +118,10 @@ def build_defense(name: str, dataset: str, **options):
     return cls(num_classes=info.num_classes, input_shape=info.shape, dataset=dataset, **options)
 
 
+#: runs of at most this many training batches start without the 2-batch timing probe
+PROBE_MIN_BATCHES = 20
+
+
 def _probe_seconds_per_epoch(model, train, config, device) -> float:
     """Time 2 training batches on a throw-away copy and extrapolate one epoch."""
     probe = copy.deepcopy(model)
@@ -271,11 +275,15 @@ def _train(name, dataset, *, model, device, epochs, out_dir, seed, progress, ann
     train = datasets.load(dataset, "train")
     val = datasets.load(dataset, "val")
     model.to(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the probe leaves the RNG as it was
-        per_epoch = _probe_seconds_per_epoch(model, train, config, device) if "epochs" in config else float("nan")
     recipe = ", ".join(f"{k}={v}" for k, v in config.items())
     remaining = config.get("epochs", 1) - (done if state is not None else 0)
-    announce(f"training {name} on {dataset} ({len(train.x)} train / {len(val.x)} val images) with {recipe}; estimated {per_epoch * remaining / 60:.1f} min on {device_name(device)}")
+    batches = remaining * -(-len(train.x) // max(1, int(config.get("batch_size", 512))))
+    if "epochs" in config and batches > PROBE_MIN_BATCHES:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the probe leaves the RNG as it was
+            estimate = f"estimated {_probe_seconds_per_epoch(model, train, config, device) * remaining / 60:.1f} min"
+    else:  # the 2-batch probe would cost a good part of the run itself
+        estimate = f"a short run ({batches} batches), not probed for an estimate"
+    announce(f"training {name} on {dataset} ({len(train.x)} train / {len(val.x)} val images) with {recipe}; {estimate} on {device_name(device)}")
     gen = torch.Generator()
     if state is not None:  # continue every random stream where it stopped
         tensors = state[0]

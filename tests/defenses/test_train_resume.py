@@ -115,7 +115,7 @@ def test_training_killed_mid_epoch_resumes_from_last_finished_epoch(bench_env, m
 
     def dying_step(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 2 + steps + 2:  # 2 probe batches, epoch 1, then 2 batches into epoch 2
+        if len(calls) == steps + 2:  # epoch 1, then 2 batches into epoch 2 (a run this short has no timing probe)
             raise KeyboardInterrupt
         return real_step(self, *args, **kwargs)
 
@@ -235,3 +235,26 @@ def test_a_resume_with_a_new_schedule_trains_its_first_epoch_at_the_new_rate(ben
     assert lrs[1] == 1e-3 * lr_factor(1, epochs=2, anneal=1) < 1e-3  # the first run's annealed last epoch
     assert lrs[2:] == [1e-3 * lr_factor(e, epochs=5, anneal=2) for e in (2, 3, 4)]
     assert lrs[2] == 1e-3  # constant part of the new schedule
+
+
+def test_the_time_estimate_probes_long_runs_only(bench_env, tmp_path):
+    """The 2-batch timing probe runs when the run is long enough for it to be cheap; a run of a few
+    batches (where the probe would be a good part of the work) starts without it and says so."""
+    from harness.engine import models
+
+    lines, probes = [], []
+    real = models._probe_seconds_per_epoch
+
+    def probe(*a, **k):
+        probes.append(1)
+        return real(*a, **k)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(models, "_probe_seconds_per_epoch", probe)
+    try:
+        train_defense("cnn", "fmnist", device=CPU, epochs=1, out_dir=tmp_path / "a", config_overrides={"batch_size": 100}, progress=False, announce=lines.append)
+        assert not probes and "a short run (2 batches), not probed for an estimate" in lines[0]
+        train_defense("cnn", "fmnist", device=CPU, epochs=1, out_dir=tmp_path / "b", config_overrides={"batch_size": 8}, progress=False, announce=lines.append)
+        assert probes == [1] and any("; estimated " in ln and " min on " in ln for ln in lines)
+    finally:
+        mp.undo()

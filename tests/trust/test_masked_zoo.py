@@ -21,7 +21,7 @@ from tests.conftest import write_learnable_idx
 from tests.trust import zoo
 
 EPS = 0.15
-N = 60
+N = 40
 #: the quick suite's attacks at a budget that fits a unit test
 SUITE = """
 description = "trust-test suite: the quick suite's L∞ attacks at a tiny budget"
