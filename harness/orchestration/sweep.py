@@ -618,7 +618,8 @@ def shared_clean_pass(job: SweepJob, results_dir: str | os.PathLike, ctx):
     from harness.engine.runner import CleanPass
 
     own = job.partial_path(results_dir)
-    mine = json.loads(json.dumps({k: asdict(job)[k] for k in _SHARD_FIELDS}))  # as a partial file holds it
+    fields = asdict(job)
+    mine = json.loads(json.dumps({k: fields[k] for k in _SHARD_FIELDS}))  # as a partial file holds it
     ids = ctx.ids[job.start:job.stop]
     for path in sorted(own.parent.parent.glob(f"*/{own.name}")):
         if path == own:
