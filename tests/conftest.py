@@ -12,6 +12,23 @@ import pytest
 
 from tests.datasets.fixtures import IDX_NAMES, write_idx_gz
 
+#: One torch (OpenMP) thread per test process, and for the ``bench`` subprocesses the tests start
+#: (they inherit the environment). The README runs the suite on 2 xdist workers; with torch's default
+#: of one thread per core, each worker's thread pool spun on the core the other worker needed (the
+#: masked-zoo tests took 502 s with the default and 167 s with one thread, on this 2-core machine
+#: beside two single-thread sweeps). A value the user set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config):
+    """Apply :data:`OMP_NUM_THREADS` to torch too, in case a plugin imported it before this file."""
+    import torch
+
+    try:
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    except ValueError:
+        pass  # not a number: torch's own default, as OpenMP would do
+
 
 def write_learnable_idx(d: Path, n_train: int = 600, n_test: int = 200, seed: int = 0) -> None:
     """IDX files (canonical Fashion-MNIST names) whose class is a bright 7x7 block at a class-specific place."""
@@ -57,14 +74,3 @@ def run_bench(*args: str, cwd=None, env_extra: dict | None = None, timeout: int 
     """Run the real ``bench`` console entry point in a subprocess (environment inherited)."""
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
-
-
-def single_torch_thread():
-    """Generator for an autouse fixture of a test package: one torch thread while its tests run
-    (small batches on a loaded 2-core machine run far slower with two), restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
