@@ -256,7 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(a) -> int:
     from harness.engine.runner import RunConfig, evaluate
-    from harness.report.tables import format_report
 
     attacks = tuple(s.strip() for s in a.attacks.split(",") if s.strip()) if a.attacks else None
     cfg = RunConfig(
@@ -266,6 +265,9 @@ def _cmd_run(a) -> int:
         check_budget=a.check_budget,
     )
     path = evaluate(cfg)
+    # imported only now: pandas / statsmodels / scipy cost seconds that a refused run should not wait for
+    from harness.report.tables import format_report
+
     print(f"wrote {path}")
     print()
     print(format_report(a.results_dir, a.dataset, a.norm))
