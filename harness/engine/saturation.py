@@ -36,8 +36,8 @@ each block the entry is saved with ``"restarts_done": r`` (the restarts finished
 (``robust_doubled``) and the seconds per attacked sample of the latest block (``sample_s``, for a
 deadline); these are dropped once all have run, so an interrupted check loses at most one block of
 one restart (on this project's CPU, one restart of the doubled PGD-80 on all 100 first samples took
-35 minutes on ABS; on E-ABS a block of 25 samples at EOT 5 is twice the work of a sweep job of
-PGD-80, measured at 1609-2509 s). A partial entry already proves an unsaturated budget when its
+35 minutes on ABS; on E-ABS a block of 25 samples at EOT 5 was estimated at 70-80 min, longer than
+the time a session has left after its sweep jobs, hence blocks of 10). A partial entry already proves an unsaturated budget when its
 ``delta`` exceeds the threshold (more restarts only break more samples); ``saturated`` stays None
 until every restart has run.
 
@@ -65,7 +65,9 @@ DEFAULT_N = 100
 FACTOR = 2
 RESTARTS = 5
 THRESHOLD = 0.02
-CHECK_BLOCK = 25  # samples per resumable block of the check (at most the run's batch size)
+CHECK_BLOCK = 10  # samples per resumable block of the check (at most the run's batch size): on E-ABS
+# one block of the doubled PGD (PGD-160, EOT 5) is about 30-35 min on one core, so the time a session
+# has left after its sweep jobs is used (blocks of 25 were 70-80 min and started in no session)
 PROBE = 2  # samples on which two seeds are compared before a further restart of a deterministic defense
 
 

@@ -162,8 +162,8 @@ def test_a_deterministic_attack_on_a_deterministic_defense_stops_when_two_restar
     # seed and restart 2's on two samples still standing, they propose the same candidates, and the
     # check ends after one restart. DeepFool at eps 0.25 breaks every sample in its first restart:
     # nothing is left to attack (no probe)
-    # (30 samples: the check's blocks of 25 and 5, one call each; a probe is one call)
-    assert [k for k in calls if " check " in k] == ["pgd check 1/5"] * 2 + ["pgd check 2/5 seed probe"] * 2 + ["deepfool check 1/5"] * 2
+    # (30 samples: the check's 3 blocks of 10, one call each; a probe is one call)
+    assert [k for k in calls if " check " in k] == ["pgd check 1/5"] * 3 + ["pgd check 2/5 seed probe"] * 2 + ["deepfool check 1/5"] * 3
     assert check["pgd"]["restarts_run"] == 1 and check["pgd"]["stopped"] == "deterministic" and "identical candidates" in check["pgd"]["note"]
     standing = round(check["pgd"]["acc_doubled"] * 30)
     assert standing >= 1 and f"a probe on {min(2, standing)} sample(s)" in check["pgd"]["note"]
@@ -301,11 +301,11 @@ def test_the_check_runs_in_blocks_of_at_most_check_block_samples_whatever_the_ru
         return real(ctx, job, clean, start)
 
     monkeypatch.setattr(runner, "attack", spy)
-    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=60, eps=0.25, attacks=("deepfool",),
-                    batch_size=100, results_dir=str(trained / "cb"), progress=False, train_if_missing=False, check_budget=60)
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=30, eps=0.25, attacks=("deepfool",),
+                    batch_size=100, results_dir=str(trained / "cb"), progress=False, train_if_missing=False, check_budget=30)
     man = load_result(evaluate(cfg, log=lambda *_: None))["manifest"]
-    assert CHECK_BLOCK == 25 and starts == [(0, 25), (25, 25), (50, 25)]
-    assert man["budget_check"]["n"] == 60 and "deepfool" in man["budget_check"]["attacks"]
+    assert CHECK_BLOCK == 10 and starts == [(0, 10), (10, 10), (20, 10)]
+    assert man["budget_check"]["n"] == 30 and "deepfool" in man["budget_check"]["attacks"]
 
 
 def test_a_deadline_stops_the_check_before_a_block_its_estimate_says_ends_too_late(trained, monkeypatch):
@@ -329,27 +329,27 @@ def test_a_deadline_stops_the_check_before_a_block_its_estimate_says_ends_too_la
 
     monkeypatch.setattr(runner, "attack", slow_on_paper)
     ctx, logs = prepare(cfg, log=lambda *_: None), []
-    entry = saturation.run(ctx, load_result(path), n=60, log=logs.append, deadline=200.0, clock=lambda: 0.0)
+    entry = saturation.run(ctx, load_result(path), n=60, log=logs.append, deadline=50.0, clock=lambda: 0.0)
     pgd = entry["attacks"]["pgd"]
-    # block 1 (nothing measured yet) runs; block 2 would take ~10 s x its samples > 200 s
+    # block 1 (nothing measured yet) runs; block 2 would take ~10 s x its samples > 50 s
     assert calls == [0] and pgd["restarts_done"] == 0 and pgd["blocks_done"] == 1 and pgd["sample_s"] == 10.0
-    assert any("stopping before block 2 of 3 of restart 1" in line and "rerun to continue" in line for line in logs)
+    assert any("stopping before block 2 of 6 of restart 1" in line and "rerun to continue" in line for line in logs)
     data = load_result(path)
     data["manifest"]["budget_check"] = entry
     # while the first restart runs, the table shows the samples it has attacked, not the bound that
-    # counts the 35 samples not yet attacked as standing
-    seen = data["records"][:25]
-    acc = sum(r["attacks"]["pgd"]["correct"] for r in seen) / 25
-    acc2 = sum(r["index"] in set(pgd["robust_doubled"]) for r in seen) / 25
+    # counts the 50 samples not yet attacked as standing
+    seen = data["records"][:10]
+    acc = sum(r["attacks"]["pgd"]["correct"] for r in seen) / 10
+    acc2 = sum(r["index"] in set(pgd["robust_doubled"]) for r in seen) / 10
     row = next(line for line in render_saturation({"cnn": data}).splitlines() if "| PGD" in line)
-    assert "25 of 60 so far" in row and f"{100 * acc:.1f}%" in row and f"{100 * acc2:.1f}%" in row
-    assert pgd["acc_doubled"] == len(pgd["robust_doubled"]) / 60 >= acc2 * 25 / 60 + 35 / 60 - 1e-9
+    assert "10 of 60 so far" in row and f"{100 * acc:.1f}%" in row and f"{100 * acc2:.1f}%" in row
+    assert pgd["acc_doubled"] == len(pgd["robust_doubled"]) / 60 >= acc2 * 10 / 60 + 50 / 60 - 1e-9
     calls.clear()
     # a later session: the saved rate stops it before it starts anything
-    again = saturation.run(ctx, data, n=60, log=logs.append, deadline=200.0, clock=lambda: 0.0)
+    again = saturation.run(ctx, data, n=60, log=logs.append, deadline=50.0, clock=lambda: 0.0)
     assert calls == [] and again["attacks"]["pgd"]["blocks_done"] == 1
     done = saturation.run(ctx, data | {"manifest": data["manifest"] | {"budget_check": again}}, n=60, log=logs.append)
-    assert calls[:2] == [25, 50] and "restarts_done" not in done["attacks"]["pgd"] and isinstance(done["attacks"]["pgd"]["saturated"], bool)
+    assert calls[:2] == [10, 20] and "restarts_done" not in done["attacks"]["pgd"] and isinstance(done["attacks"]["pgd"]["saturated"], bool)
 
 
 def test_a_first_check_block_is_priced_from_the_rows_own_attack_and_a_cheaper_attack_still_runs(trained, monkeypatch):
@@ -365,7 +365,7 @@ def test_a_first_check_block_is_priced_from_the_rows_own_attack_and_a_cheaper_at
                     results_dir=str(trained / "rowrate"), progress=False, train_if_missing=False)
     data = load_result(evaluate(cfg, log=lambda *_: None))
     attacked = sum(bool(r["clean_correct"]) for r in data["records"])
-    data["manifest"]["attacks"]["pgd"]["wall_time_s"] = 30.0 * attacked  # the row took 30 s a sample: a 25-sample block at 2x is ~25 min
+    data["manifest"]["attacks"]["pgd"]["wall_time_s"] = 60.0 * attacked  # the row took 60 s a sample: a 10-sample block at 2x is 20 min
     real, calls = runner.attack, []
 
     def spy(ctx, job, clean, start=0):
@@ -376,7 +376,7 @@ def test_a_first_check_block_is_priced_from_the_rows_own_attack_and_a_cheaper_at
     ctx, logs = prepare(cfg, log=lambda *_: None), []
     entry = saturation.run(ctx, data, n=60, log=logs.append, deadline=600.0, clock=lambda: 0.0)
     assert "pgd" not in calls and "pgd" not in entry["attacks"]
-    assert any("stopping before block 1 of 3 of restart 1" in line and "60 s a sample, the row's own pgd x 2" in line for line in logs), logs
+    assert any("stopping before block 1 of 6 of restart 1" in line and "120 s a sample, the row's own pgd x 2" in line for line in logs), logs
     assert "deepfool" in calls and "restarts_done" not in entry["attacks"]["deepfool"]  # finished in the time left
     data["manifest"]["budget_check"] = entry
     entry = saturation.run(ctx, data, n=60, log=logs.append, deadline=1e9, clock=lambda: 0.0)  # enough time: pgd runs
