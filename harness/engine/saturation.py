@@ -37,8 +37,8 @@ each block the entry is saved with ``"restarts_done": r`` (the restarts finished
 deadline); these are dropped once all have run, so an interrupted check loses at most one block of
 one restart (on this project's CPU, one restart of the doubled PGD-80 on all 100 first samples took
 35 minutes on ABS; on E-ABS a block of 25 samples at EOT 5 was estimated at 70-80 min, longer than
-the time a session has left after its sweep jobs, hence blocks of 10). A partial entry already proves an unsaturated budget when its
-``delta`` exceeds the threshold (more restarts only break more samples); ``saturated`` stays None
+the time a session has left after its sweep jobs, hence blocks of 10). A partial entry already
+proves an unsaturated budget when its ``delta`` exceeds the threshold (more restarts only break more samples); ``saturated`` stays None
 until every restart has run.
 
 ``delta`` is the accuracy the stronger budget removes, in [0, 1]; an attack is *not saturated* when
