@@ -38,8 +38,8 @@ deadline); these are dropped once all have run, so an interrupted check loses at
 one restart (on this project's CPU, one restart of the doubled PGD-80 on all 100 first samples took
 35 minutes on ABS; on E-ABS a block of 25 samples at EOT 5 was estimated at 70-80 min, longer than
 the time a session has left after its sweep jobs, hence blocks of 10). A partial entry already
-proves an unsaturated budget when its ``delta`` exceeds the threshold (more restarts only break more samples); ``saturated`` stays None
-until every restart has run.
+proves an unsaturated budget when its ``delta`` exceeds the threshold (more restarts only break
+more samples); ``saturated`` stays None until every restart has run.
 
 ``delta`` is the accuracy the stronger budget removes, in [0, 1]; an attack is *not saturated* when
 ``delta > threshold`` (2 points): ``bench table`` marks it and :mod:`harness.engine.sanity` warns. ``all``
