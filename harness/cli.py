@@ -352,9 +352,17 @@ def _cmd_table(a) -> int:
     return 0
 
 
+def _need_results_dir(path) -> None:
+    """A results directory that does not exist is a typo or the wrong working directory: say so
+    rather than write a report of no results."""
+    if not os.path.isdir(path):
+        raise BenchUserError(f"results directory {path} not found; run from the repository root or pass --results-dir")
+
+
 def _cmd_leaderboard(a) -> int:
     from harness.report.leaderboard import check_leaderboard, write_leaderboard
 
+    _need_results_dir(a.results_dir)
     if a.check:
         if check_leaderboard(a.results_dir, a.out):
             print(f"{a.out} is up to date")
@@ -472,6 +480,7 @@ def _cmd_reproduction(a) -> int:
 
     if not os.path.isfile(a.thesis):
         raise BenchUserError(f"thesis table {a.thesis} not found; run from the repository root or pass --thesis")
+    _need_results_dir(a.results_dir)
     changed = write_reproduction(a.results_dir, a.thesis, a.out)
     print(f"{'wrote' if changed else 'unchanged'} {a.out}")
     if os.path.isdir(a.smoothing_results):

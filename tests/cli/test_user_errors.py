@@ -34,6 +34,15 @@ def test_user_error_exit_2_one_line(bench_env, args, needle):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("command", [["leaderboard"], ["leaderboard", "--check"], ["reproduction"]])
+def test_missing_results_dir_writes_nothing(bench_env, command):
+    out = bench_env / "report.md"
+    r = run_bench(*command, "--results-dir", str(bench_env / "no-such-results"), "--out", str(out))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.strip().startswith("bench: error: results directory") and "not found" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
 def test_missing_data_names_files(bench_env, tmp_path):
     r = run_bench("run", "--defense", "cnn", "--norm", "linf", "--dataset", "mnist", "--no-train")
     assert r.returncode == 2
