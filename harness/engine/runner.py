@@ -412,7 +412,10 @@ class Evaluation:
             earlier = [c for c in old["manifest"].get("earlier_commands", []) if c != before]
             old["manifest"]["earlier_commands"] = [*earlier, before]
         loaded = _content(old)
+        wrote_on = old["manifest"].get("device")
         old["manifest"].update({k: v for k, v in ctx.manifest.items() if k != "attacks"})
+        if wrote_on and wrote_on != old["manifest"].get("device"):  # the file's earlier attacks ran elsewhere: name every device
+            old["manifest"]["device"] = " + ".join(dict.fromkeys([*wrote_on.split(" + "), old["manifest"]["device"]]))
         ev = cls(old["manifest"], old["records"])
         ev.loaded = loaded
         return ev

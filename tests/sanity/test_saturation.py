@@ -195,10 +195,13 @@ def test_a_resumed_file_keeps_the_commands_that_wrote_its_earlier_attacks(traine
                     results_dir=str(trained / "prov"), progress=False, train_if_missing=False)
     path = evaluate(cfg, log=lambda *_: None)
     data = load_result(path)
+    here = data["manifest"]["device"]
     data["manifest"]["command"] = "bench sweep plans/x.toml --results-dir results"  # as a sweep merge writes it
+    data["manifest"]["device"] = f"{here} + cuda:NVIDIA H200"  # shards written on two machines
     write_result(path, data)
     man = load_result(evaluate(RunConfig(**{**cfg.__dict__, "check_budget": 20}), log=lambda *_: None))["manifest"]
     assert man["earlier_commands"] == ["bench sweep plans/x.toml --results-dir results"] and man["command"] != man["earlier_commands"][0]
+    assert man["device"] == f"{here} + cuda:NVIDIA H200"  # the check ran here: every device that wrote the file stays named
     assert "deepfool" in man["budget_check"]["attacks"]
 
 
