@@ -85,3 +85,22 @@ def test_a_far_all_cell_is_split_into_the_thesis_attacks_and_ours(tmp_path):
     all_line = next(line for line in text.splitlines() if line.startswith("- Adv-L2 / All (-15.7)"))
     assert "over the thesis's own attacks (PGD, DeepFool, Noise) our All is 56.0 (+0.3 from the thesis)" in all_line
     assert "AutoAttack breaks 16" in all_line and "Square" not in all_line.split("survive those")[1]
+
+
+def test_a_budget_check_still_in_its_first_restart_reports_only_the_samples_it_attacked(tmp_path):
+    """A partial check entry counts the samples its first restart has not reached as standing: its
+    own figures read as the doubled budget *raising* accuracy (here 20% -> 74%). The cell's note
+    gives the figures of the blocks it finished instead."""
+    n = 400
+    data = fake_result("adv-linf", "fmnist", "linf", bools(320, n), {"pgd": bools(10, n), "deepfool": bools(200, n), "noise": bools(320, n)})
+    ids = [r["index"] for r in data["records"]]
+    # PGD-80 leaves the first 10 robust; restart 1 of the doubled PGD attacked 2 blocks of 10 and broke 3 of those 10
+    standing = ids[3:10] + ids[20:50]
+    data["manifest"]["budget_check"] = {"n": 50, "attacks": {"pgd": {
+        "acc": 0.2, "acc_doubled": 0.74, "delta": -0.54, "restarts": 5,
+        "restarts_done": 0, "blocks_done": 2, "block_size": 10, "robust_doubled": standing}}}
+    write_result(tmp_path, data)
+    text = render_reproduction(tmp_path, THESIS).split("## L2")[0]
+    pgd = next(line for line in text.splitlines() if line.startswith("- Adv-L∞ / PGD"))
+    assert "budget check in progress: 2x steps, restart 1 of 5 on 20 of the first 50 samples so far, 50.0 -> 35.0 on those (-15.0 points" in pgd
+    assert "+54.0" not in pgd and "change it by" not in pgd
