@@ -107,8 +107,6 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
         if first is not None:  # restart 1 still running: its finished blocks only (the entry's own figures count unattacked samples as standing)
             parts.append(f"budget check in progress: 2x steps, restart 1 of {check.get('restarts', '?')} on {first['n']} of the first {m['budget_check'].get('n')} samples "
                          f"so far, {100 * first['acc']:.1f} -> {100 * first['acc_doubled']:.1f} on those ({-100 * float(first['delta']) + 0.0:+.1f} points; can only fall further)")
-        elif "restarts_done" in check and not check.get("restarts_done"):
-            parts.append("budget check: not started for this attack")
         else:
             unfinished = f" (after {check['restarts_done']} of {check.get('restarts', '?')} restarts; the check is unfinished)" if "restarts_done" in check else ""
             parts.append(f"budget check: 2x steps and 5 restarts change it by {-100 * float(check['delta']) + 0.0:+.1f} points on the first {m['budget_check'].get('n')} samples{unfinished}")
