@@ -14,15 +14,25 @@ import torch
 _PACKAGES = ("robust-bench-harness", "torch", "foolbox", "numpy", "pyautoattack", "statsmodels", "safetensors")
 
 
+# What "the code" is for ``+dirty``: a modified result file, report or checkpoint in the working tree does not change
+# the code that produced a result (a sweep merges while other result files are modified), a Python file or the
+# install's pins do.
+_CODE_PATHSPECS = (":(glob)**/*.py", "pyproject.toml", "constraints.txt")
+
+
 @lru_cache(maxsize=1)
 def code_commit() -> str:
-    """``git`` commit of the source tree (``+dirty`` when it has local changes), or "unknown"."""
-    root = Path(__file__).resolve().parent.parent
+    """``git`` commit of the source tree (``+dirty`` when its code has local changes), or "unknown"."""
+    return _code_commit_of(Path(__file__).resolve().parent.parent)
+
+
+def _code_commit_of(root: Path) -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *_CODE_PATHSPECS],
+                               cwd=root, capture_output=True, text=True, timeout=10)
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
