@@ -144,8 +144,23 @@ def beaten_by(data: dict) -> list[tuple[str, float, float, float]]:
     return out
 
 
+# A phrase each warning of :func:`outcome_checks` carries: a recorded warning with one is a snapshot of
+# an outcome check, which :func:`verdict` recomputes from the file (a budget check resumed since, a
+# re-merge or a new wording leave the snapshot stale) rather than showing both.
+OUTCOME_MARKERS = (
+    "beat the gradient attacks (", ": budget not saturated: ", "the worst case over all attacks drops by ",
+    "budget check incomplete (", "no gradient-free or transfer attack ran (", ": verdict unstable: ",
+    ": the attack is not working properly",
+)
+
+
+def is_outcome_check(warning: str) -> bool:
+    """Whether ``warning`` came from :func:`outcome_checks` (see :data:`OUTCOME_MARKERS`)."""
+    return any(m in warning for m in OUTCOME_MARKERS)
+
+
 def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
-    """Checks on the per-sample outcomes of a result file."""
+    """Checks on the per-sample outcomes of a result file (each carries one of :data:`OUTCOME_MARKERS`)."""
     recs, attacks = data["records"], data["manifest"].get("attacks", {})
     if not recs:
         return []
@@ -153,11 +168,13 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
     for group, a, ag, lo in beaten_by(data):
         what = "gradient-free attacks (Square, Boundary, ES-PGD, noise, AutoAttack's Square)" if group == "gradient-free" else "transfer attacks from a source model"
         warnings.append(f"{what} ({a:.1%}) beat the gradient attacks ({ag:.1%}, Wilson 95% lower bound {lo:.1%}): the declared gradient is masked or misleading; the result is unreliable")
-    from harness.engine.saturation import headline_drop, unchecked, unsaturated
+    from harness.engine.saturation import attack_drop, headline_drop, unchecked, unsaturated
 
     check = data["manifest"].get("budget_check") or {}
     for key, e in unsaturated(data):
-        warnings.append(f"{key}: budget not saturated: {e.get('budget_doubled')} lowered accuracy from {float(e['acc']):.1%} to {float(e['acc_doubled']):.1%} on the first {check.get('n')} samples")
+        drop = attack_drop(e, check.get("n"))
+        warnings.append(f"{key}: budget not saturated: {e.get('budget_doubled')} breaks samples that {e.get('budget')} left robust: accuracy "
+                        f"{float(e['acc']):.1%} -> {float(e['acc']) - drop:.1%} counting both on the first {check.get('n')} samples")
     drop = headline_drop(data)
     if drop is not None and drop > float(check.get("threshold", 0.02)):
         warnings.append(f"the worst case over all attacks drops by {drop:.1%} on the first {check.get('n')} samples with the doubled budgets: the row over-reports robustness; attack harder")
@@ -196,7 +213,8 @@ class Verdict:
     gradient-free or transfer attacks beat the gradient attacks by more than the Wilson interval,
     when a defense that declares itself deterministic is not, or when the file is a partial sweep
     merge whose other attacks are still pending (``bench sweep --merge-partial``). ``reasons``: short tags for tables;
-    ``warnings``: every warning of the file (recorded at run time plus the outcome checks of now).
+    ``warnings``: every warning of the file: the defense's own recorded at run time, then the outcome
+    checks of the file as it is now (recorded snapshots of those are replaced, not repeated).
     """
 
     reliable: bool
@@ -231,5 +249,6 @@ def verdict(data: dict) -> Verdict:
     pending = pending_attacks(man)
     if pending:  # a partially merged sweep: the attacks still to come can only lower "All"
         reasons.append(f"incomplete: {', '.join(pending)} pending")
-    fresh = [w for w in outcome_checks(data) if w not in recorded]
-    return Verdict(not reasons, tuple(reasons), tuple(recorded + fresh), masking_checked(data))
+    model = [w for w in recorded if not is_outcome_check(w)]  # the defense's own, from run time
+    fresh = [w for w in outcome_checks(data) if w not in model]  # the outcome checks of the file as it is now
+    return Verdict(not reasons, tuple(reasons), tuple(model + fresh), masking_checked(data))

@@ -10,9 +10,10 @@ records in the manifest::
 
     "budget_check": {"n": 100, "factor": 2, "restarts": 5, "threshold": 0.02,
                      "attacks": {"pgd": {"of": <spec hash checked>, "spec_hash": ..., "budget": ...,
-                                         "budget_doubled": ..., "acc": 0.54, "acc_doubled": 0.51,
-                                         "delta": 0.03, "saturated": false, "wall_time_s": ...}},
-                                                          "found_more": [<test-set indices robust at the suite's budget,
+                                         "budget_doubled": ..., "acc": 0.54, "acc_doubled": 0.52,
+                                         "delta": 0.02, "acc_both": 0.51, "drop": 0.03, "saturated": false,
+                                         "wall_time_s": ...,
+                                         "found_more": [<test-set indices robust at the suite's budget,
                                                          broken by the doubled one>]}},
                      "all": {"acc": 0.40, "acc_doubled": 0.40, "delta": 0.0}}
 
@@ -41,8 +42,14 @@ the time a session has left after its sweep jobs, hence blocks of 10). A partial
 proves an unsaturated budget when its ``delta`` exceeds the threshold (more restarts only break
 more samples); ``saturated`` stays None until every restart has run.
 
-``delta`` is the accuracy the stronger budget removes, in [0, 1]; an attack is *not saturated* when
-``delta > threshold`` (2 points): ``bench table`` marks it and :mod:`harness.engine.sanity` warns. ``all``
+``acc_doubled`` is the doubled attack's accuracy on its own and ``delta`` = ``acc - acc_doubled``. The
+verdict uses ``drop`` = ``len(found_more) / n``, the accuracy the row's figure loses when the doubled
+budget's breaks count too (``acc_both`` = ``acc - drop``: robust under both budgets). ``drop >= delta``
+always, and it is the honest figure on a randomized defense: there a doubled run on its own can leave
+standing samples the suite's run broke (a fresh random start, fresh EOT draws), and those cancel
+the samples it newly breaks in ``delta`` (E-ABS L∞, 40 samples of PGD-160: 2 new breaks, 2 misses,
+``delta`` 0). An attack is *not saturated* when ``drop > threshold`` (2 points): ``bench table`` marks
+it and :mod:`harness.engine.sanity` warns (:func:`attack_drop` reads files written before ``drop``). ``all``
 compares the worst case over every attack on those samples with and without the doubled runs (a
 sample counts as robust only if the doubled attacks fail too); when that headline figure drops by
 more than the threshold, the row's verdict is unreliable. Attacks that are not gradient attacks,
@@ -117,7 +124,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
     entry = {"n": m, "factor": FACTOR, "restarts": RESTARTS, "threshold": THRESHOLD, "attacks": dict(old.get("attacks") or {})}
     for key, e in entry["attacks"].items():  # a finished entry's verdict follows its rounded drop (older files compared the unrounded one)
         if isinstance(e, dict) and "restarts_done" not in e and isinstance(e.get("delta"), (int, float)):
-            entry["attacks"][key] = dict(e, saturated=e["delta"] <= THRESHOLD)
+            entry["attacks"][key] = dict(e, saturated=attack_drop(e, m) <= THRESHOLD)
     head = data["records"][:m]
     done = man.get("attacks") or {}
     jobs, skipped = [], []
@@ -258,16 +265,18 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
 
 def so_far(records: list[dict], e: dict, key: str) -> dict | None:
     """While the first restart of attack ``key``'s check runs (``e`` its partial entry): accuracy with
-    the suite's budget and with the doubled one on the samples of its finished blocks (``records``:
-    the result file's). None otherwise. The entry's own ``acc_doubled`` counts the samples not yet
-    attacked as standing: a bound (its drop can only grow) that reads oddly until they are."""
+    the suite's budget, with the doubled one alone and under both, on the samples of its finished
+    blocks (``records``: the result file's). None otherwise. The entry's own ``acc_doubled`` counts
+    the samples not yet attacked as standing: a bound that reads oddly until they are."""
     if e.get("restarts_done") != 0 or not e.get("blocks_done") or not e.get("block_size"):
         return None
     seen = records[: min(int(e["blocks_done"]) * int(e["block_size"]), len(records))]
     standing = set(e.get("robust_doubled") or [])
+    n = max(1, len(seen))
     acc = _acc(seen, key)
-    acc2 = sum(r["index"] in standing for r in seen) / max(1, len(seen))
-    return {"n": len(seen), "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6)}
+    acc2 = sum(r["index"] in standing for r in seen) / n
+    both = sum(bool(r["attacks"][key]["correct"]) and r["index"] in standing for r in seen if key in r["attacks"]) / n
+    return {"n": len(seen), "acc": acc, "acc_doubled": acc2, "delta": round(acc - acc2, 6), "acc_both": both, "drop": round(acc - both, 6)}
 
 
 class _OutOfTime(Exception):
@@ -307,17 +316,30 @@ def _seed_probe(ctx, one, k: int, clean: list[dict], standing: set, spans) -> tu
 def _entry(orig, job, head: list[dict], standing: set, acc: float, m: int, wall: float, *, complete: bool) -> dict:
     """The check's entry for attack job ``orig`` (rerun as ``job``) with the samples ``standing`` so far."""
     acc2 = len(standing) / max(1, m)
-    delta = round(acc - acc2, 6)  # rounded: 0.49 - 0.47 is a drop of exactly 2 points, not 2.0000000000000018
+    # test-set indices robust at the suite's budget but broken by the doubled one
+    found = [r["index"] for r in head if r["attacks"][orig.key]["correct"] and r["index"] not in standing]
+    drop = round(len(found) / max(1, m), 6)  # rounded: 0.49 - 0.47 is a drop of exactly 2 points, not 2.0000000000000018
     return {
         "of": orig.hash, "spec_hash": job.hash, "budget": orig.budget,
-        "budget_doubled": job.budget, "restarts": job.spec.restarts, "acc": acc, "acc_doubled": acc2, "delta": delta,
+        "budget_doubled": job.budget, "restarts": job.spec.restarts, "acc": acc, "acc_doubled": acc2,
+        "delta": round(acc - acc2, 6), "acc_both": round(acc - drop, 6), "drop": drop,
         # decided once every restart ran, or earlier when the drop already exceeds the threshold
         # (later restarts and blocks only break more samples)
-        "saturated": (delta <= THRESHOLD) if complete else (False if delta > THRESHOLD else None),
+        "saturated": (drop <= THRESHOLD) if complete else (False if drop > THRESHOLD else None),
         "wall_time_s": round(wall, 3),
-        # test-set indices robust at the suite's budget but broken by the doubled one
-        "found_more": [r["index"] for r in head if r["attacks"][orig.key]["correct"] and r["index"] not in standing],
+        "found_more": found,
     }
+
+
+def attack_drop(e: dict, n: int | None) -> float:
+    """Accuracy the row's figure loses on the ``n`` checked samples when the doubled budget's breaks
+    count too (entry ``e``'s ``found_more`` over ``n``); at least its stand-alone ``delta`` (an entry
+    without ``found_more`` has only that)."""
+    delta = float(e.get("delta") or 0)
+    found = e.get("found_more")
+    if isinstance(found, list) and isinstance(n, int) and n > 0:
+        return max(delta, round(len(found) / n, 6))
+    return delta
 
 
 def _row_rate(records: list[dict], entry: dict, key: str) -> float | None:
@@ -346,10 +368,11 @@ def worst_case(head: list[dict], attacks: dict, checked: dict) -> dict:
 
 
 def unsaturated(data: dict) -> list[tuple[str, dict]]:
-    """``(attack key, entry)`` of the attacks whose doubled budget lowered accuracy by more than the threshold."""
+    """``(attack key, entry)`` of the attacks whose doubled budget broke more than the threshold of the
+    checked samples that the suite's budget left robust (:func:`attack_drop`)."""
     check = data["manifest"].get("budget_check") or {}
     thr = float(check.get("threshold", THRESHOLD))
-    return [(k, e) for k, e in (check.get("attacks") or {}).items() if isinstance(e, dict) and float(e.get("delta") or 0) > thr]
+    return [(k, e) for k, e in (check.get("attacks") or {}).items() if isinstance(e, dict) and attack_drop(e, check.get("n")) > thr]
 
 
 def unchecked(data: dict) -> list[str]:

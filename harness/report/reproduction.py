@@ -24,7 +24,7 @@ from tabulate import tabulate
 from harness import stats
 from benchcore.io import atomic_write
 from threat_models import NORMS
-from harness.engine.saturation import so_far
+from harness.engine.saturation import attack_drop, so_far
 from harness.store.results import load_results, pending_attacks
 from harness.report.tables import attack_label, defense_label, norm_label
 
@@ -105,11 +105,16 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
     if check:
         first = so_far(data.get("records") or [], check, row)
         if first is not None:  # restart 1 still running: its finished blocks only (the entry's own figures count unattacked samples as standing)
+            alone = f"; the doubled run alone leaves {100 * first['acc_doubled']:.1f}" if first["acc_doubled"] != first["acc_both"] else ""
             parts.append(f"budget check in progress: 2x steps, restart 1 of {check.get('restarts', '?')} on {first['n']} of the first {m['budget_check'].get('n')} samples "
-                         f"so far, {100 * first['acc']:.1f} -> {100 * first['acc_doubled']:.1f} on those ({-100 * float(first['delta']) + 0.0:+.1f} points; can only fall further)")
+                         f"so far, {100 * first['acc']:.1f} -> {100 * first['acc_both']:.1f} on those counting both budgets "
+                         f"({-100 * float(first['drop']) + 0.0:+.1f} points; can only fall further{alone})")
         else:
+            n_checked = m["budget_check"].get("n")
+            drop = attack_drop(check, n_checked)
             unfinished = f" (after {check['restarts_done']} of {check.get('restarts', '?')} restarts; the check is unfinished)" if "restarts_done" in check else ""
-            parts.append(f"budget check: 2x steps and 5 restarts change it by {-100 * float(check['delta']) + 0.0:+.1f} points on the first {m['budget_check'].get('n')} samples{unfinished}")
+            parts.append(f"budget check: 2x steps and 5 restarts change it by {-100 * drop + 0.0:+.1f} points on the first {n_checked} samples, "
+                         f"counting a sample robust only if neither budget broke it{unfinished}")
     note = (t.get("notes") or {}).get(f"{defense}/{row}")
     if note:
         parts.append(note)

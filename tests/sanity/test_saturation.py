@@ -410,3 +410,63 @@ def test_a_check_that_left_gradient_attacks_undoubled_says_so():
     assert unchecked(data) == [] and not any("incomplete" in w for w in outcome_checks(data))
     del data["manifest"]["budget_check"]
     assert unchecked(data) == []  # no check at all: nothing to call incomplete
+
+
+def test_new_breaks_count_even_when_the_doubled_run_alone_misses_samples_the_suite_broke():
+    """On a randomized defense the doubled run on its own can leave standing samples the suite's run
+    broke (fresh random start, fresh EOT draws). Its stand-alone accuracy then equals the suite's
+    while it broke 3 samples the suite's budget left robust: the budget is not saturated, and the
+    table, the sanity warnings and the verdict say so (the row's figure falls 3 points counting both)."""
+    from harness.engine.sanity import outcome_checks
+    from harness.engine.saturation import _entry, attack_drop, unsaturated
+
+    class Job:
+        hash, budget, key = "h", "80 steps", "pgd"
+        spec = AttackSpec("pgd", (("steps", 160),), restarts=5)
+
+    # the suite's PGD leaves 0-9 robust; the doubled run alone leaves 0-6 and 10-12 (3 new breaks, 3 misses)
+    head = [{"index": i, "clean_correct": True, "attacks": {"pgd": {"correct": i < 10}}} for i in range(100)]
+    e = _entry(Job, Job, head, set(range(7)) | {10, 11, 12}, 0.10, 100, 1.0, complete=True)
+    assert e["delta"] == 0.0 and e["found_more"] == [7, 8, 9]
+    assert e["drop"] == 0.03 and e["acc_both"] == 0.07 and e["saturated"] is False
+    old = {k: v for k, v in e.items() if k not in ("drop", "acc_both")}  # a file written before "drop"
+    assert attack_drop(old, 100) == 0.03 and attack_drop({"delta": 0.05}, 100) == 0.05
+    spec = {"name": "pgd", "params": {"steps": 80}, "restarts": 1, "eot": 1}
+    data = {"manifest": {"defense": "eabs", "dataset": "fmnist", "norm": "linf", "eps": 0.1, "n": 100,
+                         "attacks": {"pgd": {"spec": spec}},
+                         "budget_check": {"n": 100, "threshold": 0.02, "attacks": {"pgd": old}, "all": {"acc": 0.1, "acc_doubled": 0.07, "delta": 0.03}}},
+            "records": head}
+    assert [k for k, _ in unsaturated(data)] == ["pgd"]
+    assert any("pgd: budget not saturated" in w and "10.0% -> 7.0% counting both" in w for w in outcome_checks(data))
+    table = render_saturation({"eabs": data})
+    row = next(line for line in table.splitlines() if "| PGD" in line or "| pgd" in line)
+    assert "10.0%" in row and "7.0%" in row and f"-3.0 {UNSATURATED}" in row
+    data["manifest"]["budget_check"]["attacks"]["pgd"] = dict(old, found_more=[7, 8])  # 2 points: within the threshold
+    assert unsaturated(data) == []
+
+
+def test_the_verdict_recomputes_outcome_checks_instead_of_repeating_stale_recorded_ones():
+    """A result file records the outcome checks of the moment it was written; a budget check resumed
+    since (or a new wording) leaves them stale. The verdict lists the defense's own recorded warnings
+    and the outcome checks of the file as it is now, each once."""
+    from harness.engine.sanity import is_outcome_check, outcome_checks
+
+    def spec(name, **params):
+        return {"spec": {"name": name, "params": params, "restarts": 1, "eot": 1}}
+
+    head = [{"index": i, "clean_correct": True, "attacks": {"pgd": {"correct": i < 10}, "deepfool": {"correct": i < 20}}} for i in range(100)]
+    part = {"acc": 0.1, "acc_doubled": 0.9, "delta": -0.8, "restarts": 5, "restarts_done": 0, "blocks_done": 4, "block_size": 10,
+            "robust_doubled": [*range(3, 10), *range(40, 100)], "found_more": [0, 1, 2]}
+    model = "zero attack gradient on 3/10 clean samples: gradient masking? gradient attacks are blind there"
+    stale = ["pgd: budget not saturated: 160 steps lowered accuracy from 10.0% to 8.0% on the first 100 samples",
+             "budget check incomplete (pgd: 2 blocks of restart 1 of 5 done; deepfool: not checked): its verdict on the worst case covers only the attacks it finished"]
+    data = {"manifest": {"defense": "eabs", "attacks": {"pgd": spec("pgd", steps=80), "deepfool": spec("deepfool", steps=100)},
+                         "warnings": [model, *stale],
+                         "budget_check": {"n": 100, "threshold": 0.02, "attacks": {"pgd": part}, "all": {"acc": 0.1, "acc_doubled": 0.07, "delta": 0.03}}},
+            "records": head}
+    now = outcome_checks(data)
+    assert now and all(is_outcome_check(w) for w in now) and not is_outcome_check(model)
+    v = verdict(data)
+    assert v.warnings[0] == model and not set(stale) & set(v.warnings) and list(v.warnings[1:]) == now
+    assert any("budget check incomplete (pgd: 4 blocks of restart 1 of 5 done; deepfool: not checked)" in w for w in v.warnings)
+    assert any("pgd: budget not saturated" in w and "10.0% -> 7.0% counting both" in w for w in v.warnings)

@@ -102,5 +102,27 @@ def test_a_budget_check_still_in_its_first_restart_reports_only_the_samples_it_a
     write_result(tmp_path, data)
     text = render_reproduction(tmp_path, THESIS).split("## L2")[0]
     pgd = next(line for line in text.splitlines() if line.startswith("- Adv-L∞ / PGD"))
-    assert "budget check in progress: 2x steps, restart 1 of 5 on 20 of the first 50 samples so far, 50.0 -> 35.0 on those (-15.0 points" in pgd
+    assert "budget check in progress: 2x steps, restart 1 of 5 on 20 of the first 50 samples so far, 50.0 -> 35.0 on those counting both budgets (-15.0 points" in pgd
     assert "+54.0" not in pgd and "change it by" not in pgd
+
+
+def test_a_budget_check_counts_its_new_breaks_even_where_the_doubled_run_alone_misses_the_suites(tmp_path):
+    """A randomized defense: on the 20 samples it attacked so far, the doubled run alone leaves as
+    many robust as the suite's (7), but 2 of its 7 are samples the suite broke and it broke 2 the
+    suite left robust. The note reports 35.0 -> 25.0 counting both, not "+0.0"; a finished check
+    is reported the same way."""
+    n = 400
+    data = fake_result("adv-linf", "fmnist", "linf", bools(320, n), {"pgd": bools(7, n), "deepfool": bools(200, n), "noise": bools(320, n)})
+    ids = [r["index"] for r in data["records"]]
+    standing = ids[2:7] + ids[10:12] + ids[20:50]  # the suite's robust: ids[0:7]; broken now: ids[0:2]; ids[10:12] missed
+    data["manifest"]["budget_check"] = {"n": 50, "attacks": {"pgd": {
+        "acc": 0.14, "acc_doubled": 0.74, "delta": -0.6, "restarts": 5,
+        "restarts_done": 0, "blocks_done": 2, "block_size": 10, "robust_doubled": standing, "found_more": ids[0:2]}}}
+    write_result(tmp_path, data)
+    pgd = next(line for line in render_reproduction(tmp_path, THESIS).splitlines() if line.startswith("- Adv-L∞ / PGD"))
+    assert "on 20 of the first 50 samples so far, 35.0 -> 25.0 on those counting both budgets (-10.0 points" in pgd
+    assert "the doubled run alone leaves 35.0" in pgd
+    data["manifest"]["budget_check"]["attacks"]["pgd"] = {"acc": 0.14, "acc_doubled": 0.14, "delta": 0.0, "restarts": 5, "found_more": ids[0:2]}
+    write_result(tmp_path, data)
+    pgd = next(line for line in render_reproduction(tmp_path, THESIS).splitlines() if line.startswith("- Adv-L∞ / PGD"))
+    assert "change it by -4.0 points on the first 50 samples, counting a sample robust only if neither budget broke it" in pgd
