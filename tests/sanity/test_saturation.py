@@ -231,7 +231,8 @@ def test_later_restarts_attack_only_the_samples_still_standing_and_resume_block_
         return RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=40, eps=0.25, attacks=("pgd",), batch_size=10,
                          results_dir=str(trained / results), progress=False, train_if_missing=False, check_budget=check)
 
-    (trained / "suite.toml").write_text(SUITE.replace("random_start = false", "random_start = true"), encoding="utf-8")
+    # PGD-1 doubled to PGD-2: more than 10 of the 40 survive restart 1, so restart 2 has two packed blocks
+    (trained / "suite.toml").write_text(SUITE.replace("steps = 2,", "steps = 1,").replace("random_start = false", "random_start = true"), encoding="utf-8")
     real, calls = runner.attack, []
 
     def spy(ctx, job, clean, start=0):
@@ -252,12 +253,14 @@ def test_later_restarts_attack_only_the_samples_still_standing_and_resume_block_
     assert broken_by_first and second < first  # restart 2 skips what restart 1 broke
     assert check["acc_doubled"] <= len(second) / 40  # what restart 2 started from bounds what is left
 
-    # killed inside restart 2 after two of its four blocks: resumes at block 3 of restart 2
+    # killed inside restart 2 after the first of its blocks (the standing samples packed 10 to a block):
+    # resumes at its second block
+    assert len(second) > 10, "restart 2 needs two packed blocks for this test"
     calls.clear()
     evaluate(cfg("cut", None), log=lambda *_: None)
 
     def killed(ctx, job, clean, start=0):
-        if job.hash.endswith("restart1") and start == 20:
+        if job.hash.endswith("restart1") and start == 10:
             raise KeyboardInterrupt
         return spy(ctx, job, clean, start)
 
@@ -265,12 +268,12 @@ def test_later_restarts_attack_only_the_samples_still_standing_and_resume_block_
     with pytest.raises(KeyboardInterrupt):
         evaluate(cfg("cut", 40), log=lambda *_: None)
     part = load_result(trained / "cut" / "fmnist" / "linf" / "cnn.json")["manifest"]["budget_check"]["attacks"]["pgd"]
-    assert part["restarts_done"] == 1 and part["blocks_done"] == 2 and len(part["block_sha256"]) == 2
+    assert part["restarts_done"] == 1 and part["blocks_done"] == 1 and len(part["block_sha256"]) == 1 and set(part["pool"]) == second
     assert "1 of 5 restarts so far, part of the next" in render_saturation(load_results(trained / "cut", "fmnist", "linf"))
     calls.clear()
     monkeypatch.setattr(runner, "attack", spy)
     done = load_result(evaluate(cfg("cut", 40), log=lambda *_: None))["manifest"]["budget_check"]["attacks"]["pgd"]
-    assert [(c[0], c[1]) for c in calls][:2] == [("restart1", 20), ("restart1", 30)]  # the blocks not yet run
+    assert [(c[0], c[1]) for c in calls][:1] == [("restart1", 10)]  # the block not yet run
     assert "blocks_done" not in done and "restarts_done" not in done
     assert (done["acc_doubled"], done["found_more"], done["saturated"]) == (check["acc_doubled"], check["found_more"], check["saturated"])
 
@@ -470,3 +473,57 @@ def test_the_verdict_recomputes_outcome_checks_instead_of_repeating_stale_record
     assert v.warnings[0] == model and not set(stale) & set(v.warnings) and list(v.warnings[1:]) == now
     assert any("budget check incomplete (pgd: 4 blocks of restart 1 of 5 done; deepfool: not checked)" in w for w in v.warnings)
     assert any("pgd: budget not saturated" in w and "10.0% -> 7.0% counting both" in w for w in v.warnings)
+
+
+def test_later_restarts_pack_the_standing_samples_into_full_blocks_and_resume_with_the_same_ones(trained, monkeypatch):
+    """Restart 1 runs position blocks; a later restart attacks only the samples still standing, packed
+    10 to a block (position blocks would hold a few each, and an inference-time defense pays per call).
+    A restart interrupted after its first packed block resumes with the same blocks (the saved pool)
+    and ends exactly where the uninterrupted check ends."""
+    import harness.engine.runner as runner
+    from harness.engine import saturation
+    from harness.engine.runner import prepare
+
+    (trained / "suite.toml").write_text(SUITE.replace("steps = 2,", "steps = 1,").replace("random_start = false", "random_start = true"), encoding="utf-8")
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=60, eps=0.25, attacks=("pgd",),
+                    results_dir=str(trained / "pack"), progress=False, train_if_missing=False)
+    data = load_result(evaluate(cfg, log=lambda *_: None))
+    ctx = prepare(cfg, log=lambda *_: None)
+    real, calls = runner.attack, []
+
+    def spy(c, job, clean, start=0):
+        if "seed probe" not in job.key:
+            calls.append((job.hash.rsplit(":restart", 1)[1], len(c.ids), start, sum(bool(r["clean_correct"]) for r in clean)))
+        return real(c, job, clean, start)
+
+    monkeypatch.setattr(runner, "attack", spy)
+    whole = saturation.run(ctx, data, n=60)["attacks"]["pgd"]
+    first = [cl for cl in calls if cl[0] == "0"]
+    later = [cl for cl in calls if cl[0] != "0"]
+    assert [cl[2] for cl in first] == [0, 10, 20, 30, 40, 50] and all(cl[1] == 60 for cl in first)
+    assert later, "the doubled PGD broke every sample in its first restart: this test needs survivors"
+    for r in sorted({cl[0] for cl in later}):
+        mine = [cl for cl in later if cl[0] == r]
+        pool = mine[0][1]  # the samples standing when the restart began, packed from position 0
+        assert [cl[2] for cl in mine] == list(range(0, pool, 10)) and [cl[3] for cl in mine] == [min(10, pool - s) for s in range(0, pool, 10)]
+    # interrupted after the first packed block of the first restart that has two: the saved entry holds its pool
+    r2 = next((r for r in sorted({cl[0] for cl in later}) if sum(cl[0] == r for cl in later) >= 2), None)
+    if r2 is None:
+        pytest.skip("no later restart needed two packed blocks on this model")
+    saved, seen = [], []
+
+    def interrupting(c, job, clean, start=0):
+        if job.hash.endswith(f":restart{r2}") and "seed probe" not in job.key:
+            seen.append(start)
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+        return real(c, job, clean, start)
+
+    monkeypatch.setattr(runner, "attack", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        saturation.run(ctx, data, n=60, save=lambda e: saved.append(json.loads(json.dumps(e))))
+    part = saved[-1]["attacks"]["pgd"]
+    assert part["restarts_done"] == int(r2) and part["blocks_done"] == 1 and len(part["pool"]) > 10
+    monkeypatch.setattr(runner, "attack", real)
+    resumed = saturation.run(ctx, data | {"manifest": data["manifest"] | {"budget_check": saved[-1]}}, n=60)["attacks"]["pgd"]
+    assert {k: resumed[k] for k in ("acc_doubled", "found_more", "drop", "saturated")} == {k: whole[k] for k in ("acc_doubled", "found_more", "drop", "saturated")}
