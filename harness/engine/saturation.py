@@ -36,11 +36,11 @@ The check is resumable block by block (``batch_size`` samples, at most :data:`CH
 each block the entry is saved with ``"restarts_done": r`` (the restarts finished), ``"blocks_done"``
 (the blocks of the next restart finished, with their candidate digests), the samples still standing
 (``robust_doubled``), the samples a packed restart attacks (``pool``, restarts 2-5) and the seconds
-per attacked sample of the latest block (``sample_s``, for a deadline); these are dropped once all have run, so an interrupted check loses at most one block of
-one restart (on this project's CPU, one restart of the doubled PGD-80 on all 100 first samples took
-35 minutes on ABS; on E-ABS a block of 25 samples at EOT 5 was estimated at 70-80 min, longer than
+per attacked sample of the latest block (``sample_s``, for a deadline); these are dropped once all
+have run, so an interrupted check loses at most one block of one restart (on this project's CPU,
+one restart of the doubled PGD-80 on all 100 first samples took 35 minutes on ABS; on E-ABS a block of 25 samples at EOT 5 was estimated at 70-80 min, longer than
 the time a session has left after its sweep jobs, hence blocks of 10). A partial entry already
-proves an unsaturated budget when its ``delta`` exceeds the threshold (more restarts only break
+proves an unsaturated budget when its ``drop`` exceeds the threshold (more restarts only break
 more samples); ``saturated`` stays None until every restart has run.
 
 ``acc_doubled`` is the doubled attack's accuracy on its own and ``delta`` = ``acc - acc_doubled``. The
