@@ -15,9 +15,9 @@ _PACKAGES = ("robust-bench-harness", "torch", "foolbox", "numpy", "pyautoattack"
 
 
 # What "the code" is for ``+dirty``: a modified result file, report or checkpoint in the working tree does not change
-# the code that produced a result (a sweep merges while other result files are modified), a Python file or the
-# install's pins do.
-_CODE_PATHSPECS = (":(glob)**/*.py", "pyproject.toml", "constraints.txt")
+# the code that produced a result (a sweep merges while other result files are modified); a Python file, the
+# package's data (embedded data sets) or the install's pins do.
+_CODE_PATHSPECS = (":(glob)**/*.py", "harness", "pyproject.toml", "constraints.txt")
 
 
 @lru_cache(maxsize=1)
