@@ -22,7 +22,7 @@ with the restart's number): a sample counts as broken by the doubled budget when
 verified candidate breaks it, which is what one run with all restarts verifies too. So a restart
 attacks only the samples every earlier restart left standing (a broken sample stays broken): on a
 defense that keeps 40% of its samples, restarts 2-5 cost 40% of the first; they pack the samples
-still standing into full blocks (:func:`_blocks_of`). On a deterministic
+still standing into the fewest blocks of at most 1.5 x the block size (:func:`_blocks_of`). On a deterministic
 defense, before each further restart a seed probe runs the attack with the previous restart's
 seed and with the next one on the first :data:`PROBE` samples still standing (both calls see the
 same batches); when the two propose bit-identical candidates (DeepFool, DDN, C&W: no
@@ -35,7 +35,8 @@ samples end the check too; a check whose restarts broke every sample ends early 
 The check is resumable block by block (``batch_size`` samples, at most :data:`CHECK_BLOCK`): after
 each block the entry is saved with ``"restarts_done": r`` (the restarts finished), ``"blocks_done"``
 (the blocks of the next restart finished, with their candidate digests), the samples still standing
-(``robust_doubled``), the samples a packed restart attacks (``pool``, restarts 2-5) and the seconds
+(``robust_doubled``), the samples a packed restart attacks and its block sizes (``pool``,
+``pool_blocks``; restarts 2-5) and the seconds
 per attacked sample of the latest block (``sample_s``, for a deadline); these are dropped once all
 have run, so an interrupted check loses at most one block of one restart (on this project's CPU,
 one restart of the doubled PGD-80 on all 100 first samples took 35 minutes on ABS; on E-ABS a block of 25 samples at EOT 5 was estimated at 70-80 min, longer than
@@ -206,13 +207,13 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                 start_block = first_block if k == first else 0
                 digests = block_sha if k == first else []
                 resumed = prev if k == first and start_block else None
-                plan, pool = _blocks_of(ctx, k, todo, head, spans, resumed)
+                plan, pool = _blocks_of(ctx, one, k, todo, head, spans, resumed)
                 for bi in range(start_block, len(plan)):
-                    bctx, b0, recs, hrecs = plan[bi]
+                    bctx, b0, recs, hrecs, bjob = plan[bi]
                     count = sum(bool(r["clean_correct"]) for r in recs)
                     if count and out_of_time(count, f"block {bi + 1} of {len(plan)} of restart {k + 1}"):
                         raise _OutOfTime(final=deadline is not None and clock() >= deadline)
-                    run_b = attack(bctx, one, recs, b0)
+                    run_b = attack(bctx, bjob or one, recs, b0)
                     if count:
                         rate = run_b.entry["wall_time_s"] / count
                     standing -= {r["index"] for r, o in zip(hrecs, run_b.outcomes) if not o["correct"]}
@@ -222,7 +223,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                         e = _entry(orig, job, head, standing, acc, m, wall, complete=False)
                         e.update(restarts_done=k, blocks_done=bi + 1, block_size=ctx.cfg.batch_size, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last, sample_s=rate)
                         if pool is not None:
-                            e["pool"] = pool
+                            e["pool"], e["pool_blocks"] = pool, [len(p[2]) for p in plan]
                         entry["attacks"][orig.key] = e
                         entry["all"] = worst_case(head, done, entry["attacks"])
                         if save is not None:
@@ -300,25 +301,53 @@ def _stop(entry: dict, head: list[dict], done: dict) -> dict:
     return entry
 
 
-def _blocks_of(ctx, k: int, todo: list[dict], head: list[dict], spans, resumed: dict | None):
-    """The blocks restart ``k`` runs: ``(context, start, clean records, result records)`` each, and
-    the pool it packs (None for position blocks).
+def _blocks_of(ctx, one, k: int, todo: list[dict], head: list[dict], spans, resumed: dict | None):
+    """The blocks restart ``k`` (job ``one``) runs: ``(context, start, clean records, result records,
+    job or None)`` each, and the pool it packs (None for position blocks).
 
     Restart 1 attacks every sample: the position blocks ``spans`` of ``ctx``. A later restart attacks
-    only the samples still standing (``todo``'s clean-correct ones), packed into blocks of
-    ``batch_size`` of them, in order (their *pool*, saved with a partial entry so that a resumed
-    restart keeps its blocks): position blocks would hold 2-3 standing samples each, and one call of
-    an inference-time defense has a cost that does not shrink with its batch (E-ABS decodes its
-    candidate set once per call: a PGD-160 block of 2 samples took 838 s, one of 10 about 1700-1950 s).
-    A restart begun with position blocks (a partial entry without a pool) finishes with them."""
+    only the samples still standing (``todo``'s clean-correct ones), packed in order (their *pool*,
+    saved with a partial entry with its block sizes, so that a resumed restart keeps its blocks) into
+    the fewest blocks of at most 1.5 x ``batch_size`` samples, of balanced sizes (:func:`pack`):
+    position blocks would hold 2-3 standing samples each, and one call of an inference-time defense
+    has a cost that hardly shrinks with its batch (E-ABS decodes its candidate set for every forward
+    pass: a PGD-160 block of 2 samples took 838 s, one of 10 about 1700-1950 s, so 13 standing samples
+    cost about 2300 s as one block and 2700 s as blocks of 10 and 3). Each packed block is one batch of
+    its own context, seeded from its job (the restart's, with the block's number). A restart begun
+    with position blocks (a partial entry without a pool) finishes with them; one saved before
+    ``pool_blocks`` keeps its blocks of ``batch_size``."""
     if k == 0 or (resumed is not None and "pool" not in resumed):
-        return [(ctx, b0, todo[b0:b1], head[b0:b1]) for b0, b1 in spans], None
+        return [(ctx, b0, todo[b0:b1], head[b0:b1], None) for b0, b1 in spans], None
     at_of = {r["index"]: p for p, r in enumerate(head)}
     pool = list(resumed["pool"]) if resumed is not None else [r["index"] for r in todo if r["clean_correct"]]
-    at = [at_of[i] for i in pool]
-    sub = replace(ctx, ids=[ctx.ids[p] for p in at], x=ctx.x[at], y=ctx.y[at])
     bs = ctx.cfg.batch_size
-    return [(sub, c0, [todo[p] for p in at[c0:c0 + bs]], [head[p] for p in at[c0:c0 + bs]]) for c0 in range(0, len(at), bs)], pool
+    if resumed is not None and "pool_blocks" in resumed:
+        sizes = [int(b) for b in resumed["pool_blocks"]]
+    elif resumed is not None:
+        sizes = [min(bs, len(pool) - c0) for c0 in range(0, len(pool), bs)]
+    else:
+        sizes = pack(len(pool), bs)
+    if sum(sizes) != len(pool) or min(sizes, default=1) < 1:
+        raise BenchUserError(f"budget check: the saved pool of restart {k + 1} ({len(pool)} samples) does not match its blocks {sizes}; delete the partial budget_check entry to rerun that restart")
+    plan, c0 = [], 0
+    for bi, size in enumerate(sizes):
+        at = [at_of[i] for i in pool[c0:c0 + size]]
+        sub = replace(ctx, ids=[ctx.ids[p] for p in at], x=ctx.x[at], y=ctx.y[at], cfg=replace(ctx.cfg, batch_size=size))
+        plan.append((sub, 0, [todo[p] for p in at], [head[p] for p in at], replace(one, hash=f"{one.hash}:block{bi}")))
+        c0 += size
+    return plan, pool
+
+
+def pack(count: int, batch_size: int) -> list[int]:
+    """Block sizes for ``count`` samples: the fewest blocks of at most ``batch_size + batch_size // 2``
+    (at least 1), as equal as they can be, larger first (13 standing at batch size 10: one block of 13;
+    16: 8 + 8; 31: 11 + 10 + 10)."""
+    if count <= 0:
+        return []
+    cap = max(1, batch_size + batch_size // 2)
+    nb = -(-count // cap)
+    q, r = divmod(count, nb)
+    return [q + 1] * r + [q] * (nb - r)
 
 
 def _seed_probe(ctx, one, k: int, clean: list[dict], standing: set, spans) -> tuple[int, float]:

@@ -100,6 +100,11 @@ def test_check_budget_flag_on_the_cli(trained):
     assert bad.returncode == 2 and "positive integer" in bad.stderr
 
 
+def _restart_of(job_hash: str) -> str:
+    """"restartK" of a check job's hash ("<spec>:restartK", or "<spec>:restartK:blockB" for a packed block)."""
+    return next(t for t in job_hash.split(":") if t.startswith("restart"))
+
+
 def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninterrupted_one(trained, monkeypatch):
     import harness.engine.runner as runner
 
@@ -118,9 +123,9 @@ def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninter
         if job.key.endswith("seed probe"):
             probes.append(job.hash)
             return real(ctx, job, clean, start)
-        if job.hash not in calls and len(set(calls)) == 2:
+        if _restart_of(job.hash) not in calls and len(set(calls)) == 2:
             raise KeyboardInterrupt  # the session ends during the third restart
-        calls.append(job.hash)  # one call per block of the check (40 samples: 2 blocks)
+        calls.append(_restart_of(job.hash))  # one call per block of the check
         return real(ctx, job, clean, start)
 
     monkeypatch.setattr(runner, "attack", killed_after_two_restarts)
@@ -129,7 +134,7 @@ def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninter
     part = load_result(trained / "cut" / "fmnist" / "linf" / "cnn.json")["manifest"]["budget_check"]["attacks"]["pgd"]
     assert part["restarts_done"] == 2 and part["restarts"] == RESTARTS and len(set(calls)) == 2
     # a random start: the seed probes before restarts 2 and 3 saw two seeds propose different candidates
-    assert [h.rsplit(":", 1)[1] for h in probes] == ["restart0", "restart1", "restart1", "restart2"]
+    assert [_restart_of(h) for h in probes] == ["restart0", "restart1", "restart1", "restart2"]
     assert part["saturated"] in (None, False) and part["acc_doubled"] == len(part["robust_doubled"]) / 40
     assert "2 of 5 restarts so far" in render_saturation(load_results(trained / "cut", "fmnist", "linf"))
 
@@ -141,7 +146,7 @@ def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninter
 
     monkeypatch.setattr(runner, "attack", count)
     done = load_result(evaluate(cfg("cut", 40), log=lambda *_: None))["manifest"]["budget_check"]["attacks"]["pgd"]
-    ran = list(dict.fromkeys(h.rsplit(":", 1)[1] for h in calls))
+    ran = list(dict.fromkeys(_restart_of(h) for h in calls))
     assert ran and ran == ["restart2", "restart3", "restart4"][: len(ran)]  # only the restarts not yet run
     if len(ran) < 3:  # ends early only when every sample is broken
         assert done["stopped"] == "all broken" and done["acc_doubled"] == 0 and done["restarts_run"] == 2 + len(ran)
@@ -226,41 +231,46 @@ def test_a_rerun_with_nothing_left_to_do_leaves_the_file_untouched(trained, monk
 
 def test_later_restarts_attack_only_the_samples_still_standing_and_resume_block_by_block(trained, monkeypatch):
     import harness.engine.runner as runner
+    from harness.engine.saturation import pack
 
     def cfg(results: str, check: int | None) -> RunConfig:
-        return RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=40, eps=0.25, attacks=("pgd",), batch_size=10,
+        return RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=40, eps=0.25, attacks=("pgd",), batch_size=4,
                          results_dir=str(trained / results), progress=False, train_if_missing=False, check_budget=check)
 
-    # PGD-1 doubled to PGD-2: more than 10 of the 40 survive restart 1, so restart 2 has two packed blocks
+    # PGD-1 doubled to PGD-2: more than 6 of the 40 survive restart 1, so restart 2 packs them into two or more blocks
     (trained / "suite.toml").write_text(SUITE.replace("steps = 2,", "steps = 1,").replace("random_start = false", "random_start = true"), encoding="utf-8")
     real, calls = runner.attack, []
 
     def spy(ctx, job, clean, start=0):
         if job.key.endswith("seed probe"):  # random starts: the probes before restarts 2-5 never stop the check
             return real(ctx, job, clean, start)
-        calls.append((job.hash.rsplit(":", 1)[-1], start, {r["index"] for r in clean if r["clean_correct"]}))
+        restart = _restart_of(job.hash) if ":restart" in job.hash else "suite"
+        calls.append((restart, job.hash.rsplit(":", 1)[-1], start, ctx.cfg.batch_size, {r["index"] for r in clean if r["clean_correct"]}))
         return real(ctx, job, clean, start)
 
     monkeypatch.setattr(runner, "attack", spy)
     whole = load_result(evaluate(cfg("whole", 40), log=lambda *_: None))
     check = whole["manifest"]["budget_check"]["attacks"]["pgd"]
-    checks = [c for c in calls if c[0].startswith("restart")]
-    assert [c[1] for c in checks[:4]] == [0, 10, 20, 30]  # one call per block of 10
-    first = set().union(*(c[2] for c in checks[:4]))
+    first_calls = [c for c in calls if c[0] == "restart0"]
+    assert [c[2] for c in first_calls] == list(range(0, 40, 4))  # restart 1: one call per position block of 4
+    first = set().union(*(c[4] for c in first_calls))
     assert first == {r["index"] for r in whole["records"][:40] if r["clean_correct"]}  # restart 1: every clean-correct sample
-    second = set().union(*(c[2] for c in checks if c[0] == "restart1"))
+    second_calls = [c for c in calls if c[0] == "restart1"]
+    second = set().union(*(c[4] for c in second_calls))
     broken_by_first = first - second
     assert broken_by_first and second < first  # restart 2 skips what restart 1 broke
     assert check["acc_doubled"] <= len(second) / 40  # what restart 2 started from bounds what is left
+    # restart 2 packs its samples into balanced blocks of at most 6, each one batch with its own seed
+    assert [len(c[4]) for c in second_calls] == pack(len(second), 4) and all(c[3] == len(c[4]) and c[2] == 0 for c in second_calls)
+    assert [c[1] for c in second_calls] == [f"block{i}" for i in range(len(second_calls))]
 
-    # killed inside restart 2 after the first of its blocks (the standing samples packed 10 to a block):
-    # resumes at its second block
-    assert len(second) > 10, "restart 2 needs two packed blocks for this test"
+    # killed inside restart 2 after the first of its packed blocks: resumes at its second block
+    assert len(second_calls) >= 2, "restart 2 needs two packed blocks for this test"
     calls.clear()
     evaluate(cfg("cut", None), log=lambda *_: None)
 
     def killed(ctx, job, clean, start=0):
-        if job.hash.endswith("restart1") and start == 10:
+        if job.hash.endswith("restart1:block1"):
             raise KeyboardInterrupt
         return spy(ctx, job, clean, start)
 
@@ -269,13 +279,22 @@ def test_later_restarts_attack_only_the_samples_still_standing_and_resume_block_
         evaluate(cfg("cut", 40), log=lambda *_: None)
     part = load_result(trained / "cut" / "fmnist" / "linf" / "cnn.json")["manifest"]["budget_check"]["attacks"]["pgd"]
     assert part["restarts_done"] == 1 and part["blocks_done"] == 1 and len(part["block_sha256"]) == 1 and set(part["pool"]) == second
+    assert part["pool_blocks"] == pack(len(second), 4)
     assert "1 of 5 restarts so far, part of the next" in render_saturation(load_results(trained / "cut", "fmnist", "linf"))
     calls.clear()
     monkeypatch.setattr(runner, "attack", spy)
     done = load_result(evaluate(cfg("cut", 40), log=lambda *_: None))["manifest"]["budget_check"]["attacks"]["pgd"]
-    assert [(c[0], c[1]) for c in calls][:1] == [("restart1", 10)]  # the block not yet run
-    assert "blocks_done" not in done and "restarts_done" not in done
+    assert [(c[0], c[1]) for c in calls][:1] == [("restart1", "block1")]  # the block not yet run
+    assert "blocks_done" not in done and "restarts_done" not in done and "pool_blocks" not in done
     assert (done["acc_doubled"], done["found_more"], done["saturated"]) == (check["acc_doubled"], check["found_more"], check["saturated"])
+
+
+@pytest.mark.parametrize(("count", "bs", "sizes"), [(0, 10, []), (3, 10, [3]), (13, 10, [13]), (15, 10, [15]), (16, 10, [8, 8]),
+                                                     (31, 10, [11, 10, 10]), (5, 1, [1] * 5), (7, 4, [4, 3])])
+def test_packed_blocks_are_the_fewest_of_at_most_one_and_a_half_batches(count, bs, sizes):
+    from harness.engine.saturation import pack
+
+    assert pack(count, bs) == sizes
 
 
 def test_a_drop_of_exactly_the_threshold_is_saturated():
@@ -475,37 +494,38 @@ def test_the_verdict_recomputes_outcome_checks_instead_of_repeating_stale_record
     assert any("pgd: budget not saturated" in w and "10.0% -> 7.0% counting both" in w for w in v.warnings)
 
 
-def test_later_restarts_pack_the_standing_samples_into_full_blocks_and_resume_with_the_same_ones(trained, monkeypatch):
+def test_later_restarts_pack_the_standing_samples_and_resume_with_the_same_blocks(trained, monkeypatch):
     """Restart 1 runs position blocks; a later restart attacks only the samples still standing, packed
-    10 to a block (position blocks would hold a few each, and an inference-time defense pays per call).
-    A restart interrupted after its first packed block resumes with the same blocks (the saved pool)
-    and ends exactly where the uninterrupted check ends."""
+    into the fewest balanced blocks of at most 1.5 batches (position blocks would hold a few each, and
+    an inference-time defense pays per call). A restart interrupted after its first packed block resumes
+    with the same blocks (the saved pool and sizes) and ends exactly where the uninterrupted check
+    ends; a partial entry saved before ``pool_blocks`` resumes with blocks of the batch size."""
     import harness.engine.runner as runner
     from harness.engine import saturation
     from harness.engine.runner import prepare
+    from harness.engine.saturation import pack
 
     (trained / "suite.toml").write_text(SUITE.replace("steps = 2,", "steps = 1,").replace("random_start = false", "random_start = true"), encoding="utf-8")
     cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=60, eps=0.25, attacks=("pgd",),
-                    results_dir=str(trained / "pack"), progress=False, train_if_missing=False)
+                    batch_size=4, results_dir=str(trained / "pack"), progress=False, train_if_missing=False)
     data = load_result(evaluate(cfg, log=lambda *_: None))
     ctx = prepare(cfg, log=lambda *_: None)
     real, calls = runner.attack, []
 
     def spy(c, job, clean, start=0):
         if "seed probe" not in job.key:
-            calls.append((job.hash.rsplit(":restart", 1)[1], len(c.ids), start, sum(bool(r["clean_correct"]) for r in clean)))
+            calls.append((job.hash.split(":restart", 1)[1].split(":")[0], len(c.ids), start, sum(bool(r["clean_correct"]) for r in clean)))
         return real(c, job, clean, start)
 
     monkeypatch.setattr(runner, "attack", spy)
     whole = saturation.run(ctx, data, n=60)["attacks"]["pgd"]
     first = [cl for cl in calls if cl[0] == "0"]
     later = [cl for cl in calls if cl[0] != "0"]
-    assert [cl[2] for cl in first] == [0, 10, 20, 30, 40, 50] and all(cl[1] == 60 for cl in first)
+    assert [cl[2] for cl in first] == list(range(0, 60, 4)) and all(cl[1] == 60 for cl in first)
     assert later, "the doubled PGD broke every sample in its first restart: this test needs survivors"
     for r in sorted({cl[0] for cl in later}):
-        mine = [cl for cl in later if cl[0] == r]
-        pool = mine[0][1]  # the samples standing when the restart began, packed from position 0
-        assert [cl[2] for cl in mine] == list(range(0, pool, 10)) and [cl[3] for cl in mine] == [min(10, pool - s) for s in range(0, pool, 10)]
+        mine = [cl for cl in later if cl[0] == r]  # one context per packed block, holding just its samples
+        assert all(cl[2] == 0 and cl[1] == cl[3] for cl in mine) and [cl[3] for cl in mine] == pack(sum(cl[3] for cl in mine), 4)
     # interrupted after the first packed block of the first restart that has two: the saved entry holds its pool
     r2 = next((r for r in sorted({cl[0] for cl in later}) if sum(cl[0] == r for cl in later) >= 2), None)
     if r2 is None:
@@ -513,7 +533,7 @@ def test_later_restarts_pack_the_standing_samples_into_full_blocks_and_resume_wi
     saved, seen = [], []
 
     def interrupting(c, job, clean, start=0):
-        if job.hash.endswith(f":restart{r2}") and "seed probe" not in job.key:
+        if f":restart{r2}:" in job.hash and "seed probe" not in job.key:
             seen.append(start)
             if len(seen) == 2:
                 raise KeyboardInterrupt
@@ -523,7 +543,14 @@ def test_later_restarts_pack_the_standing_samples_into_full_blocks_and_resume_wi
     with pytest.raises(KeyboardInterrupt):
         saturation.run(ctx, data, n=60, save=lambda e: saved.append(json.loads(json.dumps(e))))
     part = saved[-1]["attacks"]["pgd"]
-    assert part["restarts_done"] == int(r2) and part["blocks_done"] == 1 and len(part["pool"]) > 10
+    assert part["restarts_done"] == int(r2) and part["blocks_done"] == 1 and len(part["pool"]) > 6 and part["pool_blocks"] == pack(len(part["pool"]), 4)
     monkeypatch.setattr(runner, "attack", real)
     resumed = saturation.run(ctx, data | {"manifest": data["manifest"] | {"budget_check": saved[-1]}}, n=60)["attacks"]["pgd"]
     assert {k: resumed[k] for k in ("acc_doubled", "found_more", "drop", "saturated")} == {k: whole[k] for k in ("acc_doubled", "found_more", "drop", "saturated")}
+    # a partial entry written before pool_blocks: its restart keeps the blocks of 4 it was begun with
+    old = {k: v for k, v in part.items() if k != "pool_blocks"}
+    calls.clear()
+    monkeypatch.setattr(runner, "attack", spy)
+    saturation.run(ctx, data | {"manifest": data["manifest"] | {"budget_check": saved[-1] | {"attacks": {"pgd": old}}}}, n=60)
+    rest = [cl[3] for cl in calls if cl[0] == r2]
+    assert rest == [min(4, len(old["pool"]) - c0) for c0 in range(4, len(old["pool"]), 4)]
