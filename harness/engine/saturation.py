@@ -433,7 +433,7 @@ def unsaturated(data: dict) -> list[tuple[str, dict]]:
 def unchecked(data: dict) -> list[str]:
     """The row's gradient attacks that its budget check (when it has one) has not finished: not
     started (``"pgd: not checked"``; e.g. a plan's ``check_attacks`` or a deadline left it out)
-    or stopped between blocks (``"pgd: 2/4 blocks of restart 1"``). The drop of the worst case
+    or stopped between blocks or restarts (``"pgd: 2 of 5 restarts and 1 block of restart 3 of 5 done"``). The drop of the worst case
     (:func:`headline_drop`) covers the finished attacks only, so a row can read as saturated while
     one of its attacks was never doubled; :mod:`harness.engine.sanity` warns with these."""
     check = data["manifest"].get("budget_check") or {}
@@ -453,7 +453,9 @@ def unchecked(data: dict) -> list[str]:
         if not isinstance(e, dict):
             out.append(f"{key}: not checked")
         elif "restarts_done" in e:
-            out.append(f"{key}: {int(e.get('blocks_done') or 0)} blocks of restart {int(e['restarts_done']) + 1} of {int(e.get('restarts') or RESTARTS)} done")
+            r, b, total = int(e["restarts_done"]), int(e.get("blocks_done") or 0), int(e.get("restarts") or RESTARTS)
+            blocks = f"{b} block{'s' if b != 1 else ''} of restart {r + 1}"
+            out.append(f"{key}: " + (f"{r} of {total} restarts and {blocks} done" if r and b else f"{r} of {total} restarts done" if r else f"{blocks} of {total} done"))
     return out
 
 

@@ -425,7 +425,11 @@ def test_a_check_that_left_gradient_attacks_undoubled_says_so():
     assert unchecked(data) == ["pgd: not checked"]
     assert any("budget check incomplete (pgd: not checked)" in w for w in outcome_checks(data))
     data["manifest"]["budget_check"]["attacks"]["pgd"] = dict(done, saturated=None, restarts_done=1, blocks_done=2, restarts=5)
-    assert unchecked(data) == ["pgd: 2 blocks of restart 2 of 5 done"]
+    assert unchecked(data) == ["pgd: 1 of 5 restarts and 2 blocks of restart 2 done"]
+    data["manifest"]["budget_check"]["attacks"]["pgd"] = dict(done, saturated=None, restarts_done=2, restarts=5)
+    assert unchecked(data) == ["pgd: 2 of 5 restarts done"]  # stopped between restarts: no "0 blocks of restart 3"
+    data["manifest"]["budget_check"]["attacks"]["pgd"] = dict(done, saturated=None, restarts_done=0, blocks_done=1, restarts=5)
+    assert unchecked(data) == ["pgd: 1 block of restart 1 of 5 done"]
     data["manifest"]["budget_check"]["attacks"]["pgd"] = dict(done, saturated=False, delta=0.5, restarts_done=0, blocks_done=1)
     assert unchecked(data) == []  # already unsaturated: finishing it only breaks more
     data["manifest"]["budget_check"]["attacks"]["pgd"] = done
