@@ -430,6 +430,79 @@ def unsaturated(data: dict) -> list[tuple[str, dict]]:
     return [(k, e) for k, e in (check.get("attacks") or {}).items() if isinstance(e, dict) and attack_drop(e, check.get("n")) > thr]
 
 
+def _doubled_of(entry: dict) -> tuple[AttackSpec | None, str | None]:
+    """The doubled spec of a result file's attack entry (its ``spec`` as saved) and that spec's check
+    hash (:func:`_hash`, at the entry's ``eps``): (None, None) when the check does not apply to it or
+    the entry is not a harness attack spec (a plugin's unknown name, an old file)."""
+    spec = (entry or {}).get("spec") or {}
+    try:
+        orig = AttackSpec(spec["name"], tuple((spec.get("params") or {}).items()), int(spec.get("restarts", 1)), int(spec.get("eot", 1)),
+                          int(spec.get("seed", 0)), str(spec.get("label", "")))
+        doubled = stronger(orig)
+    except (KeyError, TypeError, ValueError, BenchUserError):
+        return None, None
+    if doubled is None:
+        return None, None
+    eps = entry.get("eps")
+    return doubled, (_hash(doubled, eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else None)
+
+
+def pending(data: dict, n: int = DEFAULT_N, attacks=None) -> dict[str, dict]:
+    """The attacks of the result file ``data`` whose budget check on its first ``n`` samples has work
+    left, as :func:`run` would see it, without building the defense: attack key -> its partial entry
+    (``{}`` when not started, or when its entry is for another budget, ``n``, factor or restart count).
+    Only the gradient attacks with a step budget that the check doubles; ``attacks``: only these
+    attack names (a plan's ``check_attacks``). ``bench sweep`` skips a file with none (a finished check
+    costs nothing: no defense to load, no trust checks to rerun) and one whose next blocks cannot fit
+    its deadline (:func:`next_block_s`)."""
+    man = data.get("manifest") or {}
+    m = min(int(n), len(data.get("records") or []))
+    check = man.get("budget_check") or {}
+    same = check.get("n") == m and check.get("factor") == FACTOR and check.get("restarts") == RESTARTS
+    out = {}
+    for key, a in (man.get("attacks") or {}).items():
+        if not isinstance(a, dict) or (attacks is not None and ((a.get("spec") or {}).get("name") or key.split("@")[0]) not in attacks):
+            continue
+        doubled, h2 = _doubled_of(a)
+        if doubled is None:
+            continue
+        e = (check.get("attacks") or {}).get(key) if same else None
+        ours = isinstance(e, dict) and e.get("of") == a.get("spec_hash") and h2 is not None and e.get("spec_hash") == h2
+        if not ours or "restarts_done" in e:
+            out[key] = dict(e) if ours else {}
+    return out
+
+
+def next_block_s(data: dict, key: str, entry: dict, *, n: int = DEFAULT_N, block: int = CHECK_BLOCK) -> float | None:
+    """Estimated seconds of the next piece of attack ``key``'s check on the first ``n`` samples
+    (``entry``: its partial entry from :func:`pending`, ``{}`` when not started), priced as :func:`run`
+    prices it: seconds per attacked sample of its latest block (``sample_s``), else the row's own run
+    of the attack (:func:`_row_rate`), x the samples that piece attacks: the clean-correct ones of the
+    next position block in restart 1, the next packed block of the samples still standing in later
+    restarts (on a deterministic defense the seed probe of :data:`PROBE` x 2 samples comes first).
+    ``block``: the check's block size (the run's batch size when smaller). None when nothing prices it."""
+    records = data.get("records") or []
+    m = min(int(n), len(records))
+    rate = entry.get("sample_s")
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
+        rate = _row_rate(records, (data["manifest"].get("attacks") or {}).get(key) or {}, key)
+    if rate is None:
+        return None
+    r, b = int(entry.get("restarts_done") or 0), int(entry.get("blocks_done") or 0)
+    bs = int(entry.get("block_size") or block)
+    if r == 0:
+        count = sum(bool(x.get("clean_correct")) for x in records[b * bs:min((b + 1) * bs, m)])
+    elif b and entry.get("pool_blocks"):
+        sizes = [int(s) for s in entry["pool_blocks"]]
+        count = sizes[b] if b < len(sizes) else 0
+    else:
+        standing = set(entry.get("robust_doubled") or [])
+        count = (pack(sum(bool(x.get("clean_correct")) and x["index"] in standing for x in records[:m]), bs) or [0])[0]
+        if not b and data["manifest"].get("randomized") is False:
+            count = min(count, 2 * PROBE)
+    return float(rate) * count
+
+
 def unchecked(data: dict) -> list[str]:
     """The row's gradient attacks that its budget check (when it has one) has not finished: not
     started (``"pgd: not checked"``; e.g. a plan's ``check_attacks`` or a deadline left it out)
@@ -442,13 +515,8 @@ def unchecked(data: dict) -> list[str]:
     done = check.get("attacks") or {}
     out = []
     for key, entry in (data["manifest"].get("attacks") or {}).items():
-        spec = (entry or {}).get("spec") or {}
-        try:
-            applies = stronger(AttackSpec(spec["name"], tuple((spec.get("params") or {}).items()), int(spec.get("restarts", 1)), int(spec.get("eot", 1)))) is not None
-        except (KeyError, TypeError, ValueError, BenchUserError):  # not a harness attack spec (a plugin's unknown name, an old file)
-            continue
         e = done.get(key)
-        if not applies or (isinstance(e, dict) and e.get("saturated") is False):
+        if _doubled_of(entry)[0] is None or (isinstance(e, dict) and e.get("saturated") is False):
             continue  # not doubled by the check, or already shown unsaturated (more blocks only break more)
         if not isinstance(e, dict):
             out.append(f"{key}: not checked")

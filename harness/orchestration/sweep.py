@@ -34,7 +34,7 @@ from typing import Any
 
 from harness import datasets
 from harness.errors import BenchUserError
-from harness.store.results import SCHEMA_VERSION, atomic_write_json, result_path, write_result
+from harness.store.results import SCHEMA_VERSION, atomic_write_json, load_result, result_path, write_result
 from threat_models import NORMS, ThreatModel, default_threat, is_suite_file, load_suite
 
 PLAN_KEYS = {"defenses", "datasets", "norms", "suites", "n", "seed", "shards", "device", "attacks", "batch_size", "eps", "num_cpus", "num_gpus", "arch", "options", "check_budget", "check_attacks"}
@@ -911,10 +911,40 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
         with held:
             if partial:  # merged again from the shards finished now (rewritten only if they changed)
                 merge(gjobs, results_dir, command=command_line(), configs=configs, partial=True)
+            why = _check_left(path, n, names, deadline)
+            if why:
+                log(f"budget check of {path}: {why}")
+                continue
             log(f"budget check of {path} on its first {n} samples")
             cfg = replace(_cfg(gjobs[0], attacks=names), results_dir=str(results_dir), check_budget=n, progress=progress)
             checked.append(evaluate(cfg, log=log, check_deadline=deadline))
     return checked
+
+
+def _check_left(path: Path, n: int, names: tuple[str, ...], deadline: float | None, *, clock=time.time) -> str | None:
+    """Why the budget check of the merged file ``path`` (attacks ``names``, first ``n`` samples) need
+    not start now, read from the file alone (:func:`harness.engine.saturation.pending`): it is finished,
+    or the next block of every attack it has left is estimated to end after ``deadline``
+    (:func:`harness.engine.saturation.next_block_s`). None to start it: building an inference-time
+    defense and rerunning its trust checks costs minutes (E-ABS: about 3) before the check itself
+    would find nothing to do. A file that cannot be read starts it (the run reports the problem)."""
+    from harness.engine import saturation
+
+    try:
+        data = load_result(path)
+        left = saturation.pending(data, n, names)
+    except (BenchUserError, OSError, ValueError, KeyError, TypeError):
+        return None
+    if not left:
+        return f"finished on its first {min(n, len(data['records']))} samples; nothing to run"
+    if deadline is None:
+        return None
+    time_left = deadline - clock()
+    costs = {k: saturation.next_block_s(data, k, e, n=n) for k, e in left.items()}
+    if time_left > 0 and any(c is None or c <= time_left for c in costs.values()):
+        return None
+    est = ", ".join(f"{k} {c / 60:.0f} min" for k, c in costs.items())
+    return f"not started: the next block of each attack left is estimated at {est} and {max(0.0, time_left) / 60:.0f} min are left; rerun to continue"
 
 
 def time_gate(deadline: float, results_dir: str | os.PathLike, *, clock=time.time):

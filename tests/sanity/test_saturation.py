@@ -280,6 +280,10 @@ def test_later_restarts_attack_only_the_samples_still_standing_and_resume_block_
     part = load_result(trained / "cut" / "fmnist" / "linf" / "cnn.json")["manifest"]["budget_check"]["attacks"]["pgd"]
     assert part["restarts_done"] == 1 and part["blocks_done"] == 1 and len(part["block_sha256"]) == 1 and set(part["pool"]) == second
     assert part["pool_blocks"] == pack(len(second), 4)
+    from harness.engine.saturation import next_block_s, pending
+
+    cut = load_result(trained / "cut" / "fmnist" / "linf" / "cnn.json")
+    assert next_block_s(cut, "pgd", pending(cut, 40)["pgd"], n=40) == pytest.approx(part["sample_s"] * part["pool_blocks"][1])
     assert "1 of 5 restarts so far, part of the next" in render_saturation(load_results(trained / "cut", "fmnist", "linf"))
     calls.clear()
     monkeypatch.setattr(runner, "attack", spy)
@@ -354,7 +358,12 @@ def test_a_deadline_stops_the_check_before_a_block_its_estimate_says_ends_too_la
 
     monkeypatch.setattr(runner, "attack", slow_on_paper)
     ctx, logs = prepare(cfg, log=lambda *_: None), []
-    entry = saturation.run(ctx, load_result(path), n=60, log=logs.append, deadline=50.0, clock=lambda: 0.0)
+    fresh = load_result(path)
+    # what bench sweep reads before it builds the defense: the check not started, its first block priced from the row
+    assert saturation.pending(fresh, 60, ("pgd",)) == {"pgd": {}} and saturation.pending(fresh, 60, ("deepfool",)) == {}
+    first = sum(bool(r["clean_correct"]) for r in fresh["records"][:10])
+    assert saturation.next_block_s(fresh, "pgd", {}, n=60) == pytest.approx(2 * fresh["manifest"]["attacks"]["pgd"]["wall_time_s"] / sum(bool(r["clean_correct"]) for r in fresh["records"]) * first)
+    entry = saturation.run(ctx, fresh, n=60, log=logs.append, deadline=50.0, clock=lambda: 0.0)
     pgd = entry["attacks"]["pgd"]
     # block 1 (nothing measured yet) runs; block 2 would take ~10 s x its samples > 50 s
     assert calls == [0] and pgd["restarts_done"] == 0 and pgd["blocks_done"] == 1 and pgd["sample_s"] == 10.0
@@ -369,12 +378,17 @@ def test_a_deadline_stops_the_check_before_a_block_its_estimate_says_ends_too_la
     row = next(line for line in render_saturation({"cnn": data}).splitlines() if "| PGD" in line)
     assert "10 of 60 so far" in row and f"{100 * acc:.1f}%" in row and f"{100 * acc2:.1f}%" in row
     assert pgd["acc_doubled"] == len(pgd["robust_doubled"]) / 60 >= acc2 * 10 / 60 + 50 / 60 - 1e-9
+    left = saturation.pending(data, 60)
+    assert list(left) == ["pgd"] and left["pgd"]["blocks_done"] == 1
+    assert saturation.next_block_s(data, "pgd", left["pgd"], n=60) == 10.0 * sum(bool(r["clean_correct"]) for r in data["records"][10:20])
     calls.clear()
     # a later session: the saved rate stops it before it starts anything
     again = saturation.run(ctx, data, n=60, log=logs.append, deadline=50.0, clock=lambda: 0.0)
     assert calls == [] and again["attacks"]["pgd"]["blocks_done"] == 1
     done = saturation.run(ctx, data | {"manifest": data["manifest"] | {"budget_check": again}}, n=60, log=logs.append)
     assert calls[:2] == [10, 20] and "restarts_done" not in done["attacks"]["pgd"] and isinstance(done["attacks"]["pgd"]["saturated"], bool)
+    assert saturation.pending(data | {"manifest": data["manifest"] | {"budget_check": done}}, 60) == {}
+    assert set(saturation.pending(data | {"manifest": data["manifest"] | {"budget_check": done}}, 50)) == {"pgd"}  # another n: not this check
 
 
 def test_a_first_check_block_is_priced_from_the_rows_own_attack_and_a_cheaper_attack_still_runs(trained, monkeypatch):

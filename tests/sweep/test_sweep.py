@@ -444,7 +444,7 @@ def test_dry_run_estimates_the_budget_check_from_the_shards(tmp_path):
     assert sweep.check_estimate(sweep.parse_plan(tomllib.loads(PLAN)), jobs, res) == ""  # no check_budget
 
 
-def test_a_plan_with_check_budget_checks_each_merged_file(env):
+def test_a_plan_with_check_budget_checks_each_merged_file(env, monkeypatch):
     tmp, plan, _ = env
     plan.write_text(PLAN + "check_budget = 20\n")
     out = tmp / "res"
@@ -453,11 +453,37 @@ def test_a_plan_with_check_budget_checks_each_merged_file(env):
     check = _merged(out)["manifest"]["budget_check"]
     assert check["n"] == 20 and list(check["attacks"]) == ["pgd"] and check["not_checked"] == ["fgm"]
     assert any("budget check of" in line for line in lines)
-    # a rerun keeps the finished check and the file
+    # a rerun keeps the finished check and the file, and builds no defense for it (read from the file alone)
+    import harness.engine.runner as runner
+
+    def no_run(*a, **k):
+        raise AssertionError("a finished check must not rerun the evaluation")
+
+    monkeypatch.setattr(runner, "evaluate", no_run)
     before = (out / "fmnist" / "linf" / "cnn.json").read_text()
-    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lambda *_: None) == 0
+    lines.clear()
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lines.append) == 0
     assert json.loads((out / "fmnist" / "linf" / "cnn.json").read_text())["manifest"]["budget_check"] == check
     assert json.loads(before)["records"] == _merged(out)["records"]
+    assert any("finished on its first 20 samples; nothing to run" in line for line in lines)
+    # a check left partway whose next block cannot fit the deadline is not started either; one that fits is
+    path = out / "fmnist" / "linf" / "cnn.json"
+    data = json.loads(before)
+    head = data["records"][:20]
+    standing = [r["index"] for r in head if r["clean_correct"]]
+    data["manifest"]["budget_check"]["attacks"]["pgd"] |= {"restarts_done": 1, "robust_doubled": standing, "sample_s": 60.0}
+    path.write_text(json.dumps(data))
+    from harness.engine import saturation
+
+    est = saturation.next_block_s(data, "pgd", saturation.pending(data, 20)["pgd"], n=20)
+    assert est == 60.0 * 2 * saturation.PROBE  # a deterministic defense: restart 2 begins with the seed probe
+    lines.clear()
+    jobs = sweep.expand(sweep.load_plan(plan))
+    sweep.check_merged(jobs, out, n=20, progress=False, log=lines.append, deadline=time.time() + est - 60)
+    assert any("not started: the next block of each attack left is estimated at pgd" in line and "rerun to continue" in line for line in lines), lines
+    monkeypatch.setattr(runner, "evaluate", lambda cfg, **k: lines.append(f"ran {cfg.attacks}") or path)
+    sweep.check_merged(jobs, out, n=20, progress=False, log=lines.append, deadline=time.time() + est + 600)
+    assert lines[-2:] == [f"budget check of {path} on its first 20 samples", "ran ('pgd', 'fgm')"]
     from harness.errors import BenchUserError
 
     with pytest.raises(BenchUserError, match="check_budget"):
