@@ -578,5 +578,40 @@ def evaluate(cfg: RunConfig, *, log=print, check_deadline: float | None = None) 
     return ev.save(path)
 
 
+def check_file(cfg: RunConfig, *, log=print, deadline: float | None = None, write_lock=None) -> Path:
+    """The budget check (:mod:`harness.engine.saturation`, on the first ``cfg.check_budget`` samples)
+    of the attacks ``cfg.attacks`` of ``cfg``'s existing result file, and nothing else: no clean pass,
+    no attack, no trust checks of the defense (the file has them; an inference-time defense pays
+    minutes for them). After each block the entries of *these* attacks are merged into the file as it
+    is then on disk (:func:`harness.engine.saturation.merge_entry`) under ``write_lock()`` (a context
+    manager; ``bench sweep`` passes a lock file), so other processes may check the file's other
+    attacks at the same time; the outcome checks (the warnings on saturation) are refreshed with it.
+    ``deadline`` as :func:`harness.engine.saturation.run`. Returns the file's path."""
+    import contextlib
+
+    if not cfg.check_budget:
+        raise BenchUserError("check_file needs check_budget > 0")
+    ctx = prepare(cfg, log=log)
+    path = result_path(cfg.results_dir, cfg.dataset, cfg.norm, variant_key(cfg.defense, cfg.options))
+    if not path.is_file():
+        raise BenchUserError(f"no result file {path} to check; run the evaluation first")
+    data = load_result(path)
+    _check_same_evaluation(path, data, ctx, ctx.manifest)
+    keys = [job.key for job in ctx.jobs]
+    lock = write_lock or contextlib.nullcontext
+
+    def keep(entry: dict) -> None:
+        with lock():
+            ev = Evaluation.resume(path, ctx)
+            before = outcome_checks(ev.data)  # the file's outcome warnings, refreshed below; the defense's own stay
+            ev.set_budget_check(saturation.merge_entry(ev.data, entry, keys))
+            ev.manifest["warnings"] = [w for w in ev.manifest.get("warnings", []) if w not in before] + outcome_checks(ev.data)
+            if ev.changed:
+                ev.save(path)
+
+    keep(saturation.run(ctx, data, n=cfg.check_budget, save=keep, log=log, deadline=deadline))
+    return path
+
+
 def config_dict(cfg: RunConfig) -> dict:
     return asdict(cfg)

@@ -269,6 +269,29 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
     return entry
 
 
+def merge_entry(data: dict, entry: dict, keys) -> dict:
+    """The ``budget_check`` entry of the result file ``data`` as it is now on disk, with the entries of
+    attacks ``keys`` taken from ``entry`` (one process's :func:`run`) and the others kept: several
+    processes may check one file's attacks at the same time (``bench sweep`` claims one attack at a
+    time), each writing only its own. A file checked with another ``n``, factor or restart count
+    keeps none of its old entries. ``all`` is recomputed over every entry."""
+    old = data["manifest"].get("budget_check") or {}
+    same = all(old.get(k) == entry.get(k) for k in ("n", "factor", "restarts"))
+    done = data["manifest"].get("attacks") or {}
+    attacks = {k: v for k, v in (old.get("attacks") or {}).items() if k in done} if same else {}
+    for k in keys:
+        if k in (entry.get("attacks") or {}):
+            attacks[k] = entry["attacks"][k]
+    out = {k: v for k, v in entry.items() if k not in ("attacks", "all", "not_checked")}
+    out["attacks"] = {k: attacks[k] for k in done if k in attacks}  # in the file's attack order
+    skipped = [k for k in done if k in set(old.get("not_checked") or [] if same else []) | set(entry.get("not_checked") or [])]
+    if skipped:
+        out["not_checked"] = skipped
+    if out["attacks"]:
+        out["all"] = worst_case(data["records"][: int(out["n"])], done, out["attacks"])
+    return out
+
+
 def so_far(records: list[dict], e: dict, key: str) -> dict | None:
     """While the first restart of attack ``key``'s check runs (``e`` its partial entry): accuracy with
     the suite's budget, with the doubled one alone and under both, on the samples of its finished
@@ -445,6 +468,14 @@ def _doubled_of(entry: dict) -> tuple[AttackSpec | None, str | None]:
         return None, None
     eps = entry.get("eps")
     return doubled, (_hash(doubled, eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else None)
+
+
+def checkable(data: dict, names) -> tuple[str, ...]:
+    """Of the attack names ``names``, those that the result file ``data`` holds with a step budget the
+    check doubles (:func:`stronger`); the others are its ``not_checked``."""
+    doubled = {(e.get("spec") or {}).get("name") or k.split("@")[0] for k, e in (data["manifest"].get("attacks") or {}).items()
+               if isinstance(e, dict) and _doubled_of(e)[0] is not None}
+    return tuple(a for a in names if a in doubled)
 
 
 def pending(data: dict, n: int = DEFAULT_N, attacks=None) -> dict[str, dict]:

@@ -21,6 +21,7 @@ the attacks finished so far, naming the others in ``pending_attacks`` (the row r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -864,7 +865,8 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
     blocks can fill the time of a session that no remaining job fits in."""
     from dataclasses import replace
 
-    from harness.engine.runner import evaluate
+    from harness.engine import saturation
+    from harness.engine.runner import check_file
     from harness.orchestration import claims
     from harness.store.provenance import command_line
 
@@ -904,21 +906,57 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
         if deadline is not None and time.time() >= deadline:
             log(f"budget check of {path}: not started, the time limit is reached; rerun to continue")
             continue
-        held = claims.take(path)
-        if isinstance(held, str):
-            log(f"budget check of {path}: {held}")
-            continue
-        with held:
-            if partial:  # merged again from the shards finished now (rewritten only if they changed)
-                merge(gjobs, results_dir, command=command_line(), configs=configs, partial=True)
-            why = _check_left(path, n, names, deadline)
-            if why:
-                log(f"budget check of {path}: {why}")
+        if partial:  # merged again from the shards finished now (rewritten only if they changed), under the file's lock
+            held = claims.take(path)
+            if isinstance(held, str):
+                log(f"budget check of {path}: {held}")
                 continue
-            log(f"budget check of {path} on its first {n} samples")
-            cfg = replace(_cfg(gjobs[0], attacks=names), results_dir=str(results_dir), check_budget=n, progress=progress)
-            checked.append(evaluate(cfg, log=log, check_deadline=deadline))
+            with held:
+                merge(gjobs, results_dir, command=command_line(), configs=configs, partial=True)
+        why = _check_left(path, n, names, deadline)
+        if why:
+            log(f"budget check of {path}: {why}")
+            continue
+        try:
+            doubled = saturation.checkable(load_result(path), names)
+        except (BenchUserError, OSError, ValueError, KeyError, TypeError):
+            doubled = names  # the run reports what is wrong with the file
+        skipped = tuple(a for a in names if a not in doubled)  # recorded as not_checked with the first attack checked
+        for name in doubled:  # one attack at a time, each under its own lock: other processes check the others
+            held = claims.take(path.with_name(f"{path.name}.check-{name}"))
+            if isinstance(held, str):
+                log(f"budget check of {path}: {name} {held}")
+                continue
+            with held:
+                why = _check_left(path, n, (name,), deadline)  # re-read: another process may have finished it
+                if why:
+                    if not why.startswith("finished"):
+                        log(f"budget check of {path}: {name} {why}")
+                    continue
+                log(f"budget check of {path}: {name} on its first {n} samples")
+                cfg = replace(_cfg(gjobs[0], attacks=(name, *skipped)), results_dir=str(results_dir), check_budget=n, progress=progress)
+                done = check_file(cfg, log=log, deadline=deadline, write_lock=lambda: _write_lock(path))
+                checked += [done] if done not in checked else []
+                skipped = ()
     return checked
+
+
+@contextlib.contextmanager
+def _write_lock(path: Path, *, wait_s: float = 120.0):
+    """Hold ``path``'s write lock (``<file>.write.lock``, :mod:`harness.orchestration.claims`) while one
+    process merges its budget check entries into the file: waits up to ``wait_s`` for another's."""
+    from harness.orchestration import claims
+
+    end = time.time() + wait_s
+    while True:
+        held = claims.take(path.with_name(f"{path.name}.write"))
+        if not isinstance(held, str):
+            break
+        if time.time() > end:
+            raise BenchUserError(f"cannot write {path}: {held}")
+        time.sleep(0.2)
+    with held:
+        yield
 
 
 def _check_left(path: Path, n: int, names: tuple[str, ...], deadline: float | None, *, clock=time.time) -> str | None:

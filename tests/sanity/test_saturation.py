@@ -572,3 +572,19 @@ def test_later_restarts_pack_the_standing_samples_and_resume_with_the_same_block
     saturation.run(ctx, data | {"manifest": data["manifest"] | {"budget_check": saved[-1] | {"attacks": {"pgd": old}}}}, n=60)
     rest = [cl[3] for cl in calls if cl[0] == r2]
     assert rest == [min(4, len(old["pool"]) - c0) for c0 in range(4, len(old["pool"]), 4)]
+
+
+def test_merge_entry_takes_only_its_own_attacks_and_drops_a_check_of_another_n():
+    from harness.engine.saturation import merge_entry
+
+    recs = [{"index": i, "clean_correct": True, "attacks": {"pgd": {"correct": i < 3}, "deepfool": {"correct": i < 2}}} for i in range(4)]
+    man = {"attacks": {"pgd": {}, "deepfool": {}}}
+    on_disk = {"n": 4, "factor": 2, "restarts": 5, "attacks": {"pgd": {"found_more": [0], "delta": 0.25}, "deepfool": {"found_more": [], "delta": 0.0}}}
+    mine = {"n": 4, "factor": 2, "restarts": 5, "threshold": 0.02, "attacks": {"pgd": {"found_more": [], "delta": 0.0}, "deepfool": {"found_more": [1], "delta": 0.25}},
+            "not_checked": ["noise"]}
+    out = merge_entry({"manifest": man | {"budget_check": on_disk}, "records": recs}, mine, ["deepfool"])
+    assert out["attacks"] == {"pgd": on_disk["attacks"]["pgd"], "deepfool": mine["attacks"]["deepfool"]}  # the other process's pgd stays
+    assert "not_checked" not in out  # noise is not an attack of this file
+    assert out["all"] == {"acc": 0.5, "acc_doubled": 0.0, "delta": 0.5}  # samples 0 and 1 robust to both, broken by pgd's and deepfool's doubled runs
+    other_n = merge_entry({"manifest": man | {"budget_check": on_disk | {"n": 3}}, "records": recs}, mine, ["deepfool"])
+    assert list(other_n["attacks"]) == ["deepfool"]

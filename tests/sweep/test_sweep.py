@@ -460,6 +460,7 @@ def test_a_plan_with_check_budget_checks_each_merged_file(env, monkeypatch):
         raise AssertionError("a finished check must not rerun the evaluation")
 
     monkeypatch.setattr(runner, "evaluate", no_run)
+    monkeypatch.setattr(runner, "check_file", no_run)
     before = (out / "fmnist" / "linf" / "cnn.json").read_text()
     lines.clear()
     assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lines.append) == 0
@@ -481,9 +482,9 @@ def test_a_plan_with_check_budget_checks_each_merged_file(env, monkeypatch):
     jobs = sweep.expand(sweep.load_plan(plan))
     sweep.check_merged(jobs, out, n=20, progress=False, log=lines.append, deadline=time.time() + est - 60)
     assert any("not started: the next block of each attack left is estimated at pgd" in line and "rerun to continue" in line for line in lines), lines
-    monkeypatch.setattr(runner, "evaluate", lambda cfg, **k: lines.append(f"ran {cfg.attacks}") or path)
+    monkeypatch.setattr(runner, "check_file", lambda cfg, **k: lines.append(f"ran {cfg.attacks}") or path)
     sweep.check_merged(jobs, out, n=20, progress=False, log=lines.append, deadline=time.time() + est + 600)
-    assert lines[-2:] == [f"budget check of {path} on its first 20 samples", "ran ('pgd', 'fgm')"]
+    assert lines[-2:] == [f"budget check of {path}: pgd on its first 20 samples", "ran ('pgd', 'fgm')"]
     from harness.errors import BenchUserError
 
     with pytest.raises(BenchUserError, match="check_budget"):
@@ -807,3 +808,48 @@ def test_the_finished_attacks_of_a_partial_merge_are_checked_and_the_full_merge_
     assert "pending_attacks" not in full and "fgm" in full["attacks"]
     assert full["budget_check"]["attacks"]["pgd"] == pgd  # kept, not recomputed
     assert full["budget_check"]["n"] == 20
+
+
+def test_two_processes_check_one_files_attacks_at_once_and_both_entries_land(env, monkeypatch):
+    """The plan's budget check claims one attack at a time (`<file>.check-<attack>.lock`): while another
+    process checks PGD, this one checks DeepFool, and each merges only its own entry into the file as
+    it is on disk; the result equals one process checking both (`bench run --check-budget`)."""
+    import harness.engine.runner as runner
+    from harness.orchestration import claims
+
+    tmp, plan, _ = env
+    plan.write_text(PLAN.replace('attacks = ["pgd", "fgm"]', 'attacks = ["pgd", "deepfool"]'))
+    out, ref = tmp / "res-two", tmp / "res-one"
+    for d in (out, ref):
+        assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(d), progress=False, log=lambda *_: None) == 0
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", n=40, seed=0, batch_size=20, attacks=("pgd", "deepfool"), results_dir=str(ref),
+                    progress=False, device="cpu", train_if_missing=False, check_budget=20)
+    one = json.loads(evaluate(cfg, log=lambda *_: None).read_text())["manifest"]["budget_check"]
+
+    path = out / "fmnist" / "linf" / "cnn.json"
+    other = claims.take(path.with_name(f"{path.name}.check-pgd"))  # "another sweep process" is checking PGD
+    real, state = runner.attack, {"other": False}
+
+    def meanwhile(ctx, job, clean, start=0):
+        if job.key.startswith("deepfool check") and not state["other"]:  # the other process finishes PGD's check now
+            state["other"] = True
+            runner.check_file(RunConfig(**{**asdict(cfg), "attacks": ("pgd",), "results_dir": str(out)}), log=lambda *_: None)
+        return real(ctx, job, clean, start)
+
+    monkeypatch.setattr(runner, "attack", meanwhile)
+    lines = []
+    sweep.check_merged(sweep.expand(sweep.load_plan(plan)), out, n=20, progress=False, log=lines.append)
+    other.release()
+    assert state["other"] and any(f"pgd running in another sweep (pid {os.getpid()}" in line for line in lines), lines
+    two = json.loads(path.read_text())["manifest"]["budget_check"]
+    same = ("of", "spec_hash", "acc", "acc_doubled", "found_more", "drop", "saturated")
+    assert list(two["attacks"]) == ["pgd", "deepfool"]
+    for k in ("pgd", "deepfool"):
+        assert {f: two["attacks"][k].get(f) for f in same} == {f: one["attacks"][k].get(f) for f in same}, k
+    assert two["all"] == one["all"] and two["n"] == 20
+    assert not list(out.rglob("*.lock"))
+    # and the file's saturation warnings follow its entries
+    from harness.engine.sanity import outcome_checks
+
+    data = json.loads(path.read_text())
+    assert [w for w in data["manifest"]["warnings"] if "budget" in w] == [w for w in outcome_checks(data) if "budget" in w]
