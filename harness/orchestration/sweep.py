@@ -852,8 +852,11 @@ def merge_partial(plan: Plan, *, results_dir: str | os.PathLike, log=print) -> l
 
 def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int, attacks: tuple[str, ...] | None = None, configs=None, progress: bool = True, log=print,
                  deadline: float | None = None) -> list[Path]:
-    """The budget saturation check on every merged file whose jobs are all done: ``bench run
-    --check-budget n`` on it, in this process (resumable block by block; a finished check is kept).
+    """The budget saturation check on every merged file whose jobs are all done, in this process, one
+    attack at a time (:func:`harness.engine.runner.check_file`; resumable block by block; a finished
+    check is kept). Each attack's check is claimed with its own lock (``<file>.check-<attack>``), so
+    other sweep processes check the file's other attacks meanwhile; a file whose check is finished, or
+    whose next blocks cannot fit ``deadline``, is skipped before any defense is built (:func:`_check_left`).
     ``attacks``: check only these (the plan's ``check_attacks``); None checks every gradient attack.
     ``deadline`` (seconds since the epoch): start no block of a check that is estimated to end after
     it (:func:`harness.engine.saturation.run`) and no file's check once it has passed.
