@@ -64,6 +64,21 @@ def holder(lock: Path, *, clock=time.time) -> str | None:
     return f"pid {pid} on {host}" if pid is not None else "another process"
 
 
+def neighbours(root: str | os.PathLike) -> list[int]:
+    """The pids of the other live processes on this host that hold a lock under ``root`` (other sweep
+    processes working on the same results directory), sorted."""
+    me, host, pids = os.getpid(), socket.gethostname(), set()
+    for lock in Path(root).rglob("*.lock"):
+        try:
+            info = json.loads(lock.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            continue
+        pid = info.get("pid") if isinstance(info, dict) else None
+        if isinstance(pid, int) and pid != me and info.get("host") == host and holder(lock) is not None:
+            pids.add(pid)
+    return sorted(pids)
+
+
 class Claim:
     """A held lock; :meth:`release` (or leaving the ``with`` block) removes it."""
 

@@ -1050,6 +1050,26 @@ def check_only(jobs: list[SweepJob], only: tuple[str, ...]) -> None:
         raise BenchUserError(f"--only {', '.join(unknown)}: not among the plan's attacks ({', '.join(sorted(names))})")
 
 
+def oversubscribed(results_dir: str | os.PathLike, *, threads: int | None = None, cores: int | None = None) -> str | None:
+    """Why this sweep process would oversubscribe the cores, or None: other sweep processes on this host
+    work on ``results_dir`` (their locks, :func:`harness.orchestration.claims.neighbours`) and this one
+    runs ``threads`` torch threads (default: torch's) with more threads than cores in all, counting one
+    per other process at least. Measured in stop 44: an E-ABS PGD-160 block ran 389 s a sample on 2
+    threads beside a 1-thread process, 222 s on one thread beside another 1-thread process (stop 43)."""
+    import torch
+
+    from harness.orchestration import claims
+
+    others = claims.neighbours(results_dir) if Path(results_dir).is_dir() else []
+    threads = torch.get_num_threads() if threads is None else threads
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    if not others or threads <= 1 or threads + len(others) <= cores:
+        return None
+    return (f"{len(others)} other sweep process(es) on this host work on {results_dir} (pid {', '.join(map(str, others))}) and this one runs "
+            f"{threads} torch threads on {cores} cores: oversubscribed cores slow every process; start each with OMP_NUM_THREADS=1 "
+            f"(or cores / processes)")
+
+
 def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address: str | None = None, max_retries: int = 1, progress: bool = True, log=print,
               only: tuple[str, ...] | None = None, deadline: float | None = None) -> int:
     """Run every unfinished job of ``plan``, merge, and return the exit status (1 when jobs failed).
@@ -1074,6 +1094,10 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     todo = [j for j in todo if j not in later]
     log(f"sweep: {len(jobs)} jobs; skipping {len(done)} finished jobs; running {len(todo)} on the {executor} executor"
         + (f"; {len(later)} of other attacks left for later (--only {','.join(only)})" if later else ""))
+    if executor == "local":
+        warn = oversubscribed(results_dir)
+        if warn:
+            log(f"sweep: WARNING: {warn}")
     failures: dict[str, str] = {}
     command = command_line()
     if todo:  # groups whose jobs are all finished already are merged first: their files need not wait for the rest

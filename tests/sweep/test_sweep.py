@@ -853,3 +853,31 @@ def test_two_processes_check_one_files_attacks_at_once_and_both_entries_land(env
 
     data = json.loads(path.read_text())
     assert [w for w in data["manifest"]["warnings"] if "budget" in w] == [w for w in outcome_checks(data) if "budget" in w]
+
+
+def test_a_sweep_beside_another_sweep_process_warns_when_its_threads_oversubscribe_the_cores(tmp_path):
+    """Another live process's lock under the results directory, and more torch threads than cores are
+    left: the sweep says so (stop 44 lost a third of an E-ABS restart's speed that way)."""
+    from harness.orchestration import claims
+
+    res = tmp_path / "res"
+    assert sweep.oversubscribed(res, threads=2, cores=2) is None  # no directory yet
+    (res / "fmnist").mkdir(parents=True)
+    assert sweep.oversubscribed(res, threads=2, cores=2) is None  # alone
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = res / "fmnist" / "linf" / "eabs.json.check-pgd.lock"
+        lock.parent.mkdir(parents=True)
+        lock.write_text(json.dumps({"pid": other.pid, "host": __import__("socket").gethostname(), "time": time.time()}))
+        assert claims.neighbours(res) == [other.pid]
+        warn = sweep.oversubscribed(res, threads=2, cores=2)
+        assert warn and f"pid {other.pid}" in warn and "OMP_NUM_THREADS=1" in warn
+        assert sweep.oversubscribed(res, threads=1, cores=2) is None
+        assert sweep.oversubscribed(res, threads=2, cores=4) is None
+        own = claims.take(res / "fmnist" / "l2" / "cnn.json")  # this process's own locks do not count
+        assert claims.neighbours(res) == [other.pid]
+        own.release()
+    finally:
+        other.kill()
+        other.wait()
+    assert claims.neighbours(res) == []  # its owner is gone: a stale lock
