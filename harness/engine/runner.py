@@ -49,7 +49,7 @@ from harness.engine.gradcheck import check_gradients, describe, same_finding
 from harness.engine.models import config_changes, load_defense, variant_key
 from harness.store.provenance import code_commit, command_line, device_name, package_versions, resolve_device
 from harness.store.results import SCHEMA_VERSION, load_result, result_path, write_result
-from harness.engine.sanity import model_checks, outcome_checks
+from harness.engine.sanity import is_outcome_check, model_checks, outcome_checks
 from harness.engine.verify import score, verify
 from threat_models import NORMS, AttackSpec, Suite, SuiteAttack, ThreatModel, default_threat, load_suite
 
@@ -603,9 +603,9 @@ def check_file(cfg: RunConfig, *, log=print, deadline: float | None = None, writ
     def keep(entry: dict) -> None:
         with lock():
             ev = Evaluation.resume(path, ctx)
-            before = outcome_checks(ev.data)  # the file's outcome warnings, refreshed below; the defense's own stay
             ev.set_budget_check(saturation.merge_entry(ev.data, entry, keys))
-            ev.manifest["warnings"] = [w for w in ev.manifest.get("warnings", []) if w not in before] + outcome_checks(ev.data)
+            # the file's outcome warnings (any wording, :func:`is_outcome_check`) are refreshed; the defense's own stay
+            ev.manifest["warnings"] = [w for w in ev.manifest.get("warnings", []) if not is_outcome_check(w)] + outcome_checks(ev.data)
             if ev.changed:
                 ev.save(path)
 

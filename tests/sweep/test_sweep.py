@@ -827,6 +827,9 @@ def test_two_processes_check_one_files_attacks_at_once_and_both_entries_land(env
     one = json.loads(evaluate(cfg, log=lambda *_: None).read_text())["manifest"]["budget_check"]
 
     path = out / "fmnist" / "linf" / "cnn.json"
+    stale = json.loads(path.read_text())  # a warning an older wording of the outcome checks recorded is replaced, not kept beside the new one
+    stale["manifest"]["warnings"] = [*stale["manifest"].get("warnings", []), "budget check incomplete (pgd: 0 blocks of restart 3 of 5 done): old wording"]
+    path.write_text(json.dumps(stale))
     other = claims.take(path.with_name(f"{path.name}.check-pgd"))  # "another sweep process" is checking PGD
     real, state = runner.attack, {"other": False}
 
@@ -853,6 +856,7 @@ def test_two_processes_check_one_files_attacks_at_once_and_both_entries_land(env
 
     data = json.loads(path.read_text())
     assert [w for w in data["manifest"]["warnings"] if "budget" in w] == [w for w in outcome_checks(data) if "budget" in w]
+    assert not any("old wording" in w for w in data["manifest"]["warnings"])
 
 
 def test_a_sweep_beside_another_sweep_process_warns_when_its_threads_oversubscribe_the_cores(tmp_path):
