@@ -26,6 +26,7 @@ do not depend on how the samples are split into sweep shards.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import math
@@ -587,8 +588,6 @@ def check_file(cfg: RunConfig, *, log=print, deadline: float | None = None, writ
     manager; ``bench sweep`` passes a lock file), so other processes may check the file's other
     attacks at the same time; the outcome checks (the warnings on saturation) are refreshed with it.
     ``deadline`` as :func:`harness.engine.saturation.run`. Returns the file's path."""
-    import contextlib
-
     if not cfg.check_budget:
         raise BenchUserError("check_file needs check_budget > 0")
     ctx = prepare(cfg, log=log)

@@ -966,9 +966,9 @@ def _check_left(path: Path, n: int, names: tuple[str, ...], deadline: float | No
     """Why the budget check of the merged file ``path`` (attacks ``names``, first ``n`` samples) need
     not start now, read from the file alone (:func:`harness.engine.saturation.pending`): it is finished,
     or the next block of every attack it has left is estimated to end after ``deadline``
-    (:func:`harness.engine.saturation.next_block_s`). None to start it: building an inference-time
-    defense and rerunning its trust checks costs minutes (E-ABS: about 3) before the check itself
-    would find nothing to do. A file that cannot be read starts it (the run reports the problem)."""
+    (:func:`harness.engine.saturation.next_block_s`). None to start it: the whole evaluation that the
+    sweep called for every file before stop 44 built the defense and reran its trust checks (E-ABS:
+    about 3 min) before the check itself found nothing to do; this reads the file alone. A file that cannot be read starts it (the run reports the problem)."""
     from harness.engine import saturation
 
     try:
