@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import hashlib
 import math
 import os
@@ -547,8 +548,47 @@ def evaluate(cfg: RunConfig, *, log=print, check_deadline: float | None = None) 
     datasets.get_info(cfg.dataset)
     datasets.require_single_label(cfg.dataset, "bench run")
     check_results_dir(cfg.results_dir, cfg.dataset, cfg.norm)
-    ctx = prepare(cfg, log=log)
     path = result_path(cfg.results_dir, cfg.dataset, cfg.norm, variant_key(cfg.defense, cfg.options))
+    with claim_file(path):
+        return _evaluate(cfg, path, log=log, check_deadline=check_deadline)
+
+
+@contextlib.contextmanager
+def claim_file(path: Path, *, wait_s: float = 120.0):
+    """Hold the result file ``path`` for a whole ``bench run`` (its lock ``<file>.lock``,
+    :mod:`harness.orchestration.claims`), so that nothing else writes it meanwhile: the run saves the
+    file whole after each attack and would drop what another process added in between. Refused
+    (:class:`BenchUserError`, before any defense is built) when another ``bench run`` holds the file,
+    or when a ``bench sweep`` checks the budget of one of its attacks (``<file>.check-<attack>.lock``;
+    the sweep checks this lock after taking its own, so one of the two always sees the other). A
+    sweep's short write (``<file>.write.lock``: a merge, one block of a check) is waited for up to
+    ``wait_s``."""
+    from harness.orchestration import claims
+
+    held = claims.take(path)
+    if isinstance(held, str):
+        who = claims.holder(claims.lock_path(path)) or "another process"
+        raise BenchUserError(f"{path} is being written by another process ({who}); wait for it to finish, or pass --results-dir to write elsewhere")
+    with held:
+        prefix = f"{path.name}.check-"
+        for lock in sorted(path.parent.glob(f"{glob.escape(prefix)}*.lock")):
+            who = claims.holder(lock)
+            if who is not None:
+                name = lock.name[len(prefix):-len(".lock")]
+                raise BenchUserError(f"bench sweep is checking the budget of {name} on {path} ({who}); a run now would overwrite its blocks: "
+                                     "wait for it to finish, or pass --results-dir to write elsewhere")
+        write = claims.lock_path(path.with_name(f"{path.name}.write"))
+        end = time.time() + wait_s
+        while (who := claims.holder(write)) is not None:
+            if time.time() > end:
+                raise BenchUserError(f"{path} is being written by bench sweep ({who}); rerun when it is done")
+            time.sleep(0.2)
+        yield
+
+
+def _evaluate(cfg: RunConfig, path: Path, *, log=print, check_deadline: float | None = None) -> Path:
+    """:func:`evaluate` with the result file ``path`` held."""
+    ctx = prepare(cfg, log=log)
     if path.exists() and not cfg.fresh:
         ev = Evaluation.resume(path, ctx)
         log(f"resuming {path}: {len(ev.manifest['attacks'])} attack(s) already done")

@@ -650,7 +650,7 @@ def _test_hooks(job: SweepJob) -> None:
         time.sleep(float(delay))
 
 
-def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None, configs: dict[tuple, Today] | None = None, force: bool = False, partial: bool = False) -> list[Path]:
+def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None, configs: dict[tuple, Today] | None = None, force: bool = False, partial: bool = False, log=print) -> list[Path]:
     """Write the canonical result file of every (dataset, norm, defense) whose jobs are all done
     (``configs``: today's defense settings, :func:`today_configs`; see :func:`is_done`).
 
@@ -662,7 +662,12 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
     ``partial`` (``bench sweep --merge-partial``): a group whose jobs are not all done is merged too,
     from the attacks whose shards are all finished; the others are named in the manifest's
     ``pending_attacks`` (``{key: "k/S shards"}``), which makes the row's verdict unreliable
-    ("incomplete") until a later merge of the finished group replaces the file."""
+    ("incomplete") until a later merge of the finished group replaces the file.
+
+    Each file is written under its write lock (:func:`_write_lock`), which a budget check's blocks
+    take too; a file that a ``bench run`` holds (:func:`harness.engine.runner.claim_file`) is left
+    as it is, with a line to ``log``, and merged by a later sweep."""
+    from harness.orchestration import claims
     from harness.store.provenance import code_commit, command_line
 
     groups: dict[tuple[str, str, str], list[SweepJob]] = {}
@@ -686,74 +691,81 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         digest = hashlib.sha256("\n".join(f"{a}/{s}:{hashlib.sha256(b).hexdigest()}" for (a, s), b in sorted(raw.items())).encode()).hexdigest()
         path = result_path(results_dir, dataset, norm, variant)
         if not force and _merged_digest(path) == digest and _merged_pending(path) == pending:
-            continue
-        parts = {key: json.loads(b.decode("utf-8")) for key, b in raw.items()}
-        keys = list(dict.fromkeys(j.attack for j in gjobs))
-        shards = sorted({j.shard for j in gjobs})
-        first = parts[(keys[0], shards[0])]["manifest"]
-        manifest = {k: v for k, v in first.items() if k not in ("clean_wall_time_s", "attacks", "model_warnings", "gradient_check", "clean_pass_from")}
-        manifest["attacks"] = {}
-        shas = {p["manifest"].get("checkpoint_sha256") for p in parts.values()}
-        if len(shas) > 1:
-            raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files come from different checkpoints; delete {Path(results_dir) / '.shards'} (or that part of it) and rerun")
-        from harness.engine.models import config_changes
-
-        mixed = sorted({c for p in parts.values() for c in config_changes(first.get("defense_config") or {}, p["manifest"].get("defense_config") or {})})
-        if mixed:
-            raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files evaluated the defense with different settings ({'; '.join(mixed)}); rerun the sweep (it redoes the shards of other settings than today's)")
-        records = []
-        clean_wall = 0.0
-        for s in shards:
-            base = parts[(keys[0], s)]
-            recs = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in base["records"]]
-            for key in keys:
-                other = parts[(key, s)]["records"]
-                if not _same_clean_pass(other, recs):
-                    raise BenchUserError(f"{dataset}/{norm}/{variant} shard {s}: jobs disagree on the clean pass (non-deterministic defense?); rerun with a fresh results dir")
-                if key != CLEAN_KEY:
-                    for r, o in zip(recs, other, strict=True):
-                        r["attacks"][key] = o["attacks"][key]
-            records.extend(recs)
-            clean_wall += base["manifest"].get("clean_wall_time_s") or 0.0
-        for key in keys:
-            if key == CLEAN_KEY:
+            continue  # merged already (asked again below, under the lock: another process may merge it meanwhile)
+        with _write_lock(path):  # a sweep's check may be merging its block into the file meanwhile
+            who = claims.holder(claims.lock_path(path))  # after taking the write lock: a bench run that starts later waits for it
+            if who is not None:
+                log(f"sweep: {path} not merged: a bench run writes it ({who}); rerun the sweep when it is done")
                 continue
-            entry = dict(parts[(key, shards[0])]["manifest"]["attacks"][key])
-            entry["wall_time_s"] = round(sum(parts[(key, s)]["manifest"]["attacks"][key]["wall_time_s"] for s in shards), 3)
-            notes = list(dict.fromkeys(n for s in shards for n in parts[(key, s)]["manifest"]["attacks"][key].get("notes", [])))
-            if notes:
-                entry["notes"] = notes
-            manifest["attacks"][key] = entry
-        if [r["index"] for r in records] != manifest["sample_ids"]:
-            raise BenchUserError(f"{dataset}/{norm}/{variant}: merged records do not cover the sample ids; delete {Path(results_dir) / '.shards'} and rerun")
-        manifest["suite"] = "+".join(dict.fromkeys(j.suite for j in gjobs))
-        manifest["command"] = command or command_line()
-        manifest["clean_wall_time_s"] = round(clean_wall, 3)
-        manifest["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        from harness.engine.sanity import outcome_checks
+            if not force and _merged_digest(path) == digest and _merged_pending(path) == pending:
+                continue
+            parts = {key: json.loads(b.decode("utf-8")) for key, b in raw.items()}
+            keys = list(dict.fromkeys(j.attack for j in gjobs))
+            shards = sorted({j.shard for j in gjobs})
+            first = parts[(keys[0], shards[0])]["manifest"]
+            manifest = {k: v for k, v in first.items() if k not in ("clean_wall_time_s", "attacks", "model_warnings", "gradient_check", "clean_pass_from")}
+            manifest["attacks"] = {}
+            shas = {p["manifest"].get("checkpoint_sha256") for p in parts.values()}
+            if len(shas) > 1:
+                raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files come from different checkpoints; delete {Path(results_dir) / '.shards'} (or that part of it) and rerun")
+            from harness.engine.models import config_changes
 
-        if "gradient_check" in first:
-            manifest["gradient_check"] = first["gradient_check"]
-        manifest["shards_sha256"] = digest
-        sources = _shard_sources({k: v["manifest"] for k, v in parts.items()}, {(j.attack, j.shard): j.partial_path(results_dir).stem for j in gjobs})
-        if len(sources) > 1:
-            # shards written at several commits or on several machines: the file says so instead
-            # of passing the first shard's provenance off as the whole row's
-            manifest["commit"] = code_commit()
-            manifest["device"] = " + ".join(dict.fromkeys(s["device"] for s in sources))
-            manifest["shard_sources"] = sources
-        if pending:
-            manifest["pending_attacks"] = pending
-        kept, commands = _kept_budget_check(path, manifest, records)
-        if kept:
-            manifest["budget_check"] = kept
-            # the commands that wrote the kept check (bench run --check-budget) stay on record
-            earlier = [c for c in commands if c != manifest["command"]]
-            if earlier:
-                manifest["earlier_commands"] = earlier
-        manifest["warnings"] = list(first.get("model_warnings", [])) + outcome_checks({"manifest": manifest, "records": records})
-        write_result(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
-        written.append(path)
+            mixed = sorted({c for p in parts.values() for c in config_changes(first.get("defense_config") or {}, p["manifest"].get("defense_config") or {})})
+            if mixed:
+                raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files evaluated the defense with different settings ({'; '.join(mixed)}); rerun the sweep (it redoes the shards of other settings than today's)")
+            records = []
+            clean_wall = 0.0
+            for s in shards:
+                base = parts[(keys[0], s)]
+                recs = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in base["records"]]
+                for key in keys:
+                    other = parts[(key, s)]["records"]
+                    if not _same_clean_pass(other, recs):
+                        raise BenchUserError(f"{dataset}/{norm}/{variant} shard {s}: jobs disagree on the clean pass (non-deterministic defense?); rerun with a fresh results dir")
+                    if key != CLEAN_KEY:
+                        for r, o in zip(recs, other, strict=True):
+                            r["attacks"][key] = o["attacks"][key]
+                records.extend(recs)
+                clean_wall += base["manifest"].get("clean_wall_time_s") or 0.0
+            for key in keys:
+                if key == CLEAN_KEY:
+                    continue
+                entry = dict(parts[(key, shards[0])]["manifest"]["attacks"][key])
+                entry["wall_time_s"] = round(sum(parts[(key, s)]["manifest"]["attacks"][key]["wall_time_s"] for s in shards), 3)
+                notes = list(dict.fromkeys(n for s in shards for n in parts[(key, s)]["manifest"]["attacks"][key].get("notes", [])))
+                if notes:
+                    entry["notes"] = notes
+                manifest["attacks"][key] = entry
+            if [r["index"] for r in records] != manifest["sample_ids"]:
+                raise BenchUserError(f"{dataset}/{norm}/{variant}: merged records do not cover the sample ids; delete {Path(results_dir) / '.shards'} and rerun")
+            manifest["suite"] = "+".join(dict.fromkeys(j.suite for j in gjobs))
+            manifest["command"] = command or command_line()
+            manifest["clean_wall_time_s"] = round(clean_wall, 3)
+            manifest["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            from harness.engine.sanity import outcome_checks
+
+            if "gradient_check" in first:
+                manifest["gradient_check"] = first["gradient_check"]
+            manifest["shards_sha256"] = digest
+            sources = _shard_sources({k: v["manifest"] for k, v in parts.items()}, {(j.attack, j.shard): j.partial_path(results_dir).stem for j in gjobs})
+            if len(sources) > 1:
+                # shards written at several commits or on several machines: the file says so instead
+                # of passing the first shard's provenance off as the whole row's
+                manifest["commit"] = code_commit()
+                manifest["device"] = " + ".join(dict.fromkeys(s["device"] for s in sources))
+                manifest["shard_sources"] = sources
+            if pending:
+                manifest["pending_attacks"] = pending
+            kept, commands = _kept_budget_check(path, manifest, records)
+            if kept:
+                manifest["budget_check"] = kept
+                # the commands that wrote the kept check (bench run --check-budget) stay on record
+                earlier = [c for c in commands if c != manifest["command"]]
+                if earlier:
+                    manifest["earlier_commands"] = earlier
+            manifest["warnings"] = list(first.get("model_warnings", [])) + outcome_checks({"manifest": manifest, "records": records})
+            write_result(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
+            written.append(path)
     return written
 
 
@@ -909,13 +921,8 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
         if deadline is not None and time.time() >= deadline:
             log(f"budget check of {path}: not started, the time limit is reached; rerun to continue")
             continue
-        if partial:  # merged again from the shards finished now (rewritten only if they changed), under the file's lock
-            held = claims.take(path)
-            if isinstance(held, str):
-                log(f"budget check of {path}: {held}")
-                continue
-            with held:
-                merge(gjobs, results_dir, command=command_line(), configs=configs, partial=True)
+        if partial:  # merged again from the shards finished now (rewritten only if they changed; merge holds the write lock)
+            merge(gjobs, results_dir, command=command_line(), configs=configs, partial=True, log=log)
         why = _check_left(path, n, names, deadline)
         if why:
             log(f"budget check of {path}: {why}")
@@ -931,6 +938,10 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
                 log(f"budget check of {path}: {name} {held}")
                 continue
             with held:
+                who = claims.holder(claims.lock_path(path))  # after taking ours: a bench run that starts later sees ours
+                if who is not None:
+                    log(f"budget check of {path}: {name} not started: a bench run writes the file ({who}); rerun when it is done")
+                    continue
                 why = _check_left(path, n, (name,), deadline)  # re-read: another process may have finished it
                 if why:
                     if not why.startswith("finished"):

@@ -885,3 +885,47 @@ def test_a_sweep_beside_another_sweep_process_warns_when_its_threads_oversubscri
         other.kill()
         other.wait()
     assert claims.neighbours(res) == []  # its owner is gone: a stale lock
+
+
+def test_bench_run_and_a_sweeps_check_or_merge_never_write_one_file_at_once(env, capsys):
+    """`bench run` holds its result file (`<file>.lock`) for the whole run and saves it whole after each
+    attack, so a sweep's check block or merge written meanwhile would be lost: a run is refused while
+    another run holds the file or a sweep checks one of its attacks (`<file>.check-<attack>.lock`), and
+    a sweep neither checks nor merges a file a run holds. Nothing is left locked afterwards."""
+    from harness.orchestration import claims
+
+    tmp, plan, _ = env
+    out = tmp / "res"
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lambda *_: None) == 0
+    path = out / "fmnist" / "linf" / "cnn.json"
+    before = path.read_bytes()
+    run = ["run", "--defense", "cnn", "--dataset", "fmnist", "--norm", "linf", "--suite", "quick", "--attacks", "pgd,fgm", "--n", "40",
+           "--batch-size", "20", "--device", "cpu", "--results-dir", str(out), "--no-train", "--quiet", "--check-budget", "20"]
+
+    checking = claims.take(path.with_name(f"{path.name}.check-pgd"))  # a sweep checks PGD's budget
+    assert main(run) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bench sweep is checking the budget of pgd" in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    checking.release()
+
+    running = claims.take(path)  # another `bench run` writes the file
+    assert main(run) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{path} is being written by another process (pid {os.getpid()}" in err and len(err.splitlines()) == 1, err
+    lines = []
+    jobs = sweep.expand(sweep.load_plan(plan))
+    assert sweep.check_merged(jobs, out, n=20, progress=False, log=lines.append) == []
+    assert any("pgd not started: a bench run writes the file" in line for line in lines), lines
+    shard = sorted((out / ".shards").glob("**/*.json"))[0]
+    shard.write_text(json.dumps(json.loads(shard.read_text())))  # a shard redone: the group would be merged again
+    assert sweep.merge(jobs, out, log=lines.append) == []
+    assert any(f"{path} not merged: a bench run writes it" in line for line in lines), lines
+    assert path.read_bytes() == before  # untouched while the run held it
+    running.release()
+
+    assert main(run) == 0  # free again: the run checks the budget
+    capsys.readouterr()
+    assert "budget_check" in json.loads(path.read_text())["manifest"]
+    assert sweep.merge(jobs, out, log=lines.append) == [path]  # and the sweep merges the redone shard, keeping the check
+    assert "budget_check" in json.loads(path.read_text())["manifest"]
+    assert not list(out.rglob("*.lock"))
