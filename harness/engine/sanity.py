@@ -168,16 +168,21 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
     for group, a, ag, lo in beaten_by(data):
         what = "gradient-free attacks (Square, Boundary, ES-PGD, noise, AutoAttack's Square)" if group == "gradient-free" else "transfer attacks from a source model"
         warnings.append(f"{what} ({a:.1%}) beat the gradient attacks ({ag:.1%}, Wilson 95% lower bound {lo:.1%}): the declared gradient is masked or misleading; the result is unreliable")
-    from harness.engine.saturation import attack_drop, headline_drop, unchecked, unsaturated
+    from harness.engine.saturation import attack_drop, headline_drop, progress, unchecked, unsaturated
 
     check = data["manifest"].get("budget_check") or {}
     for key, e in unsaturated(data):
-        drop = attack_drop(e, check.get("n"))
+        drop, so_far = attack_drop(e, check.get("n")), progress(e)
+        # an unfinished check already past the threshold: its further blocks can only break more
         warnings.append(f"{key}: budget not saturated: {e.get('budget_doubled')} breaks samples that {e.get('budget')} left robust: accuracy "
-                        f"{float(e['acc']):.1%} -> {float(e['acc']) - drop:.1%} counting both on the first {check.get('n')} samples")
+                        f"{float(e['acc']):.1%} -> {'at most ' if so_far else ''}{float(e['acc']) - drop:.1%} counting both on the first {check.get('n')} samples"
+                        + (f" (check unfinished: {so_far})" if so_far else ""))
     drop = headline_drop(data)
     if drop is not None and drop > float(check.get("threshold", 0.02)):
-        warnings.append(f"the worst case over all attacks drops by {drop:.1%} on the first {check.get('n')} samples with the doubled budgets: the row over-reports robustness; attack harder")
+        going = ", ".join(k for k, e in (check.get("attacks") or {}).items() if isinstance(e, dict) and progress(e))
+        so_far = f" so far ({going} unfinished; their further blocks can only break more)" if going else ""
+        warnings.append(f"the worst case over all attacks drops by {'at least ' if going else ''}{drop * 100:.1f} points on the first {check.get('n')} samples "
+                        f"with the doubled budgets{so_far}: the row over-reports robustness; attack harder")
     left = unchecked(data)
     if left:
         warnings.append(f"budget check incomplete ({'; '.join(left)}): its verdict on the worst case covers only the attacks it finished")

@@ -551,11 +551,19 @@ def unchecked(data: dict) -> list[str]:
             continue  # not doubled by the check, or already shown unsaturated (more blocks only break more)
         if not isinstance(e, dict):
             out.append(f"{key}: not checked")
-        elif "restarts_done" in e:
-            r, b, total = int(e["restarts_done"]), int(e.get("blocks_done") or 0), int(e.get("restarts") or RESTARTS)
-            blocks = f"{b} block{'s' if b != 1 else ''} of restart {r + 1}"
-            out.append(f"{key}: " + (f"{r} of {total} restarts and {blocks} done" if r and b else f"{r} of {total} restarts done" if r else f"{blocks} of {total} done"))
+        elif progress(e):
+            out.append(f"{key}: {progress(e)}")
     return out
+
+
+def progress(entry: dict) -> str | None:
+    """How far an unfinished check entry got (``"2 of 5 restarts and 1 block of restart 3 of 5
+    done"``), or None when it is finished (it has no ``restarts_done``)."""
+    if "restarts_done" not in entry:
+        return None
+    r, b, total = int(entry["restarts_done"]), int(entry.get("blocks_done") or 0), int(entry.get("restarts") or RESTARTS)
+    blocks = f"{b} block{'s' if b != 1 else ''} of restart {r + 1}"
+    return f"{r} of {total} restarts and {blocks} done" if r and b else f"{r} of {total} restarts done" if r else f"{blocks} of {total} done"
 
 
 def headline_drop(data: dict) -> float | None:

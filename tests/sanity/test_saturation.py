@@ -509,7 +509,14 @@ def test_the_verdict_recomputes_outcome_checks_instead_of_repeating_stale_record
     v = verdict(data)
     assert v.warnings[0] == model and not set(stale) & set(v.warnings) and list(v.warnings[1:]) == now
     assert any("budget check incomplete (pgd: 4 blocks of restart 1 of 5 done; deepfool: not checked)" in w for w in v.warnings)
-    assert any("pgd: budget not saturated" in w and "10.0% -> 7.0% counting both" in w for w in v.warnings)
+    # unfinished but already past the threshold: the figures are bounds that later blocks can only lower
+    assert any("pgd: budget not saturated" in w and "10.0% -> at most 7.0% counting both" in w and w.endswith("(check unfinished: 4 blocks of restart 1 of 5 done)")
+               for w in v.warnings), v.warnings
+    assert any("drops by at least 3.0 points on the first 100 samples with the doubled budgets so far (pgd unfinished;" in w for w in v.warnings), v.warnings
+    del part["restarts_done"], part["blocks_done"]  # finished: the figures are final
+    now = outcome_checks(data)
+    assert any("10.0% -> 7.0% counting both on the first 100 samples" in w and w.endswith("samples") for w in now), now
+    assert any("drops by 3.0 points on the first 100 samples with the doubled budgets: the row over-reports" in w for w in now), now
 
 
 def test_later_restarts_pack_the_standing_samples_and_resume_with_the_same_blocks(trained, monkeypatch):
