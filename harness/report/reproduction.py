@@ -24,7 +24,7 @@ from tabulate import tabulate
 from harness import stats
 from benchcore.io import atomic_write
 from threat_models import NORMS
-from harness.engine.saturation import attack_drop, so_far
+from harness.engine.saturation import THRESHOLD, attack_drop, headline_drop, progress, so_far
 from harness.store.results import load_results, pending_attacks
 from harness.report.tables import attack_label, defense_label, norm_label
 
@@ -98,6 +98,15 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
         if extra:
             parts.append(f"our All also takes the worst case over {', '.join(attack_label(a) for a in extra)}, which the thesis did not run")
             parts.append(thesis_attacks_all(data, t, ref))
+        whole = headline_drop(data)
+        if whole is not None:  # the budget check of the worst case itself (what the row's verdict rests on)
+            bc = m["budget_check"]
+            going = [attack_label(k) for k, e in (bc.get("attacks") or {}).items() if isinstance(e, dict) and progress(e)]
+            over = whole > float(bc.get("threshold", THRESHOLD))
+            parts.append(f"budget check of the worst case: the doubled attacks lower it by {'at least ' if going and over else ''}{100 * whole:.1f} points on the first "
+                         f"{bc.get('n')} samples, counting a sample robust only if neither budget broke it ("
+                         + ("more than the threshold: the row over-reports robustness" if over else "within the threshold")
+                         + (f"; {', '.join(going)} unfinished, which can only lower it further" if going else "") + ")")
     else:
         budget = (m.get("attacks", {}).get(row) or {}).get("budget", "")
         parts.append(f"our budget: {budget} (suite {m.get('suite')})")

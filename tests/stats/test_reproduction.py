@@ -126,3 +126,24 @@ def test_a_budget_check_counts_its_new_breaks_even_where_the_doubled_run_alone_m
     write_result(tmp_path, data)
     pgd = next(line for line in render_reproduction(tmp_path, THESIS).splitlines() if line.startswith("- Adv-L∞ / PGD"))
     assert "change it by -4.0 points on the first 50 samples, counting a sample robust only if neither budget broke it" in pgd
+
+
+def test_the_all_cell_reports_the_budget_check_of_the_worst_case(tmp_path):
+    """The verdict of a row rests on how far its worst case falls with the doubled budgets: the All
+    cell's note says it, as a bound while an attack's check is unfinished, and whether it passes the
+    threshold."""
+    n = 200
+    attacks = {"pgd": bools(56, n), "deepfool": bools(60, n), "noise": bools(80, n)}
+    data = fake_result("adv-l2", "fmnist", "linf", bools(87, n), attacks)
+    data["manifest"]["budget_check"] = {"n": 50, "threshold": 0.02, "all": {"acc": 0.5, "acc_doubled": 0.44, "delta": 0.06}, "attacks": {
+        "pgd": {"acc": 0.5, "acc_doubled": 0.44, "delta": 0.06, "restarts": 5, "restarts_done": 1, "found_more": [1, 2, 3]},
+        "deepfool": {"acc": 0.5, "acc_doubled": 0.5, "delta": 0.0, "restarts": 5}}}
+    write_result(tmp_path, data)
+    line = next(x for x in render_reproduction(tmp_path, THESIS).split("## L2")[0].splitlines() if x.startswith("- Adv-L2 / All"))
+    assert ("budget check of the worst case: the doubled attacks lower it by at least 6.0 points on the first 50 samples, counting a sample robust only if "
+            "neither budget broke it (more than the threshold: the row over-reports robustness; PGD unfinished, which can only lower it further)") in line, line
+    data["manifest"]["budget_check"]["all"]["delta"] = 0.02
+    del data["manifest"]["budget_check"]["attacks"]["pgd"]["restarts_done"]
+    write_result(tmp_path, data)
+    line = next(x for x in render_reproduction(tmp_path, THESIS).split("## L2")[0].splitlines() if x.startswith("- Adv-L2 / All"))
+    assert "the doubled attacks lower it by 2.0 points on the first 50 samples, counting a sample robust only if neither budget broke it (within the threshold)" in line, line
