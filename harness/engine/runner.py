@@ -556,14 +556,14 @@ def evaluate(cfg: RunConfig, *, log=print, check_deadline: float | None = None) 
 @contextlib.contextmanager
 def claim_file(path: Path, *, wait_s: float = 120.0):
     """Hold the result file ``path`` for a whole ``bench run`` (its lock ``<file>.lock``,
-    :mod:`harness.orchestration.claims`), so that nothing else writes it meanwhile: the run saves the
+    :mod:`harness.store.claims`), so that nothing else writes it meanwhile: the run saves the
     file whole after each attack and would drop what another process added in between. Refused
     (:class:`BenchUserError`, before any defense is built) when another ``bench run`` holds the file,
     or when a ``bench sweep`` checks the budget of one of its attacks (``<file>.check-<attack>.lock``;
     the sweep checks this lock after taking its own, so one of the two always sees the other). A
     sweep's short write (``<file>.write.lock``: a merge, one block of a check) is waited for up to
     ``wait_s``."""
-    from harness.orchestration import claims
+    from harness.store import claims
 
     held = claims.take(path)
     if isinstance(held, str):

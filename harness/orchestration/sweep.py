@@ -314,7 +314,7 @@ def format_job_table(jobs: list[SweepJob], results_dir: str | os.PathLike | None
     count and the cost estimate (of the unfinished jobs, when ``results_dir`` is given)."""
     from tabulate import tabulate
 
-    from harness.orchestration.claims import holder, lock_path
+    from harness.store.claims import holder, lock_path
 
     configs = today_configs(jobs) if results_dir is not None else None
     done = [results_dir is not None and is_done(j, results_dir, configs) for j in jobs]
@@ -667,7 +667,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
     Each file is written under its write lock (:func:`_write_lock`), which a budget check's blocks
     take too; a file that a ``bench run`` holds (:func:`harness.engine.runner.claim_file`) is left
     as it is, with a line to ``log``, and merged by a later sweep."""
-    from harness.orchestration import claims
+    from harness.store import claims
     from harness.store.provenance import code_commit, command_line
 
     groups: dict[tuple[str, str, str], list[SweepJob]] = {}
@@ -882,7 +882,7 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
 
     from harness.engine import saturation
     from harness.engine.runner import check_file
-    from harness.orchestration import claims
+    from harness.store import claims
     from harness.store.provenance import command_line
 
     groups: dict[tuple[str, str, str], list[SweepJob]] = {}
@@ -957,9 +957,9 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
 
 @contextlib.contextmanager
 def _write_lock(path: Path, *, wait_s: float = 120.0):
-    """Hold ``path``'s write lock (``<file>.write.lock``, :mod:`harness.orchestration.claims`) while one
+    """Hold ``path``'s write lock (``<file>.write.lock``, :mod:`harness.store.claims`) while one
     process merges its budget check entries into the file: waits up to ``wait_s`` for another's."""
-    from harness.orchestration import claims
+    from harness.store import claims
 
     end = time.time() + wait_s
     while True:
@@ -1023,10 +1023,10 @@ def time_gate(deadline: float, results_dir: str | os.PathLike, *, clock=time.tim
 
 def job_claim(results_dir: str | os.PathLike, configs: dict[tuple, Today] | None = None):
     """The check the local executor makes before each job so that several sweep processes can share
-    one results directory (:mod:`harness.orchestration.claims`): the job's lock
-    (:class:`~harness.orchestration.claims.Claim`, held while it runs), or why another process has it:
+    one results directory (:mod:`harness.store.claims`): the job's lock
+    (:class:`~harness.store.claims.Claim`, held while it runs), or why another process has it:
     it finished the job since this sweep listed its jobs, or is running it now."""
-    from harness.orchestration import claims
+    from harness.store import claims
 
     def claim(job: SweepJob):
         if is_done(job, results_dir, configs):
@@ -1063,13 +1063,13 @@ def check_only(jobs: list[SweepJob], only: tuple[str, ...]) -> None:
 
 def oversubscribed(results_dir: str | os.PathLike, *, threads: int | None = None, cores: int | None = None) -> str | None:
     """Why this sweep process would oversubscribe the cores, or None: other sweep processes on this host
-    work on ``results_dir`` (their locks, :func:`harness.orchestration.claims.neighbours`) and this one
+    work on ``results_dir`` (their locks, :func:`harness.store.claims.neighbours`) and this one
     runs ``threads`` torch threads (default: torch's) with more threads than cores in all, counting one
     per other process at least. Measured in stop 44: an E-ABS PGD-160 block ran 389 s a sample on 2
     threads beside a 1-thread process, 222 s on one thread beside another 1-thread process (stop 43)."""
     import torch
 
-    from harness.orchestration import claims
+    from harness.store import claims
 
     others = claims.neighbours(results_dir) if Path(results_dir).is_dir() else []
     threads = torch.get_num_threads() if threads is None else threads

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from harness.orchestration import claims
+from harness.store import claims
 
 
 def _dead_pid() -> int:

@@ -767,7 +767,7 @@ def test_a_job_finished_or_held_by_another_sweep_is_skipped(env, monkeypatch, ca
     jobs = sweep.expand(sweep.load_plan(plan))
     assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--only", "pgd"]) == 0
     capsys.readouterr()
-    from harness.orchestration import claims
+    from harness.store import claims
     from harness.orchestration.executors.local import LocalExecutor
 
     fgm = [j for j in jobs if j.attack == "fgm"]
@@ -815,7 +815,7 @@ def test_two_processes_check_one_files_attacks_at_once_and_both_entries_land(env
     process checks PGD, this one checks DeepFool, and each merges only its own entry into the file as
     it is on disk; the result equals one process checking both (`bench run --check-budget`)."""
     import harness.engine.runner as runner
-    from harness.orchestration import claims
+    from harness.store import claims
 
     tmp, plan, _ = env
     plan.write_text(PLAN.replace('attacks = ["pgd", "fgm"]', 'attacks = ["pgd", "deepfool"]'))
@@ -862,7 +862,7 @@ def test_two_processes_check_one_files_attacks_at_once_and_both_entries_land(env
 def test_a_sweep_beside_another_sweep_process_warns_when_its_threads_oversubscribe_the_cores(tmp_path):
     """Another live process's lock under the results directory, and more torch threads than cores are
     left: the sweep says so (stop 44 lost a third of an E-ABS restart's speed that way)."""
-    from harness.orchestration import claims
+    from harness.store import claims
 
     res = tmp_path / "res"
     assert sweep.oversubscribed(res, threads=2, cores=2) is None  # no directory yet
@@ -892,7 +892,7 @@ def test_bench_run_and_a_sweeps_check_or_merge_never_write_one_file_at_once(env,
     attack, so a sweep's check block or merge written meanwhile would be lost: a run is refused while
     another run holds the file or a sweep checks one of its attacks (`<file>.check-<attack>.lock`), and
     a sweep neither checks nor merges a file a run holds. Nothing is left locked afterwards."""
-    from harness.orchestration import claims
+    from harness.store import claims
 
     tmp, plan, _ = env
     out = tmp / "res"

@@ -17,7 +17,7 @@ class LocalExecutor:
         job; a job it gives a reason for (not None) is left unstarted, neither run nor failed, and the
         run goes on with the next: a shorter job of another attack may still fit in the time left.
         ``claim(job)`` (:func:`harness.orchestration.sweep.job_claim`): asked before each job, returns a
-        :class:`harness.orchestration.claims.Claim` held while the job runs, or why another sweep
+        :class:`harness.store.claims.Claim` held while the job runs, or why another sweep
         process on the same results directory has the job (finished or running there): it is skipped."""
         from collections import Counter
 
