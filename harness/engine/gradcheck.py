@@ -35,7 +35,6 @@ Verdicts (``GradientCheck.verdict``):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch

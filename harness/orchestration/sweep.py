@@ -668,7 +668,6 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
     take too; a file that a ``bench run`` holds (:func:`harness.engine.runner.claim_file`) is left
     as it is, with a line to ``log``, and merged by a later sweep."""
     from harness.store import claims
-    from harness.store.provenance import code_commit, command_line
 
     groups: dict[tuple[str, str, str], list[SweepJob]] = {}
     for j in jobs:
@@ -699,74 +698,81 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
                 continue
             if not force and _merged_digest(path) == digest and _merged_pending(path) == pending:
                 continue
-            parts = {key: json.loads(b.decode("utf-8")) for key, b in raw.items()}
-            keys = list(dict.fromkeys(j.attack for j in gjobs))
-            shards = sorted({j.shard for j in gjobs})
-            first = parts[(keys[0], shards[0])]["manifest"]
-            manifest = {k: v for k, v in first.items() if k not in ("clean_wall_time_s", "attacks", "model_warnings", "gradient_check", "clean_pass_from")}
-            manifest["attacks"] = {}
-            shas = {p["manifest"].get("checkpoint_sha256") for p in parts.values()}
-            if len(shas) > 1:
-                raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files come from different checkpoints; delete {Path(results_dir) / '.shards'} (or that part of it) and rerun")
-            from harness.engine.models import config_changes
-
-            mixed = sorted({c for p in parts.values() for c in config_changes(first.get("defense_config") or {}, p["manifest"].get("defense_config") or {})})
-            if mixed:
-                raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files evaluated the defense with different settings ({'; '.join(mixed)}); rerun the sweep (it redoes the shards of other settings than today's)")
-            records = []
-            clean_wall = 0.0
-            for s in shards:
-                base = parts[(keys[0], s)]
-                recs = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in base["records"]]
-                for key in keys:
-                    other = parts[(key, s)]["records"]
-                    if not _same_clean_pass(other, recs):
-                        raise BenchUserError(f"{dataset}/{norm}/{variant} shard {s}: jobs disagree on the clean pass (non-deterministic defense?); rerun with a fresh results dir")
-                    if key != CLEAN_KEY:
-                        for r, o in zip(recs, other, strict=True):
-                            r["attacks"][key] = o["attacks"][key]
-                records.extend(recs)
-                clean_wall += base["manifest"].get("clean_wall_time_s") or 0.0
-            for key in keys:
-                if key == CLEAN_KEY:
-                    continue
-                entry = dict(parts[(key, shards[0])]["manifest"]["attacks"][key])
-                entry["wall_time_s"] = round(sum(parts[(key, s)]["manifest"]["attacks"][key]["wall_time_s"] for s in shards), 3)
-                notes = list(dict.fromkeys(n for s in shards for n in parts[(key, s)]["manifest"]["attacks"][key].get("notes", [])))
-                if notes:
-                    entry["notes"] = notes
-                manifest["attacks"][key] = entry
-            if [r["index"] for r in records] != manifest["sample_ids"]:
-                raise BenchUserError(f"{dataset}/{norm}/{variant}: merged records do not cover the sample ids; delete {Path(results_dir) / '.shards'} and rerun")
-            manifest["suite"] = "+".join(dict.fromkeys(j.suite for j in gjobs))
-            manifest["command"] = command or command_line()
-            manifest["clean_wall_time_s"] = round(clean_wall, 3)
-            manifest["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            from harness.engine.sanity import outcome_checks
-
-            if "gradient_check" in first:
-                manifest["gradient_check"] = first["gradient_check"]
-            manifest["shards_sha256"] = digest
-            sources = _shard_sources({k: v["manifest"] for k, v in parts.items()}, {(j.attack, j.shard): j.partial_path(results_dir).stem for j in gjobs})
-            if len(sources) > 1:
-                # shards written at several commits or on several machines: the file says so instead
-                # of passing the first shard's provenance off as the whole row's
-                manifest["commit"] = code_commit()
-                manifest["device"] = " + ".join(dict.fromkeys(s["device"] for s in sources))
-                manifest["shard_sources"] = sources
-            if pending:
-                manifest["pending_attacks"] = pending
-            kept, commands = _kept_budget_check(path, manifest, records)
-            if kept:
-                manifest["budget_check"] = kept
-                # the commands that wrote the kept check (bench run --check-budget) stay on record
-                earlier = [c for c in commands if c != manifest["command"]]
-                if earlier:
-                    manifest["earlier_commands"] = earlier
-            manifest["warnings"] = list(first.get("model_warnings", [])) + outcome_checks({"manifest": manifest, "records": records})
-            write_result(path, {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records})
+            write_result(path, _merged_data(gjobs, results_dir, raw, digest, pending, path, command))
             written.append(path)
     return written
+
+
+def _merged_data(gjobs: list[SweepJob], results_dir: str | os.PathLike, raw: dict, digest: str, pending: dict[str, str], path: Path, command: str | None) -> dict:
+    """The merged result file of one group (:func:`merge`) from its shard files' bytes ``raw``: records
+    and attacks joined, provenance, the budget check kept from the file at ``path``, outcome checks."""
+    from harness.engine.models import config_changes
+    from harness.engine.sanity import outcome_checks
+    from harness.store.provenance import code_commit, command_line
+
+    dataset, norm, variant = gjobs[0].dataset, gjobs[0].norm, gjobs[0].variant
+    parts = {key: json.loads(b.decode("utf-8")) for key, b in raw.items()}
+    keys = list(dict.fromkeys(j.attack for j in gjobs))
+    shards = sorted({j.shard for j in gjobs})
+    first = parts[(keys[0], shards[0])]["manifest"]
+    manifest = {k: v for k, v in first.items() if k not in ("clean_wall_time_s", "attacks", "model_warnings", "gradient_check", "clean_pass_from")}
+    manifest["attacks"] = {}
+    shas = {p["manifest"].get("checkpoint_sha256") for p in parts.values()}
+    if len(shas) > 1:
+        raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files come from different checkpoints; delete {Path(results_dir) / '.shards'} (or that part of it) and rerun")
+    mixed = sorted({c for p in parts.values() for c in config_changes(first.get("defense_config") or {}, p["manifest"].get("defense_config") or {})})
+    if mixed:
+        raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files evaluated the defense with different settings ({'; '.join(mixed)}); rerun the sweep (it redoes the shards of other settings than today's)")
+    records = []
+    clean_wall = 0.0
+    for s in shards:
+        base = parts[(keys[0], s)]
+        recs = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in base["records"]]
+        for key in keys:
+            other = parts[(key, s)]["records"]
+            if not _same_clean_pass(other, recs):
+                raise BenchUserError(f"{dataset}/{norm}/{variant} shard {s}: jobs disagree on the clean pass (non-deterministic defense?); rerun with a fresh results dir")
+            if key != CLEAN_KEY:
+                for r, o in zip(recs, other, strict=True):
+                    r["attacks"][key] = o["attacks"][key]
+        records.extend(recs)
+        clean_wall += base["manifest"].get("clean_wall_time_s") or 0.0
+    for key in keys:
+        if key == CLEAN_KEY:
+            continue
+        entry = dict(parts[(key, shards[0])]["manifest"]["attacks"][key])
+        entry["wall_time_s"] = round(sum(parts[(key, s)]["manifest"]["attacks"][key]["wall_time_s"] for s in shards), 3)
+        notes = list(dict.fromkeys(n for s in shards for n in parts[(key, s)]["manifest"]["attacks"][key].get("notes", [])))
+        if notes:
+            entry["notes"] = notes
+        manifest["attacks"][key] = entry
+    if [r["index"] for r in records] != manifest["sample_ids"]:
+        raise BenchUserError(f"{dataset}/{norm}/{variant}: merged records do not cover the sample ids; delete {Path(results_dir) / '.shards'} and rerun")
+    manifest["suite"] = "+".join(dict.fromkeys(j.suite for j in gjobs))
+    manifest["command"] = command or command_line()
+    manifest["clean_wall_time_s"] = round(clean_wall, 3)
+    manifest["created"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if "gradient_check" in first:
+        manifest["gradient_check"] = first["gradient_check"]
+    manifest["shards_sha256"] = digest
+    sources = _shard_sources({k: v["manifest"] for k, v in parts.items()}, {(j.attack, j.shard): j.partial_path(results_dir).stem for j in gjobs})
+    if len(sources) > 1:
+        # shards written at several commits or on several machines: the file says so instead
+        # of passing the first shard's provenance off as the whole row's
+        manifest["commit"] = code_commit()
+        manifest["device"] = " + ".join(dict.fromkeys(s["device"] for s in sources))
+        manifest["shard_sources"] = sources
+    if pending:
+        manifest["pending_attacks"] = pending
+    kept, commands = _kept_budget_check(path, manifest, records)
+    if kept:
+        manifest["budget_check"] = kept
+        # the commands that wrote the kept check (bench run --check-budget) stay on record
+        earlier = [c for c in commands if c != manifest["command"]]
+        if earlier:
+            manifest["earlier_commands"] = earlier
+    manifest["warnings"] = list(first.get("model_warnings", [])) + outcome_checks({"manifest": manifest, "records": records})
+    return {"schema": SCHEMA_VERSION, "manifest": manifest, "records": records}
 
 
 #: how far a float of the clean pass (a diagnostic such as ABS's ``certified_l2``) may move between
