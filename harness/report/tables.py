@@ -237,7 +237,7 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
                 blocks = ", part of the next" if e.get("blocks_done") else ""
                 doubled += f" ({e['restarts_done']} of {e.get('restarts', '?')} restarts so far{blocks})"
             elif e.get("stopped") == "all broken":
-                doubled += f" (every sample broken after {e['restarts_run']} restarts)"
+                doubled += f" (every sample the suite left robust broken after {e['restarts_run']} restarts)"
             elif "restarts_run" in e and e.get("probed"):
                 doubled += f" (deterministic: stopped after {e['restarts_run']} restart(s), a further seed proposed the same candidates)"
             elif "restarts_run" in e:
@@ -249,8 +249,10 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
             else:
                 size, acc, alone, drop = str(n), e.get("acc"), e.get("acc_doubled"), attack_drop(e, n)
             both = None if acc is None else float(acc) - drop
+            # later restarts skipped the samples the suite's budget broke: restart 1's outcome stands for those
+            alone_s = ("≤ " if e.get("acc_doubled_bound") and not so and alone is not None else "") + format_pct(alone)
             rows.append([defense_label(d), attack_label(key), str(e.get("budget", "")), doubled, size,
-                         format_pct(acc), format_pct(alone), format_pct(both), f"{-100 * drop + 0.0:+.1f}{flag}"])
+                         format_pct(acc), alone_s, format_pct(both), f"{-100 * drop + 0.0:+.1f}{flag}"])
         whole = check.get("all") or {}
         if whole.get("delta") is not None:
             rows.append([defense_label(d), "All", "", "", str(n), format_pct(whole.get("acc")), "", format_pct(whole.get("acc_doubled")), f"{-100 * float(whole['delta']) + 0.0:+.1f}"])
@@ -261,6 +263,9 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
     caption = ("Budget saturation check (bench run --check-budget; harness/engine/saturation.py): each gradient attack rerun on the first n samples with "
                "twice the steps and 5 restarts. \"Both budgets\" counts a sample robust only if neither budget broke it; the change is that figure's "
                "(a randomized defense can survive the doubled run alone where the suite's run broke it, so the doubled run's own accuracy can hide what it found)")
+    if any(r[6].startswith("≤") for r in rows):
+        caption += ("; \"≤\": restarts 2-5 attacked only the samples the suite's budget left robust (the others cannot change the verdict), "
+                    "so for the samples the suite broke the doubled run alone is its restart 1")
     if any("restarts so far" in r[3] for r in rows):
         caption += "; a check still running shows the restarts done so far (its drop can only grow: rerun the command to finish it)"
     return caption + "\n\n" + body + "\n"
