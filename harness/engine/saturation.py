@@ -526,8 +526,8 @@ def next_block_s(data: dict, key: str, entry: dict, *, n: int = DEFAULT_N, block
     (``entry``: its partial entry from :func:`pending`, ``{}`` when not started), priced as :func:`run`
     prices it: seconds per attacked sample of its latest block (``sample_s``), else the row's own run
     of the attack (:func:`_row_rate`), x the samples that piece attacks: the clean-correct ones of the
-    next position block in restart 1, the next packed block of the samples still standing in later
-    restarts (on a deterministic defense the seed probe of :data:`PROBE` x 2 samples comes first).
+    next position block in restart 1, the next packed block of the samples still standing and robust
+    at the suite's budget in later restarts (on a deterministic defense the seed probe of :data:`PROBE` x 2 samples comes first).
     ``block``: the check's block size (the run's batch size when smaller). None when nothing prices it."""
     records = data.get("records") or []
     m = min(int(n), len(records))
@@ -541,11 +541,14 @@ def next_block_s(data: dict, key: str, entry: dict, *, n: int = DEFAULT_N, block
     if r == 0:
         count = sum(bool(x.get("clean_correct")) for x in records[b * bs:min((b + 1) * bs, m)])
     elif b and entry.get("pool_blocks"):
-        sizes = [int(s) for s in entry["pool_blocks"]]
-        count = sizes[b] if b < len(sizes) else 0
+        sizes, pool = [int(s) for s in entry["pool_blocks"]], list(entry.get("pool") or [])
+        # the members of the block the suite's budget left robust (a pool saved before restarts skipped the others holds both)
+        member = pool[sum(sizes[:b]):sum(sizes[:b + 1])] if b < len(sizes) else []
+        robust = {x["index"] for x in records[:m] if (x.get("attacks", {}).get(key) or {}).get("correct")}
+        count = sum(i in robust for i in member) if member else 0
     else:
         standing = set(entry.get("robust_doubled") or [])
-        count = (pack(sum(bool(x.get("clean_correct")) and x["index"] in standing for x in records[:m]), bs) or [0])[0]
+        count = (pack(sum(x["index"] in standing and bool((x.get("attacks", {}).get(key) or {}).get("correct")) for x in records[:m]), bs) or [0])[0]
         if not b and data["manifest"].get("randomized") is False:
             count = min(count, 2 * PROBE)
     return float(rate) * count

@@ -651,3 +651,18 @@ def test_later_restarts_skip_samples_the_suites_budget_broke_and_say_the_alone_f
     table = render_saturation({"cnn": data | {"manifest": data["manifest"] | {"budget_check": {"n": 40, "threshold": 0.02, "attacks": {"pgd": e}}}}})
     row = next(line for line in table.splitlines() if "| PGD" in line)
     assert f"≤ {100 * len(missed) / 40:.1f}%" in row and "restarts 2-5 attacked only the samples the suite's budget left robust" in table
+
+
+def test_the_next_blocks_estimate_counts_only_the_samples_a_later_restart_attacks():
+    """A later restart attacks the standing samples the suite's budget left robust: the sweep's deadline
+    estimate prices just those, also for a packed block saved before restarts skipped the others."""
+    from harness.engine.saturation import next_block_s
+
+    records = [{"index": i, "clean_correct": i < 9, "attacks": {"pgd": {"correct": i < 6}}} for i in range(10)]
+    data = {"manifest": {"attacks": {"pgd": {}}, "randomized": True}, "records": records}
+    old_pool = {"restarts_done": 1, "blocks_done": 1, "pool": [0, 1, 6, 7, 2, 3], "pool_blocks": [2, 4], "robust_doubled": [2, 3, 6, 7], "sample_s": 10.0}
+    assert next_block_s(data, "pgd", old_pool, n=10) == 20.0  # block 2 holds 6, 7 (suite-broken) and 2, 3
+    fresh = {"restarts_done": 2, "robust_doubled": [1, 2, 6, 7, 8], "sample_s": 10.0, "block_size": 10}
+    assert next_block_s(data, "pgd", fresh, n=10) == 20.0  # restart 3 attacks 1 and 2 only
+    first = {"restarts_done": 0, "blocks_done": 0, "sample_s": 10.0, "block_size": 5}
+    assert next_block_s(data, "pgd", first, n=10) == 50.0  # restart 1 attacks every clean-correct sample of its block
