@@ -121,8 +121,10 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
         else:
             n_checked = m["budget_check"].get("n")
             drop = attack_drop(check, n_checked)
-            unfinished = f" (after {check['restarts_done']} of {check.get('restarts', '?')} restarts; the check is unfinished)" if "restarts_done" in check else ""
-            parts.append(f"budget check: 2x steps and 5 restarts change it by {-100 * drop + 0.0:+.1f} points on the first {n_checked} samples, "
+            going = progress(check)  # unfinished: its further blocks can only break more
+            at_least = "at least " if going and drop > 0 else ""
+            unfinished = f" (check unfinished: {going}; further blocks can only lower it)" if going else ""
+            parts.append(f"budget check: 2x steps and 5 restarts change it by {at_least}{-100 * drop + 0.0:+.1f} points on the first {n_checked} samples, "
                          f"counting a sample robust only if neither budget broke it{unfinished}")
     note = (t.get("notes") or {}).get(f"{defense}/{row}")
     if note:

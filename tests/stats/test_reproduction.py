@@ -142,6 +142,10 @@ def test_the_all_cell_reports_the_budget_check_of_the_worst_case(tmp_path):
     line = next(x for x in render_reproduction(tmp_path, THESIS).split("## L2")[0].splitlines() if x.startswith("- Adv-L2 / All"))
     assert ("budget check of the worst case: the doubled attacks lower it by at least 6.0 points on the first 50 samples, counting a sample robust only if "
             "neither budget broke it (more than the threshold: the row over-reports robustness; PGD unfinished, which can only lower it further)") in line, line
+    pgd = next((x for x in render_reproduction(tmp_path, THESIS).split("## L2")[0].splitlines() if x.startswith("- Adv-L2 / PGD")), None)
+    assert pgd is not None, "the test needs the PGD cell more than 5 points from the thesis"
+    assert ("budget check: 2x steps and 5 restarts change it by at least -6.0 points on the first 50 samples, counting a sample robust only if "
+            "neither budget broke it (check unfinished: 1 of 5 restarts done; further blocks can only lower it)") in pgd, pgd
     data["manifest"]["budget_check"]["all"]["delta"] = 0.02
     del data["manifest"]["budget_check"]["attacks"]["pgd"]["restarts_done"]
     write_result(tmp_path, data)
