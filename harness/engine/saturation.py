@@ -195,7 +195,6 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
 
             for k in range(first, total):
                 one = AttackJob(f"{orig.key} check {k + 1}/{total}", replace(job.spec, restarts=1), job.threat, f"{job.hash}:restart{k}", job.randomized)
-                bound = bound or (k > 0 and bool(standing - suite_robust))
                 if k > 0 and not job.randomized and standing & suite_robust:
                     if out_of_time(2 * PROBE, f"the seed probe of restart {k + 1}"):
                         raise _OutOfTime(final=deadline is not None and clock() >= deadline)
@@ -217,6 +216,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                         break
                 # a sample an earlier restart broke stays broken: attack only the ones still standing
                 # (after restart 1, only those the suite's budget left robust too: the others cannot change the verdict)
+                bound = bound or (k > 0 and bool(standing - suite_robust))
                 todo = [r | {"clean_correct": bool(r["clean_correct"]) and r["index"] in standing and (k == 0 or r["index"] in suite_robust)} for r in clean]
                 start_block = first_block if k == first else 0
                 digests = block_sha if k == first else []
