@@ -40,6 +40,11 @@ _positive_int = _int_at_least(1, "a positive integer")
 _nonneg_int = _int_at_least(0, "an integer >= 0")
 
 
+def _threads(text: str) -> int | str:
+    """``bench sweep --threads``: ``auto`` or a positive integer."""
+    return "auto" if text.strip().lower() == "auto" else _int_at_least(1, "a positive integer or auto")(text)
+
+
 def _option(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` -> ``(key, value)``; the value is read as a TOML literal (``5``, ``0.05``,
     ``true``, ``"l2"``) and kept as a string when it is not one (``norm=l2``)."""
@@ -189,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start no job that is not expected to finish within this time (e.g. 2h30m; estimated from the latest finished shard of each attack); a job that does not fit is skipped and shorter ones still run; the plan's budget check runs block by block under the same limit; a rerun continues. Local executor")
     sw.add_argument("--deadline", type=_deadline, default=None, metavar="WHEN",
                     help="as --time-limit, until HH:MM today or an ISO date-time (for a chain of sweeps in one allocation); with --time-limit the earlier one counts")
+    sw.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
+                    help="torch threads of this process (default: torch's, or OMP_NUM_THREADS); auto: this process's share of the cores, "
+                         "cores // (1 + other sweep processes on this host working on --results-dir), fitted again before each job and check block, "
+                         "so a process takes the cores another one leaves when it finishes. Local executor")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
 
     c = sub.add_parser("calibrate", help="set a generative classifier's reject threshold on the validation split (stored in its model card)")
@@ -296,7 +305,7 @@ def _cmd_sweep(a) -> int:
         return 0
     ends = [t for t in (a.deadline, None if a.time_limit is None else time.time() + a.time_limit) if t is not None]
     return run_sweep(plan, results_dir=a.results_dir, executor=a.executor, address=a.address, max_retries=a.max_retries, progress=not a.quiet, only=only,
-                     deadline=min(ends) if ends else None)
+                     deadline=min(ends) if ends else None, threads=a.threads)
 
 
 def _cmd_train(a) -> int:

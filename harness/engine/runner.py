@@ -619,7 +619,7 @@ def _evaluate(cfg: RunConfig, path: Path, *, log=print, check_deadline: float | 
     return ev.save(path)
 
 
-def check_file(cfg: RunConfig, *, log=print, deadline: float | None = None, write_lock=None) -> Path:
+def check_file(cfg: RunConfig, *, log=print, deadline: float | None = None, write_lock=None, pace=None) -> Path:
     """The budget check (:mod:`harness.engine.saturation`, on the first ``cfg.check_budget`` samples)
     of the attacks ``cfg.attacks`` of ``cfg``'s existing result file, and nothing else: no clean pass,
     no attack, no trust checks of the defense (the file has them; an inference-time defense pays
@@ -627,7 +627,7 @@ def check_file(cfg: RunConfig, *, log=print, deadline: float | None = None, writ
     is then on disk (:func:`harness.engine.saturation.merge_entry`) under ``write_lock()`` (a context
     manager; ``bench sweep`` passes a lock file), so other processes may check the file's other
     attacks at the same time; the outcome checks (the warnings on saturation) are refreshed with it.
-    ``deadline`` as :func:`harness.engine.saturation.run`. Returns the file's path."""
+    ``deadline`` and ``pace`` as :func:`harness.engine.saturation.run`. Returns the file's path."""
     if not cfg.check_budget:
         raise BenchUserError("check_file needs check_budget > 0")
     ctx = prepare(cfg, log=log)
@@ -648,7 +648,7 @@ def check_file(cfg: RunConfig, *, log=print, deadline: float | None = None, writ
             if ev.changed:
                 ev.save(path)
 
-    keep(saturation.run(ctx, data, n=cfg.check_budget, save=keep, log=log, deadline=deadline))
+    keep(saturation.run(ctx, data, n=cfg.check_budget, save=keep, log=log, deadline=deadline, pace=pace))
     return path
 
 

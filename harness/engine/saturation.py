@@ -108,7 +108,7 @@ def _acc(records: list[dict], key: str) -> float:
     return sum(bool(r["attacks"][key]["correct"]) for r in records if key in r["attacks"]) / max(1, len(records))
 
 
-def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: float | None = None, clock=time.time) -> dict:
+def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: float | None = None, clock=time.time, pace=None) -> dict:
     """Run the check for ``ctx``'s attacks that ``data`` (the result file of ``ctx``, read only) holds.
 
     Resumable: an attack whose entry was computed for the same spec (``of``) and doubled spec is
@@ -124,6 +124,9 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
     (:func:`_row_rate`). An attack whose next block does not fit waits for a rerun and the check goes
     on with the next attack (a cheaper one may fit); it returns what it has (saved as after any
     block) and a rerun continues it.
+
+    ``pace()`` is called before each block and seed probe starts (``bench sweep --threads auto``
+    fits the process's torch threads to the cores other processes leave free).
     """
     from harness.engine.runner import AttackJob, attack, blocks  # the runner calls this module
 
@@ -198,6 +201,8 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                 if k > 0 and not job.randomized and standing & suite_robust:
                     if out_of_time(2 * PROBE, f"the seed probe of restart {k + 1}"):
                         raise _OutOfTime(final=deadline is not None and clock() >= deadline)
+                    if pace is not None:
+                        pace()
                     same, probe_wall = _seed_probe(ctx, one, k, clean, standing & suite_robust, spans)
                     wall += probe_wall
                     if same:  # the attack ignores its seed: restart k would repeat restart k - 1
@@ -227,6 +232,8 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                     count = sum(bool(r["clean_correct"]) for r in recs)
                     if count and out_of_time(count, f"block {bi + 1} of {len(plan)} of restart {k + 1}"):
                         raise _OutOfTime(final=deadline is not None and clock() >= deadline)
+                    if pace is not None:
+                        pace()
                     run_b = attack(bctx, bjob or one, recs, b0)
                     if count:
                         rate = run_b.entry["wall_time_s"] / count

@@ -869,7 +869,7 @@ def merge_partial(plan: Plan, *, results_dir: str | os.PathLike, log=print) -> l
 
 
 def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int, attacks: tuple[str, ...] | None = None, configs=None, progress: bool = True, log=print,
-                 deadline: float | None = None) -> list[Path]:
+                 deadline: float | None = None, pace=None) -> list[Path]:
     """The budget saturation check on every merged file whose jobs are all done, in this process, one
     attack at a time (:func:`harness.engine.runner.check_file`; resumable block by block; a finished
     check is kept). Each attack's check is claimed with its own lock (``<file>.check-<attack>``), so
@@ -878,6 +878,7 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
     ``attacks``: check only these (the plan's ``check_attacks``); None checks every gradient attack.
     ``deadline`` (seconds since the epoch): start no block of a check that is estimated to end after
     it (:func:`harness.engine.saturation.run`) and no file's check once it has passed.
+    ``pace()`` (``--threads auto``, :func:`fit_threads`) is called before each block of a check.
 
     A group whose jobs are not all done is checked too when its file is a partial merge (``bench
     sweep --merge-partial``, :func:`merge`): the file is first merged again from the shards finished
@@ -955,7 +956,7 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
                     continue
                 log(f"budget check of {path}: {name} on its first {n} samples")
                 cfg = replace(_cfg(gjobs[0], attacks=(name, *skipped)), results_dir=str(results_dir), check_budget=n, progress=progress)
-                done = check_file(cfg, log=log, deadline=deadline, write_lock=lambda: _write_lock(path))
+                done = check_file(cfg, log=log, deadline=deadline, write_lock=lambda: _write_lock(path), pace=pace)
                 checked += [done] if done not in checked else []
                 skipped = ()
     return checked
@@ -1067,6 +1068,37 @@ def check_only(jobs: list[SweepJob], only: tuple[str, ...]) -> None:
         raise BenchUserError(f"--only {', '.join(unknown)}: not among the plan's attacks ({', '.join(sorted(names))})")
 
 
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def fit_threads(results_dir: str | os.PathLike, *, log=print, cores: int | None = None) -> int:
+    """``bench sweep --threads auto``: set this process's torch threads to its share of the cores,
+    ``cores // (1 + others)`` (at least 1), ``others`` being the other sweep processes on this host
+    that hold a lock under ``results_dir`` (:func:`harness.store.claims.neighbours`); logs a change and
+    returns the count. Called before each job and each block of a budget check, so when one of two
+    1-thread processes finishes its work, the other runs its next block on both cores (on this
+    project's 2 cores an E-ABS C&W-200 block ran 360 s a sample beside another process and 195 s
+    alone on one thread, stop 46), and a process that starts beside one with all the cores gets its
+    share at that one's next block (until then the cores are oversubscribed, :func:`oversubscribed`)."""
+    import torch
+
+    from harness.store import claims
+
+    others = claims.neighbours(results_dir) if Path(results_dir).is_dir() else []
+    cores = _cores() if cores is None else cores
+    want = max(1, cores // (1 + len(others)))
+    have = torch.get_num_threads()
+    if want != have:
+        torch.set_num_threads(want)
+        log(f"sweep: {want} torch thread(s) (was {have}): {len(others)} other sweep process(es) on this host work on {results_dir}; {cores} cores")
+    return want
+
+
 def oversubscribed(results_dir: str | os.PathLike, *, threads: int | None = None, cores: int | None = None) -> str | None:
     """Why this sweep process would oversubscribe the cores, or None: other sweep processes on this host
     work on ``results_dir`` (their locks, :func:`harness.store.claims.neighbours`) and this one
@@ -1079,7 +1111,7 @@ def oversubscribed(results_dir: str | os.PathLike, *, threads: int | None = None
 
     others = claims.neighbours(results_dir) if Path(results_dir).is_dir() else []
     threads = torch.get_num_threads() if threads is None else threads
-    cores = (os.cpu_count() or 1) if cores is None else cores
+    cores = _cores() if cores is None else cores
     if not others or threads <= 1 or threads + len(others) <= cores:
         return None
     return (f"{len(others)} other sweep process(es) on this host work on {results_dir} (pid {', '.join(map(str, others))}) and this one runs "
@@ -1088,7 +1120,7 @@ def oversubscribed(results_dir: str | os.PathLike, *, threads: int | None = None
 
 
 def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address: str | None = None, max_retries: int = 1, progress: bool = True, log=print,
-              only: tuple[str, ...] | None = None, deadline: float | None = None) -> int:
+              only: tuple[str, ...] | None = None, deadline: float | None = None, threads: int | str | None = None) -> int:
     """Run every unfinished job of ``plan``, merge, and return the exit status (1 when jobs failed).
 
     ``only`` (``bench sweep --only``): run just the jobs of these attacks now; the plan still defines
@@ -1096,11 +1128,23 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     copy of the plan listing fewer attacks, whose merge would call the group finished).
     ``deadline`` (seconds since the epoch; ``--time-limit`` / ``--deadline``, local executor only):
     start no job that is not expected to finish by then (:func:`time_gate`), nor a block of the
-    budget check (:func:`check_merged`); a rerun continues with the jobs and blocks left."""
+    budget check (:func:`check_merged`); a rerun continues with the jobs and blocks left.
+    ``threads`` (``--threads``, local executor only): torch threads of this process, or ``"auto"``:
+    its share of the cores, fitted again before each job and check block (:func:`fit_threads`)."""
     from harness.store.provenance import command_line
 
     if deadline is not None and executor != "local":
         raise BenchUserError("--time-limit / --deadline work with the local executor only (Ray runs jobs in parallel; bound the cluster allocation instead)")
+    if threads is not None and executor != "local":
+        raise BenchUserError("--threads works with the local executor only (Ray gives each job the CPUs it asks for)")
+    pace = None
+    if threads == "auto":
+        def pace():
+            fit_threads(results_dir, log=log)
+    elif threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))
     jobs = expand(plan)
     if only is not None:
         check_only(jobs, only)
@@ -1111,7 +1155,9 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     todo = [j for j in todo if j not in later]
     log(f"sweep: {len(jobs)} jobs; skipping {len(done)} finished jobs; running {len(todo)} on the {executor} executor"
         + (f"; {len(later)} of other attacks left for later (--only {','.join(only)})" if later else ""))
-    if executor == "local":
+    if pace is not None:
+        pace()
+    elif executor == "local":
         warn = oversubscribed(results_dir)
         if warn:
             log(f"sweep: WARNING: {warn}")
@@ -1125,12 +1171,15 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
         extra = {} if deadline is None else {"gate": time_gate(deadline, results_dir)}
         if executor == "local":  # Ray hands each job to one worker itself; local sweeps may be several processes
             extra["claim"] = job_claim(results_dir, configs)
+            if pace is not None:
+                extra["pace"] = pace
         failures = ex.run(todo, results_dir=str(results_dir), max_retries=max_retries, progress=progress, log=log, **extra)
     for path in merge(jobs, results_dir, command=command, configs=configs):
         log(f"wrote {path}")
     if plan.check_budget and not failures:
         # under a time limit, block by block: no block starts that its estimate says ends after the deadline
-        check_merged(jobs, results_dir, n=plan.check_budget, attacks=plan.check_attacks, configs=configs, progress=progress, log=log, deadline=deadline)
+        check_merged(jobs, results_dir, n=plan.check_budget, attacks=plan.check_attacks, configs=configs, progress=progress, log=log, deadline=deadline,
+                      pace=pace)
         # a check of a partial merge that outlasted another sweep process's final merge of its group
         # saved the partial file over it: merge the finished group again (its check is kept)
         for path in merge(jobs, results_dir, command=command, configs=configs):

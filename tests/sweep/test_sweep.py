@@ -887,6 +887,81 @@ def test_a_sweep_beside_another_sweep_process_warns_when_its_threads_oversubscri
     assert claims.neighbours(res) == []  # its owner is gone: a stale lock
 
 
+def test_threads_auto_takes_the_share_of_the_cores_the_other_sweep_processes_leave(tmp_path):
+    """`--threads auto`: cores // (1 + other live sweep processes on this host under the results
+    directory), set on torch and logged when it changes; the cores a finished process leaves are taken."""
+    import torch
+
+    res = tmp_path / "res"
+    (res / "fmnist" / "linf").mkdir(parents=True)
+    before = torch.get_num_threads()
+    lines: list[str] = []
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        torch.set_num_threads(1)
+        assert sweep.fit_threads(res, log=lines.append, cores=4) == 4 and torch.get_num_threads() == 4  # alone
+        assert lines and "4 torch thread(s) (was 1): 0 other sweep process(es)" in lines[-1]
+        lines.clear()
+        assert sweep.fit_threads(res, log=lines.append, cores=4) == 4 and lines == []  # unchanged: nothing logged
+        lock = res / "fmnist" / "linf" / "eabs.json.check-cw.lock"
+        lock.write_text(json.dumps({"pid": other.pid, "host": __import__("socket").gethostname(), "time": time.time()}))
+        assert sweep.fit_threads(res, log=lines.append, cores=4) == 2 and torch.get_num_threads() == 2
+        assert f"sweep: 2 torch thread(s) (was 4): 1 other sweep process(es) on this host work on {res}; 4 cores" == lines[-1]
+        assert sweep.fit_threads(res, log=lines.append, cores=1) == 1  # never below one thread
+        other.kill()
+        other.wait()
+        assert sweep.fit_threads(res, log=lines.append, cores=2) == 2  # its owner is gone: its cores are free
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+        torch.set_num_threads(before)
+
+
+def test_a_sweep_with_threads_auto_fits_its_threads_before_each_job_and_each_check_block(env, monkeypatch):
+    """`run_sweep(threads="auto")` calls :func:`sweep.fit_threads` once at the start, before every job
+    it runs and before every block (or seed probe) of the budget check; a fixed count is set once."""
+    import torch
+
+    import harness.engine.runner as runner
+
+    tmp, plan, _ = env
+    plan.write_text(PLAN + "check_budget = 20\n")
+    events: list[str] = []
+    monkeypatch.setattr(sweep, "fit_threads", lambda results_dir, log=print, cores=None: events.append("pace") or 1)
+    real_job, real_attack = sweep.run_job, runner.attack
+    monkeypatch.setattr(sweep, "run_job", lambda job, results_dir: events.append("job") or real_job(job, results_dir))
+    monkeypatch.setattr(runner, "attack", lambda *a, **k: events.append("attack") or real_attack(*a, **k))
+    out = tmp / "res"
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lambda *_: None, threads="auto") == 0
+    assert "restarts_done" not in _merged(out)["manifest"]["budget_check"]["attacks"]["pgd"]  # the check finished
+    jobs = [i for i, e in enumerate(events) if e == "job"]
+    assert events[0] == "pace" and len(jobs) == len(sweep.expand(sweep.load_plan(plan)))
+    assert all(events[i - 1] == "pace" for i in jobs)  # before every job
+    check = events[jobs[-1] + 1:]
+    check = check[check.index("pace"):]  # the check's blocks: each run of attack calls follows a pace
+    runs = "".join("p" if e == "pace" else "a" for e in check).split("p")[1:]
+    assert len(runs) >= 2 and all(r in ("a", "aa") for r in runs), check  # a block, or a seed probe's two calls
+    # a fixed count: set once, never fitted
+    events.clear()
+    threads = torch.get_num_threads()
+    try:
+        assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(tmp / "res2"), progress=False, log=lambda *_: None, threads=2) == 0
+        assert torch.get_num_threads() == 2 and "pace" not in events
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_threads_on_the_cli_takes_a_count_or_auto_and_refuses_the_rest(env, capsys):
+    tmp, plan, _ = env
+    for bad, why in ((["--threads", "0"], "a positive integer or auto"), (["--threads", "two"], "a positive integer or auto"),
+                     (["--threads", "auto", "--executor", "ray"], "--threads works with the local executor only")):
+        assert main(["sweep", str(plan), "--results-dir", str(tmp / "res"), "--quiet", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert why in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp / "res").exists()  # refused before any work
+
+
 def test_bench_run_and_a_sweeps_check_or_merge_never_write_one_file_at_once(env, capsys):
     """`bench run` holds its result file (`<file>.lock`) for the whole run and saves it whole after each
     attack, so a sweep's check block or merge written meanwhile would be lost: a run is refused while

@@ -11,14 +11,16 @@ from harness.orchestration.executors import Progress, short_error
 class LocalExecutor:
     """Runs jobs one after another in this process."""
 
-    def run(self, jobs, *, results_dir: str, max_retries: int, progress: bool = True, log=print, fn=None, gate=None, claim=None) -> dict[str, str]:
+    def run(self, jobs, *, results_dir: str, max_retries: int, progress: bool = True, log=print, fn=None, gate=None, claim=None, pace=None) -> dict[str, str]:
         """Run ``jobs``; return ``{job name: last error}`` for jobs that failed ``1 + max_retries`` times.
         ``gate(job)`` (a time limit, :func:`harness.orchestration.sweep.time_gate`): asked before each
         job; a job it gives a reason for (not None) is left unstarted, neither run nor failed, and the
         run goes on with the next: a shorter job of another attack may still fit in the time left.
         ``claim(job)`` (:func:`harness.orchestration.sweep.job_claim`): asked before each job, returns a
         :class:`harness.store.claims.Claim` held while the job runs, or why another sweep
-        process on the same results directory has the job (finished or running there): it is skipped."""
+        process on the same results directory has the job (finished or running there): it is skipped.
+        ``pace()`` (:func:`harness.orchestration.sweep.fit_threads`, ``--threads auto``): called before
+        each job that runs."""
         from collections import Counter
 
         from harness.orchestration import sweep
@@ -41,6 +43,8 @@ class LocalExecutor:
                         held.release()
                     refused.append((job, why))
                     continue
+                if pace is not None:
+                    pace()
                 try:
                     self._attempts(job, fn, results_dir, max_retries, bar, failures, log)
                 finally:
