@@ -46,7 +46,8 @@ each block the entry is saved with ``"restarts_done": r`` (the restarts finished
 (the blocks of the next restart finished, with their candidate digests), the samples still standing
 (``robust_doubled``), the samples a packed restart attacks and its block sizes (``pool``,
 ``pool_blocks``; restarts 2-5) and the seconds
-per attacked sample of the latest block (``sample_s``, for a deadline); these are dropped once all
+per attacked sample of the latest block and the torch threads it ran on (``sample_s``,
+``sample_threads``, for a deadline); these are dropped once all
 have run, so an interrupted check loses at most one block of one restart (on this project's CPU,
 one restart of the doubled PGD-80 on all 100 first samples took 35 minutes on ABS; on E-ABS a block of 25 samples at EOT 5 was estimated at 70-80 min, longer than
 the time a session has left after its sweep jobs, hence blocks of 10). A partial entry already
@@ -74,6 +75,8 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import replace
+
+import torch
 
 from benchcore.errors import BenchUserError
 from harness.attacks import get_attack
@@ -118,7 +121,8 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
 
     ``deadline`` (seconds since the epoch; ``bench sweep --time-limit / --deadline``): start no block
     (or seed probe) that its estimate says ends after it: seconds per attacked sample of the
-    attack's latest block (saved with a partial entry as ``sample_s``, so a later session knows it)
+    attack's latest block (saved with a partial entry as ``sample_s``, so a later session knows it,
+    scaled to this process's torch threads from the ``sample_threads`` it ran on: :func:`on_threads`)
     x the samples the block attacks. A block nothing has been measured for starts while time is
     left only when the row itself has no wall time for the attack; else it is priced from the row
     (:func:`_row_rate`). An attack whose next block does not fit waits for a rerun and the check goes
@@ -182,12 +186,13 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
             suite_robust = {r["index"] for r in head if (r["attacks"].get(orig.key) or {}).get("correct")}
             bound = bool(prev.get("acc_doubled_bound")) if partial else False
             rate = prev.get("sample_s") if partial else None  # seconds per attacked sample, latest block
+            rate_threads = prev.get("sample_threads") if partial else None  # the torch threads it ran on
             row_rate = _row_rate(data["records"], done.get(orig.key) or {}, orig.key)
 
             def out_of_time(count: int, what: str) -> bool:
                 left = None if deadline is None else deadline - clock()
                 why = None
-                per, how = (rate, "latest block") if rate is not None else (row_rate, f"the row's own {orig.key} x {FACTOR}") if row_rate is not None else (None, "")
+                per, how = (on_threads(rate, rate_threads), "latest block" + _scaled(rate_threads)) if rate is not None else (row_rate, f"the row's own {orig.key} x {FACTOR}") if row_rate is not None else (None, "")
                 if left is not None and left <= 0:
                     why = "the time limit is reached"
                 elif left is not None and per is not None and per * count > left:
@@ -199,10 +204,10 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
             for k in range(first, total):
                 one = AttackJob(f"{orig.key} check {k + 1}/{total}", replace(job.spec, restarts=1), job.threat, f"{job.hash}:restart{k}", job.randomized)
                 if k > 0 and not job.randomized and standing & suite_robust:
+                    if pace is not None:  # first: the estimate prices the block at the threads it will run on
+                        pace()
                     if out_of_time(2 * PROBE, f"the seed probe of restart {k + 1}"):
                         raise _OutOfTime(final=deadline is not None and clock() >= deadline)
-                    if pace is not None:
-                        pace()
                     same, probe_wall = _seed_probe(ctx, one, k, clean, standing & suite_robust, spans)
                     wall += probe_wall
                     if same:  # the attack ignores its seed: restart k would repeat restart k - 1
@@ -230,19 +235,20 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                 for bi in range(start_block, len(plan)):
                     bctx, b0, recs, hrecs, bjob = plan[bi]
                     count = sum(bool(r["clean_correct"]) for r in recs)
+                    if pace is not None:  # first: the estimate prices the block at the threads it will run on
+                        pace()
                     if count and out_of_time(count, f"block {bi + 1} of {len(plan)} of restart {k + 1}"):
                         raise _OutOfTime(final=deadline is not None and clock() >= deadline)
-                    if pace is not None:
-                        pace()
                     run_b = attack(bctx, bjob or one, recs, b0)
                     if count:
-                        rate = run_b.entry["wall_time_s"] / count
+                        rate, rate_threads = run_b.entry["wall_time_s"] / count, torch.get_num_threads()
                     standing -= {r["index"] for r, o in zip(hrecs, run_b.outcomes) if not o["correct"]}
                     wall += run_b.entry["wall_time_s"]
                     digests = [*digests, run_b.candidates_sha256]
                     if bi + 1 < len(plan):  # resumable block by block within a restart
                         e = _entry(orig, job, head, standing, acc, m, wall, complete=False, bound=bound)
-                        e.update(restarts_done=k, blocks_done=bi + 1, block_size=ctx.cfg.batch_size, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last, sample_s=rate)
+                        e.update(restarts_done=k, blocks_done=bi + 1, block_size=ctx.cfg.batch_size, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last, sample_s=rate,
+                                 sample_threads=rate_threads)
                         if pool is not None:
                             e["pool"], e["pool_blocks"] = pool, [len(p[2]) for p in plan]
                         entry["attacks"][orig.key] = e
@@ -271,7 +277,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                     e["restarts_done"] = k + 1
                     e["robust_doubled"] = sorted(standing)
                     e["candidates_sha256"] = last
-                    e["sample_s"] = rate
+                    e["sample_s"], e["sample_threads"] = rate, rate_threads
                 entry["attacks"][orig.key] = e
                 entry["all"] = worst_case(head, done, entry["attacks"])
                 if log is not None:
@@ -444,6 +450,30 @@ def attack_drop(e: dict, n: int | None) -> float:
     return delta
 
 
+def on_threads(rate: float, then, now: int | None = None) -> float:
+    """Seconds per sample ``rate``, measured on ``then`` torch threads, expected on ``now`` (default:
+    this process's count): ``rate x then / now``, the ideal scaling (``rate`` itself when ``then`` is
+    unknown: entries saved before stop 47). Only the deadline estimate uses it. ``bench sweep --threads
+    auto`` gives a process the cores another one left, so the rate of its latest block, measured on
+    one thread beside that process, would keep a block that fits from starting (stop 47: E-ABS C&W-200
+    restart 2 block 1 ran 388 s a sample on one thread beside DDN and the test suite; block 2 was
+    refused at 91 min with 57 left). A rate measured beside other processes includes their
+    contention, so the ideal scaling is not the optimistic bound it looks: that block's 388 s a sample
+    scale to 194 s on two threads, and block 2 then ran 153 s a sample on two threads alone."""
+    now = torch.get_num_threads() if now is None else now
+    if isinstance(then, int) and not isinstance(then, bool) and then > 0 and now > 0:
+        return float(rate) * then / now
+    return float(rate)
+
+
+def _scaled(then) -> str:
+    """How the deadline message names a rate scaled by :func:`on_threads` ("" when it is not)."""
+    now = torch.get_num_threads()
+    if isinstance(then, int) and not isinstance(then, bool) and then > 0 and then != now:
+        return f", measured on {then} thread(s), scaled to this process's {now}"
+    return ""
+
+
 def _row_rate(records: list[dict], entry: dict, key: str) -> float | None:
     """Seconds per attacked sample of a check block nothing has been measured for: the row's own run
     of attack ``key`` (its ``wall_time_s`` over the samples it attacked, the clean-correct ones)
@@ -528,18 +558,22 @@ def pending(data: dict, n: int = DEFAULT_N, attacks=None) -> dict[str, dict]:
     return out
 
 
-def next_block_s(data: dict, key: str, entry: dict, *, n: int = DEFAULT_N, block: int = CHECK_BLOCK) -> float | None:
+def next_block_s(data: dict, key: str, entry: dict, *, n: int = DEFAULT_N, block: int = CHECK_BLOCK, threads: int | None = None) -> float | None:
     """Estimated seconds of the next piece of attack ``key``'s check on the first ``n`` samples
     (``entry``: its partial entry from :func:`pending`, ``{}`` when not started), priced as :func:`run`
     prices it: seconds per attacked sample of its latest block (``sample_s``), else the row's own run
     of the attack (:func:`_row_rate`), x the samples that piece attacks: the clean-correct ones of the
     next position block in restart 1, the next packed block of the samples still standing and robust
     at the suite's budget in later restarts (on a deterministic defense the seed probe of :data:`PROBE` x 2 samples comes first).
-    ``block``: the check's block size (the run's batch size when smaller). None when nothing prices it."""
+    ``block``: the check's block size (the run's batch size when smaller). A ``sample_s`` measured on
+    ``sample_threads`` torch threads is scaled to ``threads`` (default: this process's; :func:`on_threads`).
+    None when nothing prices it."""
     records = data.get("records") or []
     m = min(int(n), len(records))
     rate = entry.get("sample_s")
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+        rate = on_threads(rate, entry.get("sample_threads"), threads)
+    else:
         rate = _row_rate(records, (data["manifest"].get("attacks") or {}).get(key) or {}, key)
     if rate is None:
         return None

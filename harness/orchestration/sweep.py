@@ -1082,8 +1082,8 @@ def fit_threads(results_dir: str | os.PathLike, *, log=print, cores: int | None 
     that hold a lock under ``results_dir`` (:func:`harness.store.claims.neighbours`); logs a change and
     returns the count. Called before each job and each block of a budget check, so when one of two
     1-thread processes finishes its work, the other runs its next block on both cores (on this
-    project's 2 cores an E-ABS C&W-200 block ran 360 s a sample beside another process and 195 s
-    alone on one thread, stop 46), and a process that starts beside one with all the cores gets its
+    project's 2 cores E-ABS C&W-200 blocks ran 360 s a sample on one thread beside another process
+    and 195 s alone, stop 46, and 153 s alone on two threads, stop 47), and a process that starts beside one with all the cores gets its
     share at that one's next block (until then the cores are oversubscribed, :func:`oversubscribed`)."""
     import torch
 

@@ -385,6 +385,23 @@ def test_a_deadline_stops_the_check_before_a_block_its_estimate_says_ends_too_la
     # a later session: the saved rate stops it before it starts anything
     again = saturation.run(ctx, data, n=60, log=logs.append, deadline=50.0, clock=lambda: 0.0)
     assert calls == [] and again["attacks"]["pgd"]["blocks_done"] == 1
+    # ... unless this process runs more threads than the block was measured on (bench sweep --threads
+    # auto took the cores another process left): the rate is scaled by the threads, set before the estimate
+    import torch
+
+    threads = torch.get_num_threads()
+    assert pgd["sample_threads"] == threads
+    count = sum(bool(r["clean_correct"]) for r in data["records"][10:20])
+    logs.clear()
+    try:
+        more = saturation.run(ctx, data, n=60, log=logs.append, deadline=10.0 * count * 0.75, clock=lambda: 0.0,
+                              pace=lambda: torch.set_num_threads(2 * threads))
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [10] and more["attacks"]["pgd"]["blocks_done"] == 2 and more["attacks"]["pgd"]["sample_threads"] == 2 * threads
+    # block 3 is priced at the 10 s a sample measured on these threads: it does not fit
+    assert any("stopping before block 3 of 6" in line and "(10 s a sample, latest block)" in line for line in logs), logs
+    calls.clear()
     done = saturation.run(ctx, data | {"manifest": data["manifest"] | {"budget_check": again}}, n=60, log=logs.append)
     assert calls[:2] == [10, 20] and "restarts_done" not in done["attacks"]["pgd"] and isinstance(done["attacks"]["pgd"]["saturated"], bool)
     assert saturation.pending(data | {"manifest": data["manifest"] | {"budget_check": done}}, 60) == {}
@@ -666,3 +683,18 @@ def test_the_next_blocks_estimate_counts_only_the_samples_a_later_restart_attack
     assert next_block_s(data, "pgd", fresh, n=10) == 20.0  # restart 3 attacks 1 and 2 only
     first = {"restarts_done": 0, "blocks_done": 0, "sample_s": 10.0, "block_size": 5}
     assert next_block_s(data, "pgd", first, n=10) == 50.0  # restart 1 attacks every clean-correct sample of its block
+
+
+def test_the_next_blocks_estimate_scales_a_rate_to_the_threads_the_block_will_run_on():
+    """A rate measured on one thread prices a block on two at half (the ideal scaling; a rate of an
+    entry saved without ``sample_threads`` is taken as it is)."""
+    from harness.engine.saturation import next_block_s, on_threads
+
+    records = [{"index": i, "clean_correct": True, "attacks": {"pgd": {"correct": True}}} for i in range(10)]
+    data = {"manifest": {"attacks": {"pgd": {}}, "randomized": True}, "records": records}
+    first = {"restarts_done": 0, "blocks_done": 0, "sample_s": 10.0, "block_size": 5}
+    assert next_block_s(data, "pgd", first | {"sample_threads": 1}, n=10, threads=2) == 25.0
+    assert next_block_s(data, "pgd", first | {"sample_threads": 2}, n=10, threads=1) == 100.0
+    assert next_block_s(data, "pgd", first | {"sample_threads": 2}, n=10, threads=2) == 50.0
+    assert next_block_s(data, "pgd", first, n=10, threads=2) == 50.0  # saved before stop 47: as it is
+    assert on_threads(388.0, 1, 2) == 194.0 and on_threads(388.0, None, 2) == 388.0 and on_threads(388.0, True, 2) == 388.0
