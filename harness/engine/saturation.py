@@ -468,10 +468,9 @@ def on_threads(rate: float, then, now: int | None = None) -> float:
 
 def _scaled(then) -> str:
     """How the deadline message names a rate scaled by :func:`on_threads` ("" when it is not)."""
-    now = torch.get_num_threads()
-    if isinstance(then, int) and not isinstance(then, bool) and then > 0 and then != now:
-        return f", measured on {then} thread(s), scaled to this process's {now}"
-    return ""
+    if on_threads(1.0, then) == 1.0:
+        return ""
+    return f", measured on {then} thread(s), scaled to this process's {torch.get_num_threads()}"
 
 
 def _row_rate(records: list[dict], entry: dict, key: str) -> float | None:
