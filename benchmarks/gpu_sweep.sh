@@ -2,7 +2,11 @@
 # A sweep plan on one lent GPU machine, several sweep processes sharing the GPU (issue 14).
 #
 #   [PLAN=plans/fmnist-eabs-paper.toml] [PROCS=10] [LIMIT=460] [ONLY=attack,...] [PYTHON=python3] \
-#       bash benchmarks/gpu_sweep.sh                                   # from the repository root
+#       [CHECK_BLOCK=N] bash benchmarks/gpu_sweep.sh                   # from the repository root
+#
+# The sweeps run through benchmarks/gpu_launch.py: full fp32 (no TF32) and, with CHECK_BLOCK, larger
+# blocks of a budget check (a restart of the check in one block where the GPU's time per block
+# hardly grows with its samples).
 #
 # Why several processes: an inference-time-optimising defense (E-ABS: 50 Adam steps per prediction)
 # issues many small kernels, so one process leaves the GPU mostly idle; PROCS processes each claim
@@ -32,7 +36,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ -d .whl/site ] && export PYTHONPATH="$PWD/.whl/site:$PYTHONPATH"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 
-echo "gpu_sweep.sh $(date -u) on $(hostname); plan $PLAN, $PROCS processes, limit ${LIMIT}s${ONLY:+, only $ONLY}"
+echo "gpu_sweep.sh $(date -u) on $(hostname); plan $PLAN, $PROCS processes, limit ${LIMIT}s${ONLY:+, only $ONLY}${CHECK_BLOCK:+, check blocks of $CHECK_BLOCK}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 "$PY" -c 'import torch, harness, defenses, foolbox, pyautoattack, neat; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' || exit 1
 
@@ -40,12 +44,12 @@ RES="$(mktemp -d)/results"
 cp -a results "$RES"
 rm -f $(find "$RES" -name '*.lock')
 MARK="$RES/.gpu_sweep_start"; touch "$MARK"; sleep 1
-"$PY" -m harness.cli sweep "$PLAN" --results-dir "$RES" --dry-run | tail -n 12
+"$PY" benchmarks/gpu_launch.py sweep "$PLAN" --results-dir "$RES" --dry-run | tail -n 12
 
 LOGS="$(mktemp -d)"
 pids=()
 for i in $(seq 1 "$PROCS"); do
-    timeout -s INT -k 20 "$LIMIT" "$PY" -m harness.cli sweep "$PLAN" --results-dir "$RES" ${ONLY:+--only "$ONLY"} --quiet > "$LOGS/p$i.log" 2>&1 &
+    timeout -s INT -k 20 "$LIMIT" "$PY" benchmarks/gpu_launch.py sweep "$PLAN" --results-dir "$RES" ${ONLY:+--only "$ONLY"} --quiet > "$LOGS/p$i.log" 2>&1 &
     pids+=($!)
     sleep 2   # staggered: each claims its job before the next looks
 done
