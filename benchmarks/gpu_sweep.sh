@@ -4,9 +4,9 @@
 #   [PLAN=plans/fmnist-eabs-paper.toml] [PROCS=10] [LIMIT=460] [ONLY=attack,...] [PYTHON=python3] \
 #       [CHECK_BLOCK=N] bash benchmarks/gpu_sweep.sh                   # from the repository root
 #
-# The sweeps run through benchmarks/gpu_launch.py: full fp32 (no TF32) and, with CHECK_BLOCK, larger
-# blocks of a budget check (a restart of the check in one block where the GPU's time per block
-# hardly grows with its samples).
+# CHECK_BLOCK=N passes --check-block N: blocks of N samples in the plan's budget check, so a restart of
+# the check is one block where the GPU's time per block hardly grows with its samples (stop 48, one
+# H100: E-ABS C&W-200 restarts 3-5 of 28 samples each, CHECK_BLOCK=20, 204 s for all three).
 #
 # Why several processes: an inference-time-optimising defense (E-ABS: 50 Adam steps per prediction)
 # issues many small kernels, so one process leaves the GPU mostly idle; PROCS processes each claim
@@ -44,12 +44,12 @@ RES="$(mktemp -d)/results"
 cp -a results "$RES"
 rm -f $(find "$RES" -name '*.lock')
 MARK="$RES/.gpu_sweep_start"; touch "$MARK"; sleep 1
-"$PY" benchmarks/gpu_launch.py sweep "$PLAN" --results-dir "$RES" --dry-run | tail -n 12
+"$PY" -m harness.cli sweep "$PLAN" --results-dir "$RES" --dry-run | tail -n 12
 
 LOGS="$(mktemp -d)"
 pids=()
 for i in $(seq 1 "$PROCS"); do
-    timeout -s INT -k 20 "$LIMIT" "$PY" benchmarks/gpu_launch.py sweep "$PLAN" --results-dir "$RES" ${ONLY:+--only "$ONLY"} --quiet > "$LOGS/p$i.log" 2>&1 &
+    timeout -s INT -k 20 "$LIMIT" "$PY" -m harness.cli sweep "$PLAN" --results-dir "$RES" ${ONLY:+--only "$ONLY"} ${CHECK_BLOCK:+--check-block "$CHECK_BLOCK"} --quiet > "$LOGS/p$i.log" 2>&1 &
     pids+=($!)
     sleep 2   # staggered: each claims its job before the next looks
 done

@@ -107,6 +107,10 @@ def _deadline(text: str) -> float:
     return when.timestamp()
 
 
+CHECK_BLOCK_HELP = ("samples per resumable block of the budget check (default 10, sized for a CPU core, where a block's time grows with its samples); "
+                    "on a GPU a larger block costs about as much as a small one, e.g. 20-30 so a restart of the check is one block")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bench", description="Adversarial-robustness benchmark harness (thesis-style evaluation with verified attacks).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -128,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--arch", default=None, help="network of the CNN family: table2.1 (default), resnet18 or resnet50 (32x32 RGB data); results go to <defense>-<arch>.json")
     r.add_argument("--check-budget", type=_positive_int, nargs="?", const=100, default=0, metavar="N", help="after the attacks, rerun each gradient attack with a step budget on the first N samples (default 100) with twice the steps and 5 restarts and record the accuracy difference (budget saturation check)")
+    r.add_argument("--check-block", type=_positive_int, default=0, metavar="N", help=CHECK_BLOCK_HELP)
     r.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE", help="a defense option (repeatable), e.g. --option steps=5 for vsmooth-*; results go to <defense>-<key><value>.json")
 
     t = sub.add_parser("train", help="train a defense and write a checkpoint + model card")
@@ -198,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch threads of this process (default: torch's, or OMP_NUM_THREADS); auto: this process's share of the cores, "
                          "cores // (1 + other sweep processes on this host working on --results-dir), fitted again before each job and check block, "
                          "so a process takes the cores another one leaves when it finishes. Local executor")
+    sw.add_argument("--check-block", type=_positive_int, default=0, metavar="N", help=CHECK_BLOCK_HELP)
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
 
     c = sub.add_parser("calibrate", help="set a generative classifier's reject threshold on the validation split (stored in its model card)")
@@ -271,8 +277,10 @@ def _cmd_run(a) -> int:
         defense=a.defense, dataset=a.dataset, norm=a.norm, suite=a.suite, n=a.n, seed=a.seed, device=a.device,
         results_dir=a.results_dir, fresh=a.fresh, batch_size=a.batch_size, eps=a.eps, attacks=attacks,
         progress=not a.quiet, train_if_missing=not a.no_train, arch=a.arch, defense_options=tuple(a.option),
-        check_budget=a.check_budget,
+        check_budget=a.check_budget, check_block=a.check_block,
     )
+    if a.check_block and not a.check_budget:
+        raise BenchUserError("--check-block sets the block size of the budget check: give --check-budget too")
     path = evaluate(cfg)
     # imported only now: pandas / statsmodels / scipy cost seconds that a refused run should not wait for
     from harness.report.tables import format_report
@@ -305,7 +313,7 @@ def _cmd_sweep(a) -> int:
         return 0
     ends = [t for t in (a.deadline, None if a.time_limit is None else time.time() + a.time_limit) if t is not None]
     return run_sweep(plan, results_dir=a.results_dir, executor=a.executor, address=a.address, max_retries=a.max_retries, progress=not a.quiet, only=only,
-                     deadline=min(ends) if ends else None, threads=a.threads)
+                     deadline=min(ends) if ends else None, threads=a.threads, check_block=a.check_block)
 
 
 def _cmd_train(a) -> int:

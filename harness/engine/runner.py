@@ -82,6 +82,7 @@ class RunConfig:
     arch: str | None = None  # network option of the CNN family (--arch); results go to <defense>-<arch>.json
     defense_options: tuple[tuple[str, Any], ...] = ()  # other constructor options (--option KEY=VALUE)
     check_budget: int = 0  # > 0: budget saturation check on the first that many samples (harness/engine/saturation.py)
+    check_block: int = 0  # samples per resumable block of that check (0: saturation.CHECK_BLOCK, sized for a CPU core)
 
     @property
     def options(self) -> dict:
@@ -414,10 +415,14 @@ class Evaluation:
             earlier = [c for c in old["manifest"].get("earlier_commands", []) if c != before]
             old["manifest"]["earlier_commands"] = [*earlier, before]
         loaded = _content(old)
-        wrote_on = old["manifest"].get("device")
+        wrote_on, wrote_with = old["manifest"].get("device"), old["manifest"].get("versions")
         old["manifest"].update({k: v for k, v in ctx.manifest.items() if k != "attacks"})
         if wrote_on and wrote_on != old["manifest"].get("device"):  # the file's earlier attacks ran elsewhere: name every device
             old["manifest"]["device"] = " + ".join(dict.fromkeys([*wrote_on.split(" + "), old["manifest"]["device"]]))
+        if wrote_with and wrote_with != old["manifest"].get("versions"):
+            # ... and with other package versions (a lent GPU machine's own torch): each set stays on record
+            earlier = [v for v in old["manifest"].get("earlier_versions", []) if v != wrote_with and v != old["manifest"].get("versions")]
+            old["manifest"]["earlier_versions"] = [*earlier, wrote_with]
         ev = cls(old["manifest"], old["records"])
         ev.loaded = loaded
         return ev
@@ -468,7 +473,7 @@ class Evaluation:
 
 
 #: manifest fields that say who wrote a file, on what: a rerun that adds nothing does not rewrite them
-PROVENANCE_KEYS = frozenset({"versions", "commit", "command", "earlier_commands", "device", "shard_sources"})
+PROVENANCE_KEYS = frozenset({"versions", "earlier_versions", "commit", "command", "earlier_commands", "device", "shard_sources"})
 
 
 def _content(data: dict) -> str:

@@ -41,13 +41,15 @@ restart). As a second guard, two restarts that propose bit-identical candidates 
 samples end the check too; a check whose restarts broke every sample the suite's budget left robust
 ends early too (further restarts cannot change ``drop``).
 
-The check is resumable block by block (``batch_size`` samples, at most :data:`CHECK_BLOCK`): after
+The check is resumable block by block (``batch_size`` samples, at most :func:`check_block`: :data:`CHECK_BLOCK`
+or ``--check-block``): after
 each block the entry is saved with ``"restarts_done": r`` (the restarts finished), ``"blocks_done"``
 (the blocks of the next restart finished, with their candidate digests), the samples still standing
 (``robust_doubled``), the samples a packed restart attacks and its block sizes (``pool``,
 ``pool_blocks``; restarts 2-5) and the seconds
-per attacked sample of the latest block and the torch threads it ran on (``sample_s``,
-``sample_threads``, for a deadline); these are dropped once all
+per attacked sample of the latest block, the torch threads and the kind of device it ran on
+(``sample_s``, ``sample_threads``, ``sample_device``, for a deadline; a rate from another kind of
+device is not used); these are dropped once all
 have run, so an interrupted check loses at most one block of one restart (on this project's CPU,
 one restart of the doubled PGD-80 on all 100 first samples took 35 minutes on ABS; on E-ABS a block of 25 samples at EOT 5 was estimated at 70-80 min, longer than
 the time a session has left after its sweep jobs, hence blocks of 10). A partial entry already
@@ -90,6 +92,20 @@ CHECK_BLOCK = 10  # samples per resumable block of the check (at most the run's 
 # one block of the doubled PGD (PGD-160, EOT 5) is about 30-35 min on one core, so the time a session
 # has left after its sweep jobs is used (blocks of 25 were 70-80 min and started in no session)
 PROBE = 2  # samples on which two seeds are compared before a further restart of a deterministic defense
+
+
+def check_block(cfg) -> int:
+    """Samples per resumable block of the check: the run's ``check_block`` (``bench run / sweep
+    --check-block N``) when set, else :data:`CHECK_BLOCK`. A later restart packs its standing samples
+    into blocks of up to 1.5 x this (:func:`pack`). Larger blocks suit a GPU, where an
+    inference-time-optimising defense is bound by its kernel launches and a block's time hardly grows
+    with its samples (stop 48, one H100, E-ABS C&W 2 x 200 at EOT 5: restarts 3-5 of the L2 check, 28
+    standing samples each as one block of ``--check-block 20``, took 204 s together; on this project's
+    CPU a block of 14 took about 36 min on two threads). A restart already begun keeps the blocks it
+    began with (its saved ``pool_blocks``; position blocks of an unfinished first restart under another
+    size start that restart over)."""
+    n = getattr(cfg, "check_block", 0) or 0
+    return int(n) if int(n) > 0 else CHECK_BLOCK
 
 
 def stronger(spec: AttackSpec, *, factor: int = FACTOR, restarts: int = RESTARTS) -> AttackSpec | None:
@@ -163,8 +179,10 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
         entry["not_checked"] = skipped
     clean = [{k: v for k, v in r.items() if k != "attacks"} | {"attacks": {}} for r in head]
     run_bs = ctx.cfg.batch_size  # the block size of checks saved before CHECK_BLOCK
-    if ctx.cfg.batch_size > CHECK_BLOCK:  # the check's own blocks: resumable in pieces of at most CHECK_BLOCK samples
-        ctx = replace(ctx, cfg=replace(ctx.cfg, batch_size=CHECK_BLOCK))
+    block = check_block(ctx.cfg)
+    if ctx.cfg.batch_size > block:  # the check's own blocks: resumable in pieces of at most `block` samples
+        ctx = replace(ctx, cfg=replace(ctx.cfg, batch_size=block))
+    device = torch.device(ctx.device).type  # a saved rate is used only on the kind of device it was measured on
     spans = blocks(ctx, 0, m)
     stopped = False
     for orig, job in jobs:
@@ -187,6 +205,10 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
             bound = bool(prev.get("acc_doubled_bound")) if partial else False
             rate = prev.get("sample_s") if partial else None  # seconds per attacked sample, latest block
             rate_threads = prev.get("sample_threads") if partial else None  # the torch threads it ran on
+            if rate is not None and prev.get("sample_device", "cpu") != device:  # entries before stop 48: measured on a CPU
+                if log is not None and deadline is not None:
+                    log(f"  budget check {orig.key}: the saved rate ({float(rate):.0f} s a sample) was measured on {prev.get('sample_device', 'cpu')}, not {device}: not used for the deadline estimate")
+                rate = rate_threads = None
             row_rate = _row_rate(data["records"], done.get(orig.key) or {}, orig.key)
 
             def out_of_time(count: int, what: str) -> bool:
@@ -248,7 +270,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                     if bi + 1 < len(plan):  # resumable block by block within a restart
                         e = _entry(orig, job, head, standing, acc, m, wall, complete=False, bound=bound)
                         e.update(restarts_done=k, blocks_done=bi + 1, block_size=ctx.cfg.batch_size, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last, sample_s=rate,
-                                 sample_threads=rate_threads)
+                                 sample_threads=rate_threads, sample_device=device)
                         if pool is not None:
                             e["pool"], e["pool_blocks"] = pool, [len(p[2]) for p in plan]
                         entry["attacks"][orig.key] = e
@@ -277,7 +299,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                     e["restarts_done"] = k + 1
                     e["robust_doubled"] = sorted(standing)
                     e["candidates_sha256"] = last
-                    e["sample_s"], e["sample_threads"] = rate, rate_threads
+                    e["sample_s"], e["sample_threads"], e["sample_device"] = rate, rate_threads, device
                 entry["attacks"][orig.key] = e
                 entry["all"] = worst_case(head, done, entry["attacks"])
                 if log is not None:
@@ -557,7 +579,8 @@ def pending(data: dict, n: int = DEFAULT_N, attacks=None) -> dict[str, dict]:
     return out
 
 
-def next_block_s(data: dict, key: str, entry: dict, *, n: int = DEFAULT_N, block: int = CHECK_BLOCK, threads: int | None = None) -> float | None:
+def next_block_s(data: dict, key: str, entry: dict, *, n: int = DEFAULT_N, block: int = CHECK_BLOCK, threads: int | None = None,
+                 device: str | None = None) -> float | None:
     """Estimated seconds of the next piece of attack ``key``'s check on the first ``n`` samples
     (``entry``: its partial entry from :func:`pending`, ``{}`` when not started), priced as :func:`run`
     prices it: seconds per attacked sample of its latest block (``sample_s``), else the row's own run
@@ -565,12 +588,14 @@ def next_block_s(data: dict, key: str, entry: dict, *, n: int = DEFAULT_N, block
     next position block in restart 1, the next packed block of the samples still standing and robust
     at the suite's budget in later restarts (on a deterministic defense the seed probe of :data:`PROBE` x 2 samples comes first).
     ``block``: the check's block size (the run's batch size when smaller). A ``sample_s`` measured on
-    ``sample_threads`` torch threads is scaled to ``threads`` (default: this process's; :func:`on_threads`).
-    None when nothing prices it."""
+    ``sample_threads`` torch threads is scaled to ``threads`` (default: this process's; :func:`on_threads`);
+    one measured on another kind of device than ``device`` (``"cpu"`` / ``"cuda"``; default: CUDA
+    where torch sees it, as ``--device auto``) is not used. None when nothing prices it."""
     records = data.get("records") or []
     m = min(int(n), len(records))
     rate = entry.get("sample_s")
-    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0 and entry.get("sample_device", "cpu") == device:
         rate = on_threads(rate, entry.get("sample_threads"), threads)
     else:
         rate = _row_rate(records, (data["manifest"].get("attacks") or {}).get(key) or {}, key)

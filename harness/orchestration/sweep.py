@@ -869,7 +869,7 @@ def merge_partial(plan: Plan, *, results_dir: str | os.PathLike, log=print) -> l
 
 
 def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int, attacks: tuple[str, ...] | None = None, configs=None, progress: bool = True, log=print,
-                 deadline: float | None = None, pace=None) -> list[Path]:
+                 deadline: float | None = None, pace=None, block: int = 0) -> list[Path]:
     """The budget saturation check on every merged file whose jobs are all done, in this process, one
     attack at a time (:func:`harness.engine.runner.check_file`; resumable block by block; a finished
     check is kept). Each attack's check is claimed with its own lock (``<file>.check-<attack>``), so
@@ -879,6 +879,8 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
     ``deadline`` (seconds since the epoch): start no block of a check that is estimated to end after
     it (:func:`harness.engine.saturation.run`) and no file's check once it has passed.
     ``pace()`` (``--threads auto``, :func:`fit_threads`) is called before each block of a check.
+    ``block`` (``--check-block``): samples per block of the check (0: the default,
+    :func:`harness.engine.saturation.check_block`).
 
     A group whose jobs are not all done is checked too when its file is a partial merge (``bench
     sweep --merge-partial``, :func:`merge`): the file is first merged again from the shards finished
@@ -930,7 +932,7 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
             continue
         if partial:  # merged again from the shards finished now (rewritten only if they changed; merge holds the write lock)
             merge(gjobs, results_dir, command=command_line(), configs=configs, partial=True, log=log)
-        why = _check_left(path, n, names, deadline)
+        why = _check_left(path, n, names, deadline, block=block)
         if why:
             log(f"budget check of {path}: {why}")
             continue
@@ -949,13 +951,13 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
                 if who is not None:
                     log(f"budget check of {path}: {name} not started: a bench run writes the file ({who}); rerun when it is done")
                     continue
-                why = _check_left(path, n, (name,), deadline)  # re-read: another process may have finished it
+                why = _check_left(path, n, (name,), deadline, block=block)  # re-read: another process may have finished it
                 if why:
                     if not why.startswith("finished"):
                         log(f"budget check of {path}: {name} {why}")
                     continue
                 log(f"budget check of {path}: {name} on its first {n} samples")
-                cfg = replace(_cfg(gjobs[0], attacks=(name, *skipped)), results_dir=str(results_dir), check_budget=n, progress=progress)
+                cfg = replace(_cfg(gjobs[0], attacks=(name, *skipped)), results_dir=str(results_dir), check_budget=n, check_block=block, progress=progress)
                 done = check_file(cfg, log=log, deadline=deadline, write_lock=lambda: _write_lock(path), pace=pace)
                 checked += [done] if done not in checked else []
                 skipped = ()
@@ -980,7 +982,7 @@ def _write_lock(path: Path, *, wait_s: float = 120.0):
         yield
 
 
-def _check_left(path: Path, n: int, names: tuple[str, ...], deadline: float | None, *, clock=time.time) -> str | None:
+def _check_left(path: Path, n: int, names: tuple[str, ...], deadline: float | None, *, clock=time.time, block: int = 0) -> str | None:
     """Why the budget check of the merged file ``path`` (attacks ``names``, first ``n`` samples) need
     not start now, read from the file alone (:func:`harness.engine.saturation.pending`): it is finished,
     or the next block of every attack it has left is estimated to end after ``deadline``
@@ -999,7 +1001,7 @@ def _check_left(path: Path, n: int, names: tuple[str, ...], deadline: float | No
     if deadline is None:
         return None
     time_left = deadline - clock()
-    costs = {k: saturation.next_block_s(data, k, e, n=n) for k, e in left.items()}
+    costs = {k: saturation.next_block_s(data, k, e, n=n, block=block or saturation.CHECK_BLOCK) for k, e in left.items()}
     if time_left > 0 and any(c is None or c <= time_left for c in costs.values()):
         return None
     est = ", ".join(f"{k} {c / 60:.0f} min" for k, c in costs.items())
@@ -1120,7 +1122,7 @@ def oversubscribed(results_dir: str | os.PathLike, *, threads: int | None = None
 
 
 def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address: str | None = None, max_retries: int = 1, progress: bool = True, log=print,
-              only: tuple[str, ...] | None = None, deadline: float | None = None, threads: int | str | None = None) -> int:
+              only: tuple[str, ...] | None = None, deadline: float | None = None, threads: int | str | None = None, check_block: int = 0) -> int:
     """Run every unfinished job of ``plan``, merge, and return the exit status (1 when jobs failed).
 
     ``only`` (``bench sweep --only``): run just the jobs of these attacks now; the plan still defines
@@ -1130,7 +1132,8 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     start no job that is not expected to finish by then (:func:`time_gate`), nor a block of the
     budget check (:func:`check_merged`); a rerun continues with the jobs and blocks left.
     ``threads`` (``--threads``, local executor only): torch threads of this process, or ``"auto"``:
-    its share of the cores, fitted again before each job and check block (:func:`fit_threads`)."""
+    its share of the cores, fitted again before each job and check block (:func:`fit_threads`).
+    ``check_block`` (``--check-block``): samples per block of the budget check (0: the default)."""
     from harness.store.provenance import command_line
 
     if deadline is not None and executor != "local":
@@ -1179,7 +1182,7 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     if plan.check_budget and not failures:
         # under a time limit, block by block: no block starts that its estimate says ends after the deadline
         check_merged(jobs, results_dir, n=plan.check_budget, attacks=plan.check_attacks, configs=configs, progress=progress, log=log, deadline=deadline,
-                      pace=pace)
+                      pace=pace, block=check_block)
         # a check of a partial merge that outlasted another sweep process's final merge of its group
         # saved the partial file over it: merge the finished group again (its check is kept)
         for path in merge(jobs, results_dir, command=command, configs=configs):

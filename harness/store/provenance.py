@@ -55,17 +55,33 @@ def device_name(device: torch.device) -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU. ``cuda`` without a GPU is a user error."""
+    """``auto`` -> CUDA when available, else CPU. ``cuda`` without a GPU is a user error. On CUDA,
+    TF32 is switched off (:func:`full_fp32`)."""
     from harness.errors import BenchUserError
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif name.startswith("cuda") and not torch.cuda.is_available():
         raise BenchUserError("--device cuda was requested but torch sees no CUDA device; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise BenchUserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise BenchUserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        full_fp32()
+    return device
+
+
+def full_fp32() -> None:
+    """Full fp32 arithmetic on CUDA: torch lets cuDNN convolutions run in TF32 by default on Ampere
+    and later GPUs (about 3 significant digits fewer than fp32), and matrix products where a program
+    allows it. A result computed on a GPU then differs from one computed on a CPU by more than its
+    random draws and summation order, and its verification (the decision at an adversarial
+    candidate that sits on the boundary) by the GPU's rounding. Both are switched off for every bench
+    command on a GPU; a defense that wants lower precision says so itself (E-ABS ``precision=bf16``)."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def command_line() -> str:

@@ -203,10 +203,14 @@ def test_a_resumed_file_keeps_the_commands_that_wrote_its_earlier_attacks(traine
     here = data["manifest"]["device"]
     data["manifest"]["command"] = "bench sweep plans/x.toml --results-dir results"  # as a sweep merge writes it
     data["manifest"]["device"] = f"{here} + cuda:NVIDIA H200"  # shards written on two machines
+    ours = data["manifest"]["versions"]
+    gpu = {"python": "3.12.3", "torch": "2.11.0"}  # a lent GPU machine's own torch
+    data["manifest"]["versions"] = gpu
     write_result(path, data)
     man = load_result(evaluate(RunConfig(**{**cfg.__dict__, "check_budget": 20}), log=lambda *_: None))["manifest"]
     assert man["earlier_commands"] == ["bench sweep plans/x.toml --results-dir results"] and man["command"] != man["earlier_commands"][0]
     assert man["device"] == f"{here} + cuda:NVIDIA H200"  # the check ran here: every device that wrote the file stays named
+    assert man["versions"] == ours and man["earlier_versions"] == [gpu]  # ... and every set of package versions
     assert "deepfool" in man["budget_check"]["attacks"]
 
 
@@ -337,6 +341,27 @@ def test_the_check_runs_in_blocks_of_at_most_check_block_samples_whatever_the_ru
     assert man["budget_check"]["n"] == 30 and "deepfool" in man["budget_check"]["attacks"]
 
 
+def test_check_block_sets_the_checks_block_size_for_a_machine_where_larger_blocks_cost_no_more(trained, monkeypatch):
+    """bench run / sweep --check-block N (a GPU: an inference-time defense's block costs about the
+    same for 14 or 28 samples): the check's blocks hold N samples instead of CHECK_BLOCK."""
+    import harness.engine.runner as runner
+
+    real, starts = runner.attack, []
+
+    def spy(ctx, job, clean, start=0):
+        if job.hash.endswith(":restart0") and not job.key.endswith("seed probe"):
+            starts.append((start, ctx.cfg.batch_size))
+        return real(ctx, job, clean, start)
+
+    monkeypatch.setattr(runner, "attack", spy)
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=30, eps=0.25, attacks=("deepfool",),
+                    batch_size=100, results_dir=str(trained / "cbk"), progress=False, train_if_missing=False, check_budget=30, check_block=15)
+    man = load_result(evaluate(cfg, log=lambda *_: None))["manifest"]
+    assert starts == [(0, 15), (15, 15)] and "deepfool" in man["budget_check"]["attacks"]
+    bad = run_bench("run", "--defense", "cnn", "--norm", "linf", "--check-block", "20", "--results-dir", str(trained / "cbk"), "--no-train")
+    assert bad.returncode == 2 and "--check-budget" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_a_deadline_stops_the_check_before_a_block_its_estimate_says_ends_too_late(trained, monkeypatch):
     """bench sweep --time-limit: the check starts no block that its latest block's seconds per
     sample say would end after the deadline; what ran is saved, the rate too, and a rerun continues."""
@@ -366,7 +391,7 @@ def test_a_deadline_stops_the_check_before_a_block_its_estimate_says_ends_too_la
     entry = saturation.run(ctx, fresh, n=60, log=logs.append, deadline=50.0, clock=lambda: 0.0)
     pgd = entry["attacks"]["pgd"]
     # block 1 (nothing measured yet) runs; block 2 would take ~10 s x its samples > 50 s
-    assert calls == [0] and pgd["restarts_done"] == 0 and pgd["blocks_done"] == 1 and pgd["sample_s"] == 10.0
+    assert calls == [0] and pgd["restarts_done"] == 0 and pgd["blocks_done"] == 1 and pgd["sample_s"] == 10.0 and pgd["sample_device"] == "cpu"
     assert any("stopping before block 2 of 6 of restart 1" in line and "rerun to continue" in line for line in logs)
     data = load_result(path)
     data["manifest"]["budget_check"] = entry
@@ -401,6 +426,13 @@ def test_a_deadline_stops_the_check_before_a_block_its_estimate_says_ends_too_la
     assert calls == [10] and more["attacks"]["pgd"]["blocks_done"] == 2 and more["attacks"]["pgd"]["sample_threads"] == 2 * threads
     # block 3 is priced at the 10 s a sample measured on these threads: it does not fit
     assert any("stopping before block 3 of 6" in line and "(10 s a sample, latest block)" in line for line in logs), logs
+    calls.clear()
+    # a rate measured on a GPU says nothing about this CPU: not used (the row's own run prices the block)
+    on_gpu = dict(again, attacks={"pgd": dict(again["attacks"]["pgd"], sample_device="cuda", sample_s=0.001)})
+    logs.clear()
+    gpu = saturation.run(ctx, data | {"manifest": data["manifest"] | {"budget_check": on_gpu}}, n=60, log=logs.append, deadline=50.0, clock=lambda: 0.0)
+    assert calls == [10] and gpu["attacks"]["pgd"]["blocks_done"] == 2 and gpu["attacks"]["pgd"]["sample_device"] == "cpu"
+    assert any("measured on cuda, not cpu: not used" in line for line in logs), logs
     calls.clear()
     done = saturation.run(ctx, data | {"manifest": data["manifest"] | {"budget_check": again}}, n=60, log=logs.append)
     assert calls[:2] == [10, 20] and "restarts_done" not in done["attacks"]["pgd"] and isinstance(done["attacks"]["pgd"]["saturated"], bool)
@@ -697,4 +729,8 @@ def test_the_next_blocks_estimate_scales_a_rate_to_the_threads_the_block_will_ru
     assert next_block_s(data, "pgd", first | {"sample_threads": 2}, n=10, threads=1) == 100.0
     assert next_block_s(data, "pgd", first | {"sample_threads": 2}, n=10, threads=2) == 50.0
     assert next_block_s(data, "pgd", first, n=10, threads=2) == 50.0  # saved before stop 47: as it is
+    # a rate from another kind of device is not used (nothing else prices this row: None, the block starts)
+    assert next_block_s(data, "pgd", first | {"sample_device": "cuda"}, n=10, threads=1, device="cpu") is None
+    assert next_block_s(data, "pgd", first | {"sample_device": "cuda"}, n=10, threads=1, device="cuda") == 50.0
+    assert next_block_s(data, "pgd", first, n=10, threads=1, device="cpu") == 50.0  # saved before stop 48: a CPU's
     assert on_threads(388.0, 1, 2) == 194.0 and on_threads(388.0, None, 2) == 388.0 and on_threads(388.0, True, 2) == 388.0

@@ -952,9 +952,31 @@ def test_a_sweep_with_threads_auto_fits_its_threads_before_each_job_and_each_che
         torch.set_num_threads(threads)
 
 
+def test_check_block_on_the_cli_reaches_the_checks_of_the_sweep(env, monkeypatch):
+    """`bench sweep --check-block N`: every budget check the sweep runs uses blocks of N samples."""
+    import harness.engine.runner as runner
+
+    tmp, plan, _ = env
+    plan.write_text(PLAN + "check_budget = 20\n")
+    sizes: list[int] = []
+    real = runner.attack
+
+    def spy(ctx, job, *a, **k):
+        if ":restart" in job.hash:  # the check's attack calls
+            sizes.append(ctx.cfg.batch_size)
+        return real(ctx, job, *a, **k)
+
+    monkeypatch.setattr(runner, "attack", spy)
+    assert main(["sweep", str(plan), "--results-dir", str(tmp / "res"), "--quiet", "--check-block", "4"]) == 0
+    # restart 1 in blocks of 4; later restarts pack the standing samples into blocks of up to 1.5 x 4 (without the option: 10)
+    assert sizes[:5] == [4] * 5 and max(sizes) <= 6, sizes
+    assert "restarts_done" not in _merged(tmp / "res")["manifest"]["budget_check"]["attacks"]["pgd"]
+
+
 def test_threads_on_the_cli_takes_a_count_or_auto_and_refuses_the_rest(env, capsys):
     tmp, plan, _ = env
     for bad, why in ((["--threads", "0"], "a positive integer or auto"), (["--threads", "two"], "a positive integer or auto"),
+                     (["--check-block", "0"], "positive integer"),
                      (["--threads", "auto", "--executor", "ray"], "--threads works with the local executor only")):
         assert main(["sweep", str(plan), "--results-dir", str(tmp / "res"), "--quiet", *bad]) == 2
         err = capsys.readouterr().err.strip()
