@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -336,12 +337,34 @@ def format_job_table(jobs: list[SweepJob], results_dir: str | os.PathLike | None
     return f"{table}\n\n{len(jobs)} jobs; estimated cost {estimate_cost(jobs):,.0f} units (a rough estimate: each attack's relative cost at the suite's budget x samples per shard; FGM on one sample = 1)"
 
 
-def _shard_rates(results_dir: str | os.PathLike) -> dict[tuple[str, str, str], list[float]]:
+def _device_of(name: str) -> tuple[str | None, int | None]:
+    """The kind of device and the torch threads a manifest's ``device`` names
+    (:func:`harness.store.provenance.device_name`): ``("cpu", 2)`` for "cpu:x86_64:2 threads",
+    ``("cuda", None)`` for "cuda:NVIDIA H100 80GB HBM3", ``(None, None)`` for several devices or an
+    unknown text."""
+    if not isinstance(name, str) or " + " in name:
+        return None, None
+    if name.startswith("cuda"):
+        return "cuda", None
+    m = re.fullmatch(r"cpu:[^:]*:(\d+) threads?", name.strip())
+    return ("cpu", int(m.group(1))) if m else (("cpu", None) if name.startswith("cpu") else (None, None))
+
+
+def _shard_rates(results_dir: str | os.PathLike, *, here: tuple[str, int | None] | None = None) -> dict[tuple[str, str, str], list[float]]:
     """Seconds per cost unit (:func:`job_units`: the attack at the budget the shard ran, plus its clean
     pass) of every finished shard file under ``results_dir/.shards``, keyed by (dataset, defense
     variant, attack), whatever plan or suite wrote it: a PGD-40 shard prices a PGD-80 job at twice
     its time per sample. A file whose manifest lacks the spec is priced at the attack's declared cost.
-    Each list is in the order the shards finished (their manifests' ``created``), the latest last."""
+    Each list is in the order the shards finished (their manifests' ``created``), the latest last.
+    ``here`` (the kind of device and torch threads a job would run on; the deadline gate): only the
+    shards computed on that kind of device count, and a CPU shard's rate is scaled by its threads /
+    ``here``'s (:func:`harness.engine.saturation.on_threads`). Before stop 48 the gate priced a CPU job
+    from whichever shard finished last: after the E-ABS L2 noise shards 7-8 ran on a lent H200 (about
+    110 s each, vs 2135-2813 s on one CPU core) a CPU noise job would have been priced at a twentieth
+    of its time, and one that ran on one thread beside another process was priced as such for a
+    process that has both cores now (``--threads auto``)."""
+    from harness.engine.saturation import on_threads
+
     timed: dict[tuple[str, str, str], list[tuple[str, float]]] = {}
     root = Path(results_dir) / ".shards"
     for f in sorted(root.glob("*/*/*/*/*/shard-*.json")) if root.is_dir() else []:
@@ -353,8 +376,14 @@ def _shard_rates(results_dir: str | os.PathLike) -> dict[tuple[str, str, str], l
             secs = float(entry.get("wall_time_s") or 0.0) + float(man.get("clean_wall_time_s") or 0.0)
             units = (spec_cost(entry["spec"], randomized=bool(man.get("randomized"))) if "spec" in entry else attack_cost(attack)) + CLEAN_COST
             created = str(man.get("created") or "")
+            kind, threads = _device_of(man.get("device"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
+        if here is not None and kind is not None:  # a shard that names no single device is taken as it is
+            if kind != here[0]:
+                continue  # another kind of device: says nothing about this one's time
+            if kind == "cpu" and here[1]:
+                secs = on_threads(secs, threads, here[1])
         if n:
             timed.setdefault((dataset, variant, attack), []).append((created, secs / n / units))
     return {k: [r for _, r in sorted(v, key=lambda t: t[0])] for k, v in timed.items()}
@@ -1015,16 +1044,23 @@ def time_gate(deadline: float, results_dir: str | os.PathLike, *, clock=time.tim
     shard of each attack, re-read before every job so this run's own shards count: the first shards
     of a session often ran under other load) fits in the time left; a job nothing has been measured
     for is started while time is left. A job that is not started loses nothing (jobs are all or
-    nothing: one killed at the deadline would be lost whole)."""
+    nothing: one killed at the deadline would be lost whole). Only shards computed on the job's kind
+    of device count, scaled to this process's torch threads (``_shard_rates(here=...)``; ``pace()``,
+    ``--threads auto``, runs before the gate so the estimate sees the threads the job will run on)."""
+
+    import torch
 
     def gate(job: SweepJob) -> str | None:
         left = deadline - clock()
         if left <= 0:
             return "the time limit is reached"
-        rates = {k: v[-1] for k, v in _shard_rates(results_dir).items()}
+        kind = job.device.split(":")[0] if job.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        here = (kind, torch.get_num_threads() if kind == "cpu" else None)
+        rates = {k: v[-1] for k, v in _shard_rates(results_dir, here=here).items()}
         secs, how = job_seconds(job, rates)
         if secs is not None and secs > left:
-            return f"the next job ({job.name}) is estimated at {secs / 60:.0f} min ({how}, latest shard) and {left / 60:.0f} min are left"
+            on = f"{here[1]} thread(s)" if kind == "cpu" else kind
+            return f"the next job ({job.name}) is estimated at {secs / 60:.0f} min ({how}, latest shard on this kind of device, scaled to {on}) and {left / 60:.0f} min are left"
         return None
 
     return gate

@@ -724,10 +724,46 @@ def test_time_gate_scales_from_the_latest_shard(tmp_path):
     todo = jobs[("cnn", "pgd", 1)]
     assert gate(todo) is None  # ~100 s from the latest shard fits in 300 s (the mean, 550 s, would not)
     now[0] = 250.0
-    assert "estimated at 2 min (this attack on this defense, latest shard) and 1 min are left" in gate(todo)
+    assert "estimated at 2 min (this attack on this defense, latest shard on this kind of device" in gate(todo) and "and 1 min are left" in gate(todo)
     assert gate(jobs[("adv-linf", "fgm", 0)]) is None  # nothing of adv-linf measured: started while time is left
     now[0] = 300.0
     assert gate(jobs[("adv-linf", "fgm", 0)]) == "the time limit is reached"
+
+
+def test_time_gate_prices_a_job_from_shards_of_its_kind_of_device_scaled_to_its_threads(tmp_path, monkeypatch):
+    """A shard computed on a GPU says nothing about a CPU job's time (stop 39: E-ABS noise shards took
+    about 110 s on an H200 and 2135-2813 s on one CPU core), and a CPU shard's time scales by the
+    torch threads it ran on / the threads the job will run on (`--threads auto`)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    raw = tomllib.loads(PLAN) | {"shards": 2}
+    jobs = {(j.attack, j.shard): j for j in sweep.expand(sweep.parse_plan(raw))}
+
+    def finish(job, seconds, created, device):
+        p = job.partial_path(tmp_path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        recs = [{"index": i} for i in range(job.start, job.stop)]
+        man = {"attacks": {job.attack: {"wall_time_s": seconds}}, "created": created, "device": device}
+        p.write_text(json.dumps({"manifest": man, "records": recs}))
+
+    finish(jobs[("pgd", 0)], 400.0, "2026-01-02T00:00:00Z", "cpu:x86_64:1 threads")
+    finish(jobs[("fgm", 0)], 1.0, "2026-01-03T00:00:00Z", "cuda:NVIDIA H200")  # the latest, on a GPU
+    finish(jobs[("fgm", 1)], 300.0, "2026-01-02T00:00:00Z", "cpu:x86_64:1 threads")
+    assert sweep._device_of("cpu:x86_64:2 threads") == ("cpu", 2) and sweep._device_of("cuda:NVIDIA H100 80GB HBM3") == ("cuda", None)
+    assert sweep._device_of("cpu:x86_64:1 threads + cuda:NVIDIA H200") == (None, None)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        gate = sweep.time_gate(200.0, tmp_path, clock=lambda: 0.0)
+        # FGM is priced from the CPU shard (300 s), not the GPU's 1 s
+        assert "estimated at 5 min" in (gate(jobs[("fgm", 1)]) or "") and "scaled to 1 thread(s)" in gate(jobs[("fgm", 1)])
+        torch.set_num_threads(2)  # the same shards on two threads: 150 s fits in 200 s; PGD's 400 s -> 200 s does not exceed it either
+        assert gate(jobs[("fgm", 1)]) is None and gate(jobs[("pgd", 1)]) is None
+        gate = sweep.time_gate(199.0, tmp_path, clock=lambda: 0.0)
+        assert "estimated at 3 min" in (gate(jobs[("pgd", 1)]) or "") and "scaled to 2 thread(s)" in gate(jobs[("pgd", 1)])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_time_limit_bad_values_and_ray_are_user_errors(env, capsys):
@@ -759,6 +795,18 @@ def test_two_sweep_processes_on_one_plan_share_the_jobs(env):
     assert sum(ran) == 4, logs  # not 5 to 8: no job ran twice
     assert _merged(out)["records"] == _reference(tmp / "ref")["records"]
     assert not list(out.rglob("*.lock")) and not list(out.rglob("*.stale"))
+
+
+def test_the_local_executor_fits_the_threads_before_it_prices_a_job(tmp_path):
+    """`--threads auto` with a deadline: pace() comes before the gate, so a job is priced at the
+    threads it will run on (before stop 48 the gate priced it at the threads of the job before)."""
+    from harness.orchestration.executors.local import LocalExecutor
+
+    jobs = sweep.expand(sweep.parse_plan(tomllib.loads(PLAN)))[:2]
+    events: list[str] = []
+    LocalExecutor().run(jobs, results_dir=str(tmp_path), max_retries=0, progress=False, log=lambda *_: None,
+                        fn=lambda job, _: events.append("job"), gate=lambda job: events.append("gate"), pace=lambda: events.append("pace"))
+    assert events == ["pace", "gate", "job"] * 2
 
 
 def test_a_job_finished_or_held_by_another_sweep_is_skipped(env, monkeypatch, capsys):

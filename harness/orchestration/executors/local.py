@@ -20,7 +20,7 @@ class LocalExecutor:
         :class:`harness.store.claims.Claim` held while the job runs, or why another sweep
         process on the same results directory has the job (finished or running there): it is skipped.
         ``pace()`` (:func:`harness.orchestration.sweep.fit_threads`, ``--threads auto``): called before
-        each job that runs."""
+        each job this process claims, before ``gate`` prices it."""
         from collections import Counter
 
         from harness.orchestration import sweep
@@ -37,14 +37,14 @@ class LocalExecutor:
                     elsewhere.append((job, held))
                     bar.update(done=1)
                     continue
+                if pace is not None:  # first: the gate prices the job at the threads it will run on
+                    pace()
                 why = gate(job) if gate is not None else None
                 if why is not None:
                     if held is not None:
                         held.release()
                     refused.append((job, why))
                     continue
-                if pace is not None:
-                    pace()
                 try:
                     self._attempts(job, fn, results_dir, max_retries, bar, failures, log)
                 finally:
