@@ -350,6 +350,11 @@ def _device_of(name: str) -> tuple[str | None, int | None]:
     return ("cpu", int(m.group(1))) if m else (("cpu", None) if name.startswith("cpu") else (None, None))
 
 
+#: what the dry run's estimates are in: core-hours, so CPU shards count at their wall time x threads
+#: and a GPU's shards not at all (their minutes are no core-hours)
+CORE = ("cpu", 1)
+
+
 def _shard_rates(results_dir: str | os.PathLike, *, here: tuple[str, int | None] | None = None) -> dict[tuple[str, str, str], list[float]]:
     """Seconds per cost unit (:func:`job_units`: the attack at the budget the shard ran, plus its clean
     pass) of every finished shard file under ``results_dir/.shards``, keyed by (dataset, defense
@@ -424,7 +429,7 @@ def measured_estimate(todo: list[SweepJob], results_dir: str | os.PathLike) -> s
 
     from tabulate import tabulate
 
-    rates = {k: mean(v) for k, v in _shard_rates(results_dir).items()}
+    rates = {k: mean(v) for k, v in _shard_rates(results_dir, here=CORE).items()}
     if not rates:
         return ""
     rows: dict[tuple, list] = {}
@@ -463,7 +468,7 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
 
     if not plan.check_budget:
         return ""
-    rates = {k: mean(v) for k, v in _shard_rates(results_dir).items()}
+    rates = {k: mean(v) for k, v in _shard_rates(results_dir, here=CORE).items()}
     n = plan.check_budget
     rows, missing = [], []
     groups: dict[tuple[str, str, str, str], list[SweepJob]] = {}

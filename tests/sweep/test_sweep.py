@@ -752,6 +752,13 @@ def test_time_gate_prices_a_job_from_shards_of_its_kind_of_device_scaled_to_its_
     finish(jobs[("fgm", 1)], 300.0, "2026-01-02T00:00:00Z", "cpu:x86_64:1 threads")
     assert sweep._device_of("cpu:x86_64:2 threads") == ("cpu", 2) and sweep._device_of("cuda:NVIDIA H100 80GB HBM3") == ("cuda", None)
     assert sweep._device_of("cpu:x86_64:1 threads + cuda:NVIDIA H200") == (None, None)
+    # the dry run's core-hours: the GPU shard left out, a CPU shard at wall time x threads
+    everything, cores = sweep._shard_rates(tmp_path), sweep._shard_rates(tmp_path, here=sweep.CORE)
+    key = next(k for k in everything if k[2] == "fgm")
+    assert len(everything[key]) == 2 and len(cores[key]) == 1 and cores[key][0] == max(everything[key])
+    finish(jobs[("fgm", 1)], 300.0, "2026-01-02T00:00:00Z", "cpu:x86_64:2 threads")
+    assert sweep._shard_rates(tmp_path, here=sweep.CORE)[key][0] == 2 * cores[key][0]
+    finish(jobs[("fgm", 1)], 300.0, "2026-01-02T00:00:00Z", "cpu:x86_64:1 threads")
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
