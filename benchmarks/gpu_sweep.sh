@@ -25,16 +25,12 @@
 #   bench sweep <plan> --results-dir results                  # merges them (and runs what is left)
 set -u
 cd "$(dirname "$0")/.."
-OUTDIR="${OUT:-./gpu-out}"
-mkdir -p "$OUTDIR"
-exec > >(tee -a "$OUTDIR/gpu_sweep.log") 2>&1
+. benchmarks/gpu_env.sh
+gpu_env gpu_sweep
 PLAN="${PLAN:-plans/fmnist-eabs-paper.toml}"
 PROCS="${PROCS:-10}"
 LIMIT="${LIMIT:-460}"
-PY="${PYTHON:-python3}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-[ -d .whl/site ] && export PYTHONPATH="$PWD/.whl/site:$PYTHONPATH"
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+export OMP_NUM_THREADS=1
 
 echo "gpu_sweep.sh $(date -u) on $(hostname); plan $PLAN, $PROCS processes, limit ${LIMIT}s${ONLY:+, only $ONLY}${CHECK_BLOCK:+, check blocks of $CHECK_BLOCK}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true

@@ -28,9 +28,8 @@
 # (BENCH_CHECKPOINTS=checkpoints/training/eabs-gpu bench calibrate ...).
 set -u
 cd "$(dirname "$0")/.."
-OUTDIR="${OUT:-./gpu-out}"
-mkdir -p "$OUTDIR"
-exec > >(tee -a "$OUTDIR/gpu_train.log") 2>&1
+. benchmarks/gpu_env.sh
+gpu_env gpu_train
 DEFENSE="${DEFENSE:-eabs}"
 DATASET="${DATASET:-fmnist}"
 FROM="${FROM-checkpoints}"
@@ -40,12 +39,8 @@ LIMIT="${LIMIT:-420}"
 CAL_LIMIT="${CAL_LIMIT:-150}"
 TEST="${TEST:-1}"
 TEST_N="${TEST_N:-1000}"
-PY="${PYTHON:-python3}"
 DEVICE="${DEVICE:-cuda}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-[ -d .whl/site ] && export PYTHONPATH="$PWD/.whl/site:$PYTHONPATH"
 [ -d "${DATA:-.data}" ] && export BENCH_DATA="$(cd "${DATA:-.data}" && pwd)"
-export PYTHONUNBUFFERED=1
 
 echo "gpu_train.sh $(date -u) on $(hostname): $DEFENSE on $DATASET from ${FROM:-scratch}, ${EPOCHS:-recipe/planned} epochs, limit ${LIMIT}s${SET:+, --set $SET}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true

@@ -320,11 +320,9 @@ def test_a_drop_of_exactly_the_threshold_is_saturated():
     assert _entry(Job, Job, head, set(range(46)), 0.49, 100, 1.0, complete=True)["saturated"] is False
 
 
-def test_the_check_runs_in_blocks_of_at_most_check_block_samples_whatever_the_runs_batch_size(trained, monkeypatch):
-    """A sweep of 100-sample blocks (ABS) would otherwise save its check once per restart: on ABS one
-    restart of the doubled C&W on 100 samples is hours, all lost when a session ends inside it."""
+def _first_restart_blocks(monkeypatch) -> list[tuple[int, int]]:
+    """(start, block size) of every block of the check's first restart, as the runner attacks them."""
     import harness.engine.runner as runner
-    from harness.engine.saturation import CHECK_BLOCK
 
     real, starts = runner.attack, []
 
@@ -334,6 +332,15 @@ def test_the_check_runs_in_blocks_of_at_most_check_block_samples_whatever_the_ru
         return real(ctx, job, clean, start)
 
     monkeypatch.setattr(runner, "attack", spy)
+    return starts
+
+
+def test_the_check_runs_in_blocks_of_at_most_check_block_samples_whatever_the_runs_batch_size(trained, monkeypatch):
+    """A sweep of 100-sample blocks (ABS) would otherwise save its check once per restart: on ABS one
+    restart of the doubled C&W on 100 samples is hours, all lost when a session ends inside it."""
+    from harness.engine.saturation import CHECK_BLOCK
+
+    starts = _first_restart_blocks(monkeypatch)
     cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=30, eps=0.25, attacks=("deepfool",),
                     batch_size=100, results_dir=str(trained / "cb"), progress=False, train_if_missing=False, check_budget=30)
     man = load_result(evaluate(cfg, log=lambda *_: None))["manifest"]
@@ -344,16 +351,7 @@ def test_the_check_runs_in_blocks_of_at_most_check_block_samples_whatever_the_ru
 def test_check_block_sets_the_checks_block_size_for_a_machine_where_larger_blocks_cost_no_more(trained, monkeypatch):
     """bench run / sweep --check-block N (a GPU: an inference-time defense's block costs about the
     same for 14 or 28 samples): the check's blocks hold N samples instead of CHECK_BLOCK."""
-    import harness.engine.runner as runner
-
-    real, starts = runner.attack, []
-
-    def spy(ctx, job, clean, start=0):
-        if job.hash.endswith(":restart0") and not job.key.endswith("seed probe"):
-            starts.append((start, ctx.cfg.batch_size))
-        return real(ctx, job, clean, start)
-
-    monkeypatch.setattr(runner, "attack", spy)
+    starts = _first_restart_blocks(monkeypatch)
     cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=30, eps=0.25, attacks=("deepfool",),
                     batch_size=100, results_dir=str(trained / "cbk"), progress=False, train_if_missing=False, check_budget=30, check_block=15)
     man = load_result(evaluate(cfg, log=lambda *_: None))["manifest"]
