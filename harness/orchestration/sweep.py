@@ -1064,8 +1064,8 @@ def time_gate(deadline: float, results_dir: str | os.PathLike, *, clock=time.tim
         rates = {k: v[-1] for k, v in _shard_rates(results_dir, here=here).items()}
         secs, how = job_seconds(job, rates)
         if secs is not None and secs > left:
-            on = f"{here[1]} thread(s)" if kind == "cpu" else kind
-            return f"the next job ({job.name}) is estimated at {secs / 60:.0f} min ({how}, latest shard on this kind of device, scaled to {on}) and {left / 60:.0f} min are left"
+            on = f"latest shard on this kind of device, scaled to {here[1]} thread(s)" if kind == "cpu" else f"latest shard on this kind of device, {kind}"
+            return f"the next job ({job.name}) is estimated at {secs / 60:.0f} min ({how}, {on}) and {left / 60:.0f} min are left"
         return None
 
     return gate
