@@ -23,14 +23,21 @@ verified candidate breaks it, which is what one run with all restarts verifies t
 attacks only the samples every earlier restart left standing (a broken sample stays broken): on a
 defense that keeps 40% of its samples, restarts 2-5 cost 40% of the first; they pack the samples
 still standing into the fewest blocks of at most 1.5 x the block size (:func:`_blocks_of`).
-Restart 1 attacks every sample; restarts 2-5 attack only the standing samples that the suite's
-budget left robust as well, the only ones whose fate can change the verdict (``found_more`` /
-``drop``): a sample the suite's run broke counts as broken under both budgets whatever the doubled
-run does. On a randomized defense the doubled restart 1 misses some of the suite's breaks (fresh
-draws): 9 of the 33 samples E-ABS L2's DDN check re-attacked in its restart 2 were such. The entry
-then says ``"acc_doubled_bound": true``: ``acc_doubled`` holds restart 1's outcome for the samples
-the suite broke, an upper bound on the doubled attack's accuracy on its own (``bench table`` prints
-it with "≤"). On a deterministic
+On a deterministic defense restart 1 attacks every sample; restarts 2-5 attack only the standing
+samples that the suite's budget left robust as well, the only ones whose fate can change the verdict
+(``found_more`` / ``drop``): a sample the suite's run broke counts as broken under both budgets
+whatever the doubled run does. Should restart 1 miss one of the suite's breaks, the entry says
+``"acc_doubled_bound": true``: ``acc_doubled`` holds restart 1's outcome for the samples the suite
+broke, an upper bound on the doubled attack's accuracy on its own (``bench table`` prints it with
+"≤"). On a *randomized* defense restart 1, too, attacks only the clean-correct samples the suite's
+budget left robust, packed like a later restart's (:func:`_blocks_of`), and the entry records
+``"scope": "suite-robust"`` with ``acc_doubled`` and ``delta`` None (not measured; ``bench table``
+prints "—"): there the doubled run alone misses some of the suite's breaks with fresh draws anyway
+(9 of the 33 samples E-ABS L2's DDN check re-attacked in its restart 2 were such, stop 44), so the
+stand-alone figure was a bound, while attacking the suite's breaks again cost most of restart 1
+(E-ABS L∞ PGD-80 leaves about a third of its clean-correct samples robust: restart 1 of PGD-160 on the
+first 50 samples falls from about 43 attacked samples in five position blocks to about 15 in one
+packed block). ``drop``, ``found_more``, the verdict and ``all`` are the same figures either way. On a deterministic
 defense, before each further restart a seed probe runs the attack with the previous restart's
 seed and with the next one on the first :data:`PROBE` samples still standing (both calls see the
 same batches); when the two propose bit-identical candidates (DeepFool, DDN, C&W: no
@@ -195,7 +202,10 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
             same_blocks = int(prev.get("block_size") or run_bs) == ctx.cfg.batch_size
             first_block = int(prev.get("blocks_done") or 0) if partial and same_blocks else 0
             block_sha = list(prev.get("block_sha256") or []) if partial and first_block else []
-            standing = set(prev.get("robust_doubled") or []) if partial else {r["index"] for r in head}
+            # a randomized defense's restart 1 attacks only the suite-robust samples (module docstring): the
+            # clean errors, broken under any budget, do not stand
+            packed = bool(job.randomized)
+            standing = set(prev.get("robust_doubled") or []) if partial else {r["index"] for r in head if not packed or r["clean_correct"]}
             wall = float(prev.get("wall_time_s") or 0.0) if partial else 0.0
             last = prev.get("candidates_sha256") if partial else None
             total = job.spec.restarts
@@ -233,7 +243,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                     same, probe_wall = _seed_probe(ctx, one, k, clean, standing & suite_robust, spans)
                     wall += probe_wall
                     if same:  # the attack ignores its seed: restart k would repeat restart k - 1
-                        e = _entry(orig, job, head, standing, acc, m, wall, complete=True, bound=bound)
+                        e = _entry(orig, job, head, standing, acc, m, wall, complete=True, bound=bound, alone=not packed)
                         e["restarts_run"], e["stopped"], e["probed"] = k, "deterministic", same
                         e["note"] = (f"a probe on {same} sample(s) still standing: the seeds of restarts {k} and {k + 1} proposed identical candidates "
                                      f"(a deterministic defense and an attack that draws no randomness): restarts {k + 1}-{total} would repeat "
@@ -247,13 +257,14 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                             save(entry)
                         break
                 # a sample an earlier restart broke stays broken: attack only the ones still standing
-                # (after restart 1, only those the suite's budget left robust too: the others cannot change the verdict)
-                bound = bound or (k > 0 and bool(standing - suite_robust))
-                todo = [r | {"clean_correct": bool(r["clean_correct"]) and r["index"] in standing and (k == 0 or r["index"] in suite_robust)} for r in clean]
+                # (after restart 1, or from the start on a randomized defense, only those the suite's budget
+                # left robust too: the others cannot change the verdict)
+                bound = bound or (k > 0 and not packed and bool(standing - suite_robust))
+                todo = [r | {"clean_correct": bool(r["clean_correct"]) and r["index"] in standing and ((k == 0 and not packed) or r["index"] in suite_robust)} for r in clean]
                 start_block = first_block if k == first else 0
                 digests = block_sha if k == first else []
                 resumed = prev if k == first and start_block else None
-                plan, pool = _blocks_of(ctx, one, k, todo, head, spans, resumed)
+                plan, pool = _blocks_of(ctx, one, k, todo, head, spans, resumed, packed=packed)
                 for bi in range(start_block, len(plan)):
                     bctx, b0, recs, hrecs, bjob = plan[bi]
                     count = sum(bool(r["clean_correct"]) for r in recs)
@@ -268,7 +279,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                     wall += run_b.entry["wall_time_s"]
                     digests = [*digests, run_b.candidates_sha256]
                     if bi + 1 < len(plan):  # resumable block by block within a restart
-                        e = _entry(orig, job, head, standing, acc, m, wall, complete=False, bound=bound)
+                        e = _entry(orig, job, head, standing, acc, m, wall, complete=False, bound=bound, alone=not packed)
                         e.update(restarts_done=k, blocks_done=bi + 1, block_size=ctx.cfg.batch_size, block_sha256=digests, robust_doubled=sorted(standing), candidates_sha256=last, sample_s=rate,
                                  sample_threads=rate_threads, sample_device=device)
                         if pool is not None:
@@ -286,7 +297,7 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                 # every sample the suite's budget left robust is broken: more restarts cannot change the verdict
                 exhausted = not standing & suite_robust and k + 1 < total
                 complete = k + 1 == total or repeated or exhausted
-                e = _entry(orig, job, head, standing, acc, m, wall, complete=complete, bound=bound)
+                e = _entry(orig, job, head, standing, acc, m, wall, complete=complete, bound=bound, alone=not packed)
                 if repeated:
                     e["restarts_run"], e["stopped"] = k + 1, "deterministic"
                     e["note"] = (f"restarts {k} and {k + 1} proposed identical candidates (a deterministic defense and an attack that "
@@ -304,7 +315,8 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                 entry["all"] = worst_case(head, done, entry["attacks"])
                 if log is not None:
                     so_far = f" (restart {k + 1} repeated restart {k}: the attack is deterministic here)" if repeated else "" if complete else f" (restart {k + 1} of {total})"
-                    log(f"  budget check {orig.key:<9} accuracy {acc:.3f} -> {acc2:.3f} with {job.budget} on the first {m} samples{so_far}")
+                    figure = f"{acc2:.3f}" if not packed else f"{e['acc_both']:.3f} counting both budgets"
+                    log(f"  budget check {orig.key:<9} accuracy {acc:.3f} -> {figure} with {job.budget} on the first {m} samples{so_far}")
                 if save is not None:
                     save(entry)
                 if complete:
@@ -348,8 +360,8 @@ def so_far(records: list[dict], e: dict, key: str) -> dict | None:
     the suite's budget, with the doubled one alone and under both, on the samples of its finished
     blocks (``records``: the result file's). None otherwise. The entry's own ``acc_doubled`` counts
     the samples not yet attacked as standing: a bound that reads oddly until they are."""
-    if e.get("restarts_done") != 0 or not e.get("blocks_done") or not e.get("block_size"):
-        return None
+    if e.get("restarts_done") != 0 or not e.get("blocks_done") or not e.get("block_size") or "pool" in e:
+        return None  # a packed restart 1 (randomized defense) attacks only suite-robust samples: its entry's drop is already exact
     seen = records[: min(int(e["blocks_done"]) * int(e["block_size"]), len(records))]
     standing = set(e.get("robust_doubled") or [])
     n = max(1, len(seen))
@@ -375,11 +387,12 @@ def _stop(entry: dict, head: list[dict], done: dict) -> dict:
     return entry
 
 
-def _blocks_of(ctx, one, k: int, todo: list[dict], head: list[dict], spans, resumed: dict | None):
+def _blocks_of(ctx, one, k: int, todo: list[dict], head: list[dict], spans, resumed: dict | None, *, packed: bool = False):
     """The blocks restart ``k`` (job ``one``) runs: ``(context, start, clean records, result records,
     job or None)`` each, and the pool it packs (None for position blocks).
 
-    Restart 1 attacks every sample: the position blocks ``spans`` of ``ctx``. A later restart attacks
+    Restart 1 attacks every sample: the position blocks ``spans`` of ``ctx`` (``packed``, a randomized
+    defense: it attacks only the suite-robust samples, packed as a later restart). A later restart attacks
     only the samples still standing (``todo``'s clean-correct ones), packed in order (their *pool*,
     saved with a partial entry with its block sizes, so that a resumed restart keeps its blocks) into
     the fewest blocks of at most 1.5 x ``batch_size`` samples, of balanced sizes (:func:`pack`):
@@ -390,7 +403,7 @@ def _blocks_of(ctx, one, k: int, todo: list[dict], head: list[dict], spans, resu
     its own context, seeded from its job (the restart's, with the block's number). A restart begun
     with position blocks (a partial entry without a pool) finishes with them; one saved before
     ``pool_blocks`` keeps its blocks of ``batch_size``."""
-    if k == 0 or (resumed is not None and "pool" not in resumed):
+    if (k == 0 and not packed) or (resumed is not None and "pool" not in resumed):
         return [(ctx, b0, todo[b0:b1], head[b0:b1], None) for b0, b1 in spans], None
     at_of = {r["index"]: p for p, r in enumerate(head)}
     pool = list(resumed["pool"]) if resumed is not None else [r["index"] for r in todo if r["clean_correct"]]
@@ -442,23 +455,24 @@ def _seed_probe(ctx, one, k: int, clean: list[dict], standing: set, spans) -> tu
     return (len(pick) if runs[0].candidates_sha256 == runs[1].candidates_sha256 else 0), wall
 
 
-def _entry(orig, job, head: list[dict], standing: set, acc: float, m: int, wall: float, *, complete: bool, bound: bool = False) -> dict:
+def _entry(orig, job, head: list[dict], standing: set, acc: float, m: int, wall: float, *, complete: bool, bound: bool = False, alone: bool = True) -> dict:
     """The check's entry for attack job ``orig`` (rerun as ``job``) with the samples ``standing`` so far
-    (``bound``: a later restart skipped standing samples the suite's budget broke, so ``acc_doubled`` is an upper bound)."""
-    acc2 = len(standing) / max(1, m)
+    (``bound``: a later restart skipped standing samples the suite's budget broke, so ``acc_doubled`` is an upper bound;
+    ``alone=False``: the doubled run attacked only the suite-robust samples, so its accuracy alone is not measured)."""
+    acc2 = len(standing) / max(1, m) if alone else None
     # test-set indices robust at the suite's budget but broken by the doubled one
     found = [r["index"] for r in head if r["attacks"][orig.key]["correct"] and r["index"] not in standing]
     drop = round(len(found) / max(1, m), 6)  # rounded: 0.49 - 0.47 is a drop of exactly 2 points, not 2.0000000000000018
     return {
         "of": orig.hash, "spec_hash": job.hash, "budget": orig.budget,
         "budget_doubled": job.budget, "restarts": job.spec.restarts, "acc": acc, "acc_doubled": acc2,
-        "delta": round(acc - acc2, 6), "acc_both": round(acc - drop, 6), "drop": drop,
+        "delta": None if acc2 is None else round(acc - acc2, 6), "acc_both": round(acc - drop, 6), "drop": drop,
         # decided once every restart ran, or earlier when the drop already exceeds the threshold
         # (later restarts and blocks only break more samples)
         "saturated": (drop <= THRESHOLD) if complete else (False if drop > THRESHOLD else None),
         "wall_time_s": round(wall, 3),
         "found_more": found,
-    } | ({"acc_doubled_bound": True} if bound else {})
+    } | ({"acc_doubled_bound": True} if bound and alone else {}) | ({} if alone else {"scope": "suite-robust"})
 
 
 def attack_drop(e: dict, n: int | None) -> float:
@@ -585,7 +599,8 @@ def next_block_s(data: dict, key: str, entry: dict, *, n: int = DEFAULT_N, block
     (``entry``: its partial entry from :func:`pending`, ``{}`` when not started), priced as :func:`run`
     prices it: seconds per attacked sample of its latest block (``sample_s``), else the row's own run
     of the attack (:func:`_row_rate`), x the samples that piece attacks: the clean-correct ones of the
-    next position block in restart 1, the next packed block of the samples still standing and robust
+    next position block in restart 1 (on a randomized defense, whose restart 1 packs the suite-robust
+    samples as a later restart does, its next packed block), the next packed block of the samples still standing and robust
     at the suite's budget in later restarts (on a deterministic defense the seed probe of :data:`PROBE` x 2 samples comes first).
     ``block``: the check's block size (the run's batch size when smaller). A ``sample_s`` measured on
     ``sample_threads`` torch threads is scaled to ``threads`` (default: this process's; :func:`on_threads`);
@@ -603,7 +618,8 @@ def next_block_s(data: dict, key: str, entry: dict, *, n: int = DEFAULT_N, block
         return None
     r, b = int(entry.get("restarts_done") or 0), int(entry.get("blocks_done") or 0)
     bs = int(entry.get("block_size") or block)
-    if r == 0:
+    packed = data["manifest"].get("randomized") is True  # restart 1 packs the suite-robust samples too (run)
+    if r == 0 and not packed and not entry.get("pool"):
         count = sum(bool(x.get("clean_correct")) for x in records[b * bs:min((b + 1) * bs, m)])
     elif b and entry.get("pool_blocks"):
         sizes, pool = [int(s) for s in entry["pool_blocks"]], list(entry.get("pool") or [])
@@ -612,7 +628,7 @@ def next_block_s(data: dict, key: str, entry: dict, *, n: int = DEFAULT_N, block
         robust = {x["index"] for x in records[:m] if (x.get("attacks", {}).get(key) or {}).get("correct")}
         count = sum(i in robust for i in member) if member else 0
     else:
-        standing = set(entry.get("robust_doubled") or [])
+        standing = set(entry.get("robust_doubled") or []) if r else {x["index"] for x in records[:m] if x.get("clean_correct")}
         count = (pack(sum(x["index"] in standing and bool((x.get("attacks", {}).get(key) or {}).get("correct")) for x in records[:m]), bs) or [0])[0]
         if not b and data["manifest"].get("randomized") is False:
             count = min(count, 2 * PROBE)

@@ -453,7 +453,7 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
     merged, scaled like :func:`measured_estimate`: per checked attack, the measured seconds per cost
     unit of this defense and attack x the units of one restart of the stronger budget
     (:func:`harness.engine.saturation.stronger`) x the check's samples, for the first restart on every
-    sample and, for each further restart, on the share of the check's samples that survived the
+    sample (on a randomized defense on the share the suite's attack left robust) and, for each further restart, on the share of the check's samples that survived the
     attack in the finished shards (the check attacks only the samples still standing). An upper
     bound where restarts stop early (on a deterministic defense, an attack whose seed probe shows it
     draws no randomness stops after its first restart). Attacks
@@ -464,7 +464,7 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
 
     from harness.attacks import get_attack
     from harness.engine import saturation
-    from harness.engine.models import build_defense
+    from harness.engine.models import build_defense, today_checkpoint_sha
 
     if not plan.check_budget:
         return ""
@@ -478,9 +478,12 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
     for (dataset, norm, variant, suite), gjobs in groups.items():
         path = result_path(results_dir, dataset, norm, variant)
         try:
-            check = (json.loads(path.read_text(encoding="utf-8"))["manifest"].get("budget_check") or {}) if path.is_file() else {}
-        except (OSError, ValueError, KeyError, TypeError):
-            check = {}
+            man = json.loads(path.read_text(encoding="utf-8"))["manifest"] if path.is_file() else {}
+            check = man.get("budget_check") or {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            man, check = {}, {}
+        if man.get("checkpoint_sha256") != today_checkpoint_sha(gjobs[0].defense, dataset, gjobs[0].defense_options):
+            check = {}  # the file measured another checkpoint: its merge will start the check over (_kept_budget_check)
         randomized = build_defense(gjobs[0].defense, dataset, **gjobs[0].defense_options).randomized
         specs = {e.spec.name: e.spec for e in load_suite(suite, norm=norm, dataset=dataset, randomized=randomized).entries}
         for a in dict.fromkeys(j.attack.split("@")[0] for j in gjobs):
@@ -512,7 +515,8 @@ def check_estimate(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathL
                         robust += bool((r.get("attacks") or {}).get(a, {}).get("correct"))
             share = robust / total if total else 0.5
             done = int(prev.get("restarts_done") or 0)
-            passes = (0 if done else 1) + (saturation.RESTARTS - max(done, 1)) * share
+            # restart 1 attacks every sample, on a randomized defense only the share the suite left robust
+            passes = (0 if done else share if randomized else 1) + (saturation.RESTARTS - max(done, 1)) * share
             secs = rate * n * passes
             rows.append([variant, dataset, norm, a, f"{secs / 3600:.1f}", f"{100 * share:.0f}% of {total}" if total else "50% (assumed)"])
     if not rows and not missing:

@@ -266,6 +266,10 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
     if any(r[6].startswith("≤") for r in rows):
         caption += ("; \"≤\": restarts 2-5 attacked only the samples the suite's budget left robust (the others cannot change the verdict), "
                     "so for the samples the suite broke the doubled run alone is its restart 1")
+    entries = [e for data in results.values() for e in ((stats.manifest(data).get("budget_check") or {}).get("attacks") or {}).values()]
+    if any(isinstance(e, dict) and e.get("scope") == "suite-robust" for e in entries):
+        caption += ("; \"—\" alone: on a randomized defense the doubled run attacks only the samples the suite's budget left robust "
+                    "(the only ones that can change the verdict), so its accuracy on its own is not measured")
     if any("restarts so far" in r[3] for r in rows):
         caption += "; a check still running shows the restarts done so far (its drop can only grow: rerun the command to finish it)"
     return caption + "\n\n" + body + "\n"

@@ -712,7 +712,12 @@ def test_the_next_blocks_estimate_counts_only_the_samples_a_later_restart_attack
     fresh = {"restarts_done": 2, "robust_doubled": [1, 2, 6, 7, 8], "sample_s": 10.0, "block_size": 10}
     assert next_block_s(data, "pgd", fresh, n=10) == 20.0  # restart 3 attacks 1 and 2 only
     first = {"restarts_done": 0, "blocks_done": 0, "sample_s": 10.0, "block_size": 5}
-    assert next_block_s(data, "pgd", first, n=10) == 50.0  # restart 1 attacks every clean-correct sample of its block
+    # a randomized defense's restart 1 packs the suite-robust clean-correct samples (0-5) into one block of 6
+    assert next_block_s(data, "pgd", first, n=10) == 60.0
+    deterministic = {"manifest": data["manifest"] | {"randomized": False}, "records": records}
+    assert next_block_s(deterministic, "pgd", first, n=10) == 50.0  # restart 1 attacks every clean-correct sample of its position block
+    packed_first = {"restarts_done": 0, "blocks_done": 1, "pool": [0, 1, 2, 3, 4, 5], "pool_blocks": [3, 3], "robust_doubled": [0, 2, 3, 4, 5], "sample_s": 10.0}
+    assert next_block_s(data, "pgd", packed_first, n=10) == 30.0  # its second packed block: 3, 4, 5
 
 
 def test_the_next_blocks_estimate_scales_a_rate_to_the_threads_the_block_will_run_on():
@@ -732,3 +737,66 @@ def test_the_next_blocks_estimate_scales_a_rate_to_the_threads_the_block_will_ru
     assert next_block_s(data, "pgd", first | {"sample_device": "cuda"}, n=10, threads=1, device="cuda") == 50.0
     assert next_block_s(data, "pgd", first, n=10, threads=1, device="cpu") == 50.0  # saved before stop 48: a CPU's
     assert on_threads(388.0, 1, 2) == 194.0 and on_threads(388.0, None, 2) == 388.0 and on_threads(388.0, True, 2) == 388.0
+
+
+def test_a_randomized_defenses_restart_1_attacks_only_the_suite_robust_samples_packed(trained, monkeypatch):
+    """On a randomized defense restart 1 too attacks only the clean-correct samples the suite's budget
+    left robust, packed into the fewest balanced blocks; the entry has the same ``drop`` /
+    ``found_more`` figures, says ``scope: suite-robust`` and leaves the doubled run's accuracy alone
+    unmeasured (None; "—" in the table); an interrupted packed restart 1 resumes at its next block."""
+    import dataclasses
+
+    import harness.engine.runner as runner
+    from harness.engine import saturation
+    from harness.engine.runner import prepare
+    from harness.engine.saturation import pack
+
+    (trained / "suite.toml").write_text(SUITE.replace("random_start = false", "random_start = true"), encoding="utf-8")
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=40, eps=0.25, attacks=("pgd",),
+                    batch_size=4, results_dir=str(trained / "rnd"), progress=False, train_if_missing=False)
+    data = load_result(evaluate(cfg, log=lambda *_: None))
+    ctx = prepare(cfg, log=lambda *_: None)
+    ctx = dataclasses.replace(ctx, jobs=[dataclasses.replace(j, randomized=True) for j in ctx.jobs])  # the suite's EOT policy of a randomized defense
+    clean_ok = sorted(r["index"] for r in data["records"][:40] if r["clean_correct"])
+    broke = set(clean_ok[::3])  # the suite's run "broke" a third of them (forced: PGD-2 breaks few on the tiny CNN)
+    data["records"] = [r | {"attacks": r["attacks"] | {"pgd": r["attacks"]["pgd"] | {"correct": False}}} if r["index"] in broke else r for r in data["records"]]
+    head = data["records"][:40]
+    robust = {r["index"] for r in head if r["clean_correct"] and r["attacks"]["pgd"]["correct"]}
+    assert len(robust) > 6 and broke
+    real, calls = runner.attack, []
+
+    def spy(c, job, clean, start=0):
+        calls.append((_restart_of(job.hash), job.hash.rsplit(":", 1)[-1], {c.ids[start + j] for j, r in enumerate(clean) if r["clean_correct"]}))
+        return real(c, job, clean, start)
+
+    monkeypatch.setattr(runner, "attack", spy)
+    e = saturation.run(ctx, data, n=40)["attacks"]["pgd"]
+    first = [c for c in calls if c[0] == "restart0"]
+    assert set().union(*(c[2] for c in first)) == robust  # neither the suite's breaks nor the clean errors
+    assert [len(c[2]) for c in first] == pack(len(robust), 4) and [c[1] for c in first] == [f"block{i}" for i in range(len(first))]
+    assert e["scope"] == "suite-robust" and e["acc_doubled"] is None and e["delta"] is None and "acc_doubled_bound" not in e
+    assert set(e["found_more"]) <= robust and e["acc_both"] == pytest.approx(len(robust - set(e["found_more"])) / 40)
+    assert e["drop"] == pytest.approx(len(e["found_more"]) / 40) and e["acc"] == pytest.approx(len(robust) / 40)
+    table = render_saturation({"cnn": data | {"manifest": data["manifest"] | {"budget_check": {"n": 40, "threshold": 0.02, "attacks": {"pgd": e}}}}})
+    row = next(line for line in table.splitlines() if "| PGD" in line)
+    assert "| —" in row and "its accuracy on its own is not measured" in table
+
+    # killed after restart 1's first packed block: the partial entry holds the pool, and a rerun goes on at block 2
+    calls.clear()
+
+    def killed(c, job, clean, start=0):
+        if job.hash.endswith("restart0:block1"):
+            raise KeyboardInterrupt
+        return spy(c, job, clean, start)
+
+    saved = []
+    monkeypatch.setattr(runner, "attack", killed)
+    with pytest.raises(KeyboardInterrupt):
+        saturation.run(ctx, data, n=40, save=lambda entry: saved.append(json.loads(json.dumps(entry))))
+    part = saved[-1]["attacks"]["pgd"]
+    assert part["restarts_done"] == 0 and part["blocks_done"] == 1 and set(part["pool"]) == robust and part["scope"] == "suite-robust"
+    calls.clear()
+    monkeypatch.setattr(runner, "attack", spy)
+    resumed = data | {"manifest": data["manifest"] | {"budget_check": saved[-1]}}
+    saturation.run(ctx, resumed, n=40)
+    assert calls[0][:2] == ("restart0", "block1")

@@ -436,12 +436,49 @@ def test_dry_run_estimates_the_budget_check_from_the_shards(tmp_path):
     assert row.split()[:4] == ["cnn", "fmnist", "linf", "pgd"] and "25% of 16" in row
     assert "not estimated (no finished shard of that attack on that defense yet): cnn/linf/deepfool" in out
     assert "fgm" not in out
-    # a finished check of the same n is skipped
+    # a finished check of the same n (and today's checkpoint) is skipped
+    from harness.engine.models import today_checkpoint_sha
+
     path = res / "fmnist" / "linf" / "cnn.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"manifest": {"budget_check": {"n": 20, "attacks": {"pgd": {"delta": 0.0}, "deepfool": {"delta": 0.0}}}}, "records": []}))
+    today = today_checkpoint_sha("cnn", "fmnist")
+    path.write_text(json.dumps({"manifest": {"checkpoint_sha256": today, "budget_check": {"n": 20, "attacks": {"pgd": {"delta": 0.0}, "deepfool": {"delta": 0.0}}}}, "records": []}))
     assert sweep.check_estimate(plan, jobs, res) == ""
     assert sweep.check_estimate(sweep.parse_plan(tomllib.loads(PLAN)), jobs, res) == ""  # no check_budget
+    # ... but not a check of another checkpoint: the merge of today's row starts it over
+    path.write_text(json.dumps({"manifest": {"checkpoint_sha256": "another checkpoint", "budget_check": {"n": 20, "attacks": {"pgd": {"delta": 0.0}}}}, "records": []}))
+    assert f"about {80 / 3600:.1f} core-hours more" in sweep.check_estimate(plan, jobs, res)
+
+
+def test_dry_run_prices_a_randomized_defenses_first_check_pass_on_the_suite_robust_share(tmp_path, monkeypatch):
+    """On a randomized defense the check's restart 1 attacks only the samples the suite's attack left
+    robust (harness/engine/saturation.py), so the estimate prices it on that share too."""
+    import harness.engine.models as models
+
+    real, flag = models.build_defense, {"randomized": False}
+
+    def built(*a, **kw):
+        d = real(*a, **kw)
+        d.randomized = flag["randomized"]
+        return d
+
+    monkeypatch.setattr(models, "build_defense", built)
+    plan = sweep.parse_plan(tomllib.loads(PLAN) | {"attacks": ["pgd"], "check_budget": 20})
+    jobs = sweep.expand(plan)
+    res = tmp_path / "res"
+    job = next(j for j in jobs if j.shard == 0)
+    recs = [{"index": i, "clean_correct": i < 16, "attacks": {"pgd": {"correct": i < 4}}} for i in range(job.start, job.stop)]
+    job.partial_path(res).parent.mkdir(parents=True, exist_ok=True)
+    job.partial_path(res).write_text(json.dumps({"manifest": {"attacks": {"pgd": {"wall_time_s": 17998.0}}, "clean_wall_time_s": 2.0}, "records": recs}))
+
+    def hours() -> float:
+        row = next(line for line in sweep.check_estimate(plan, jobs, res).splitlines() if line.startswith("cnn"))
+        return float(row.split()[4])
+
+    deterministic = hours()  # x (1 + 4 restarts x 25% standing)
+    flag["randomized"] = True  # restart 1 on the 25% the suite left robust too: x (0.25 + 4 x 25%)
+    assert deterministic > 10 and hours() == pytest.approx(deterministic * 1.25 / 2, abs=0.1)
+
 
 
 def test_a_plan_with_check_budget_checks_each_merged_file(env, monkeypatch):
