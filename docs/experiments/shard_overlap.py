@@ -5,7 +5,8 @@ Reads the finished sweep shards of one attack (``--attack``, e.g. ``autoattack``
 attack's shard files. It then counts over the clean-correct samples of those shards: robust
 under the attack, robust under all the others together, robust under both, and the samples each
 side alone breaks. This works before the attack's row is merged: ``bench table`` shows the All cell
-only once every shard has landed.
+only once every shard has landed. Shard files that measured another checkpoint than the one a run
+would load today (a sweep's stale shards, waiting to be rerun) are left out and counted as ``stale``.
 
     python docs/experiments/shard_overlap.py --defense eabs --norm linf --attack autoattack
 """
@@ -17,19 +18,28 @@ import json
 from pathlib import Path
 
 
-def overlap(base: Path, attack: str) -> dict:
-    """Counts over the shards of ``attack`` under ``base`` (see the module docstring)."""
-    shards = sorted((base / attack).glob("shard-*.json"))
+def _load(path: Path, sha: str | None) -> dict | None:
+    """A shard file's JSON (read as the sweep reads them), or None when it measured another checkpoint."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if sha is None or data["manifest"].get("checkpoint_sha256") == sha else None
+
+
+def overlap(base: Path, attack: str, sha: str | None = None) -> dict:
+    """Counts over the shards of ``attack`` under ``base`` (see the module docstring); with ``sha``,
+    only shard files whose ``checkpoint_sha256`` is ``sha``."""
+    files = sorted((base / attack).glob("shard-*.json"))
+    loaded = [(f, _load(f, sha)) for f in files]
+    shards = [(f, d) for f, d in loaded if d is not None]
     if not shards:
-        raise SystemExit(f"no finished shards of {attack!r} under {base}")
-    tot = {"shards": len(shards), "samples": 0, "clean_correct": 0, "robust_attack": 0, "robust_others": 0, "robust_all": 0, "only_attack_breaks": 0, "only_others_break": 0, "others": set()}
-    for f in shards:
-        recs = json.loads(f.read_text(encoding="utf-8"))["records"]  # shard files: read as the sweep reads them
+        raise SystemExit(f"no finished shards of {attack!r} for this checkpoint under {base}")
+    tot = {"shards": len(shards), "stale": len(files) - len(shards), "samples": 0, "clean_correct": 0, "robust_attack": 0, "robust_others": 0, "robust_all": 0, "only_attack_breaks": 0, "only_others_break": 0, "others": set()}
+    for f, data in shards:
+        recs = data["records"]
         others: dict[int, list[bool]] = {}
         for g in base.glob(f"*/{f.name}"):
-            if g.parent.name == attack:
+            if g.parent.name == attack or (other := _load(g, sha)) is None:
                 continue
-            theirs = json.loads(g.read_text(encoding="utf-8"))["records"]
+            theirs = other["records"]
             if [r["index"] for r in theirs] != [r["index"] for r in recs]:
                 raise SystemExit(f"{g} holds other samples than {f}: not shards of the same sweep")
             for i, r in enumerate(theirs):
@@ -59,9 +69,13 @@ def main() -> None:
     p.add_argument("--defense", default="eabs")
     p.add_argument("--suite", default="paper-generative")
     p.add_argument("--attack", default="autoattack")
+    p.add_argument("--any-checkpoint", action="store_true", help="count shards of every checkpoint, not only today's")
     a = p.parse_args()
+    from harness.engine.models import today_checkpoint_sha
+
+    sha = None if a.any_checkpoint else today_checkpoint_sha(a.defense, a.dataset)
     base = Path(a.results_dir) / ".shards" / a.dataset / a.norm / a.defense / a.suite
-    print(json.dumps(overlap(base, a.attack), indent=1))
+    print(json.dumps(overlap(base, a.attack, sha), indent=1))
 
 
 if __name__ == "__main__":
