@@ -70,6 +70,27 @@ def test_a_partially_merged_row_shows_its_pending_attacks(tmp_path):
     assert "deepfool: pending (3/8 shards; sweep in progress)" in text
     all_line = next(line for line in text.splitlines() if line.startswith("- Adv-L∞ / All"))
     assert "incomplete row: DeepFool (3/8 shards), Noise (0/8 shards) still pending" in all_line
+    # its All (20 of 100) is only an upper bound: shown as one, and not counted as a measured cell
+    assert "| ≤ 20.0 / 57.0 / pending (2 attacks) |" in text
+    assert "Within 5 points of the thesis: 1 of 2 measured cells (Adv-L∞ 1/2)." in text
+
+
+def test_an_incomplete_rows_all_is_an_upper_bound_left_out_of_counts_ordering_and_significance(tmp_path):
+    """A partial merge whose finished attacks leave an All close to the thesis's must not read as a
+    reproduced cell: the pending attacks can still lower it by any amount."""
+    n = 100
+    write_result(tmp_path, fake_result("cnn", "fmnist", "linf", bools(91, n), {"pgd": bools(10, n), "deepfool": bools(26, n), "noise": bools(90, n)}))
+    data = fake_result("adv-linf", "fmnist", "linf", bools(89, n), {"deepfool": bools(60, n), "noise": bools(88, n)})
+    data["manifest"]["pending_attacks"] = {"pgd": "1/8 shards"}
+    write_result(tmp_path, data)
+    text = render_reproduction(tmp_path, THESIS).split("## L2")[0]
+    assert "| ≤ 60.0 / 57.0 / pending (1 attack) |" in text
+    assert not any(line.startswith("- Adv-L∞ / All") for line in text.splitlines())  # above the thesis: no conclusion yet
+    # cnn 5 of 5; adv-linf clean 89 vs 88.9, DeepFool 60 vs 64.9, noise 88 vs 88.9 (All not counted)
+    assert "Within 5 points of the thesis: 8 of 8 measured cells (CNN 5/5; Adv-L∞ 3/3)." in text
+    assert "Left out of the ordering and significance: Adv-L∞ (incomplete row" in text
+    assert "Not enough defenses evaluated for the qualitative checks." in text
+    assert "pairs agree with the thesis" not in text
 
 
 def test_a_far_all_cell_is_split_into_the_thesis_attacks_and_ours(tmp_path):
