@@ -216,8 +216,9 @@ class Verdict:
 
     ``reliable`` is False when the gradient-consistency check failed (:mod:`harness.engine.gradcheck`), when
     gradient-free or transfer attacks beat the gradient attacks by more than the Wilson interval,
-    when a defense that declares itself deterministic is not, or when the file is a partial sweep
-    merge whose other attacks are still pending (``bench sweep --merge-partial``). ``reasons``: short tags for tables;
+    when a defense that declares itself deterministic is not, when the file is a partial sweep
+    merge whose other attacks are still pending (``bench sweep --merge-partial``), or when the budget
+    check its sweep plan asks for (``budget_check_planned``) has work left. ``reasons``: short tags for tables;
     ``warnings``: every warning of the file: the defense's own recorded at run time, then the outcome
     checks of the file as it is now (recorded snapshots of those are replaced, not repeated).
     """
@@ -254,6 +255,13 @@ def verdict(data: dict) -> Verdict:
     pending = pending_attacks(man)
     if pending:  # a partially merged sweep: the attacks still to come can only lower "All"
         reasons.append(f"incomplete: {', '.join(pending)} pending")
+    planned = man.get("budget_check_planned")
+    if isinstance(planned, dict) and planned.get("n"):  # a sweep plan's check that has not finished: it can only lower "All"
+        from harness.engine.saturation import pending as check_left
+
+        left = check_left(data, int(planned["n"]), planned.get("attacks"))
+        if left:
+            reasons.append(f"budget check pending: {', '.join(left)}")
     model = [w for w in recorded if not is_outcome_check(w)]  # the defense's own, from run time
     fresh = [w for w in outcome_checks(data) if w not in model]  # the outcome checks of the file as it is now
     return Verdict(not reasons, tuple(reasons), tuple(model + fresh), masking_checked(data))

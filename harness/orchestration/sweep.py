@@ -688,7 +688,16 @@ def _test_hooks(job: SweepJob) -> None:
         time.sleep(float(delay))
 
 
-def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None, configs: dict[tuple, Today] | None = None, force: bool = False, partial: bool = False, log=print) -> list[Path]:
+def planned_check(plan: Plan) -> dict | None:
+    """The budget check a plan asks for (``check_budget``, ``check_attacks``), as merged files record
+    it (``budget_check_planned``); None when the plan has none."""
+    if not plan.check_budget:
+        return None
+    return {"n": int(plan.check_budget), "attacks": None if plan.check_attacks is None else list(plan.check_attacks)}
+
+
+def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None = None, configs: dict[tuple, Today] | None = None, force: bool = False, partial: bool = False, log=print,
+          check: dict | None = None) -> list[Path]:
     """Write the canonical result file of every (dataset, norm, defense) whose jobs are all done
     (``configs``: today's defense settings, :func:`today_configs`; see :func:`is_done`).
 
@@ -701,6 +710,11 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
     from the attacks whose shards are all finished; the others are named in the manifest's
     ``pending_attacks`` (``{key: "k/S shards"}``), which makes the row's verdict unreliable
     ("incomplete") until a later merge of the finished group replaces the file.
+
+    ``check`` (:func:`planned_check`): the plan's budget check, recorded in each file as
+    ``budget_check_planned``; until it has run, the row's verdict reads "budget check pending"
+    (:func:`harness.engine.sanity.verdict`). A file merged already from the same shards gets (or
+    loses) that record in place, without being rewritten otherwise.
 
     Each file is written under its write lock (:func:`_write_lock`), which a budget check's blocks
     take too; a file that a ``bench run`` holds (:func:`harness.engine.runner.claim_file`) is left
@@ -727,7 +741,7 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
         raw = {(j.attack, j.shard): j.partial_path(results_dir).read_bytes() for j in gjobs}
         digest = hashlib.sha256("\n".join(f"{a}/{s}:{hashlib.sha256(b).hexdigest()}" for (a, s), b in sorted(raw.items())).encode()).hexdigest()
         path = result_path(results_dir, dataset, norm, variant)
-        if not force and _merged_digest(path) == digest and _merged_pending(path) == pending:
+        if not force and _merged_digest(path) == digest and _merged_pending(path) == pending and _merged_planned(path) == check:
             continue  # merged already (asked again below, under the lock: another process may merge it meanwhile)
         with _write_lock(path):  # a sweep's check may be merging its block into the file meanwhile
             who = claims.holder(claims.lock_path(path))  # after taking the write lock: a bench run that starts later waits for it
@@ -735,8 +749,15 @@ def merge(jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str 
                 log(f"sweep: {path} not merged: a bench run writes it ({who}); rerun the sweep when it is done")
                 continue
             if not force and _merged_digest(path) == digest and _merged_pending(path) == pending:
+                if _merged_planned(path) != check:  # the same row: only the plan's check changed
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                    _set_planned(data["manifest"], check)
+                    write_result(path, data)
+                    written.append(path)
                 continue
-            write_result(path, _merged_data(gjobs, results_dir, raw, digest, pending, path, command))
+            data = _merged_data(gjobs, results_dir, raw, digest, pending, path, command)
+            _set_planned(data["manifest"], check)
+            write_result(path, data)
             written.append(path)
     return written
 
@@ -859,6 +880,21 @@ def _merged_digest(path: Path) -> str | None:
         return None
 
 
+def _set_planned(manifest: dict, check: dict | None) -> None:
+    if check:
+        manifest["budget_check_planned"] = check
+    else:
+        manifest.pop("budget_check_planned", None)
+
+
+def _merged_planned(path: Path) -> dict | None:
+    """The ``budget_check_planned`` of the merged file at ``path`` (None when it has none or is unreadable)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["manifest"].get("budget_check_planned") or None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def _merged_pending(path: Path) -> dict | None:
     """The ``pending_attacks`` of the merged file at ``path`` ({} when it has none, None when unreadable)."""
     try:
@@ -897,7 +933,7 @@ def merge_partial(plan: Plan, *, results_dir: str | os.PathLike, log=print) -> l
 
     jobs = expand(plan)
     configs = today_configs(jobs)
-    written = merge(jobs, results_dir, command=command_line(), configs=configs, partial=True)
+    written = merge(jobs, results_dir, command=command_line(), configs=configs, partial=True, check=planned_check(plan))
     for path in written:
         pending = json.loads(path.read_text(encoding="utf-8"))["manifest"].get("pending_attacks") or {}
         log(f"wrote {path}" + (f" (pending: {', '.join(f'{a} {s}' for a, s in pending.items())})" if pending else ""))
@@ -969,7 +1005,8 @@ def check_merged(jobs: list[SweepJob], results_dir: str | os.PathLike, *, n: int
             log(f"budget check of {path}: not started, the time limit is reached; rerun to continue")
             continue
         if partial:  # merged again from the shards finished now (rewritten only if they changed; merge holds the write lock)
-            merge(gjobs, results_dir, command=command_line(), configs=configs, partial=True, log=log)
+            merge(gjobs, results_dir, command=command_line(), configs=configs, partial=True, log=log,
+                  check={"n": int(n), "attacks": None if attacks is None else list(attacks)})
         why = _check_left(path, n, names, deadline, block=block)
         if why:
             log(f"budget check of {path}: {why}")
@@ -1212,7 +1249,7 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     failures: dict[str, str] = {}
     command = command_line()
     if todo:  # groups whose jobs are all finished already are merged first: their files need not wait for the rest
-        for path in merge(jobs, results_dir, command=command, configs=configs):
+        for path in merge(jobs, results_dir, command=command, configs=configs, check=planned_check(plan)):
             log(f"wrote {path}")
     if todo:
         ex = get_executor(executor, address=address)
@@ -1222,7 +1259,7 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
             if pace is not None:
                 extra["pace"] = pace
         failures = ex.run(todo, results_dir=str(results_dir), max_retries=max_retries, progress=progress, log=log, **extra)
-    for path in merge(jobs, results_dir, command=command, configs=configs):
+    for path in merge(jobs, results_dir, command=command, configs=configs, check=planned_check(plan)):
         log(f"wrote {path}")
     if plan.check_budget and not failures:
         # under a time limit, block by block: no block starts that its estimate says ends after the deadline
@@ -1230,7 +1267,7 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
                       pace=pace, block=check_block)
         # a check of a partial merge that outlasted another sweep process's final merge of its group
         # saved the partial file over it: merge the finished group again (its check is kept)
-        for path in merge(jobs, results_dir, command=command, configs=configs):
+        for path in merge(jobs, results_dir, command=command, configs=configs, check=planned_check(plan)):
             log(f"wrote {path}")
     if failures:
         log(f"sweep: {len(failures)} job(s) failed after {max_retries} retr{'y' if max_retries == 1 else 'ies'}:")

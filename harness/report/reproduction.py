@@ -25,6 +25,7 @@ from harness import stats
 from benchcore.io import atomic_write
 from threat_models import NORMS
 from harness.engine.saturation import THRESHOLD, attack_drop, headline_drop, progress, so_far
+from harness.engine.saturation import pending as saturation_pending
 from harness.store.results import load_results, pending_attacks
 from harness.report.tables import attack_label, defense_label, norm_label
 
@@ -115,6 +116,11 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
         budget = (m.get("attacks", {}).get(row) or {}).get("budget", "")
         parts.append(f"our budget: {budget} (suite {m.get('suite')})")
     check = (m.get("budget_check") or {}).get("attacks", {}).get(row)
+    planned = m.get("budget_check_planned")
+    left = saturation_pending(data, int(planned["n"]), planned.get("attacks")) if isinstance(planned, dict) and planned.get("n") else {}
+    if left and not check and (row == "all" or row in left):  # the verdict reads "budget check pending" too
+        what = f"of {', '.join(attack_label(a) for a in left)} " if row == "all" else ""
+        parts.append(f"budget check {what}pending: the sweep plan's check (2x steps, 5 restarts, first {planned['n']} samples) has not run yet")
     if check:
         first = so_far(data.get("records") or [], check, row)
         if first is not None:  # restart 1 still running: its finished blocks only (the entry's own figures count unattacked samples as standing)

@@ -172,3 +172,21 @@ def test_the_all_cell_reports_the_budget_check_of_the_worst_case(tmp_path):
     write_result(tmp_path, data)
     line = next(x for x in render_reproduction(tmp_path, THESIS).split("## L2")[0].splitlines() if x.startswith("- Adv-L2 / All"))
     assert "the doubled attacks lower it by 2.0 points on the first 50 samples, counting a sample robust only if neither budget broke it (within the threshold)" in line, line
+
+
+def test_a_cell_whose_planned_budget_check_has_not_run_says_so(tmp_path):
+    """A sweep plan's check recorded in the file (``budget_check_planned``) but not run yet: the far
+    cells of the checked attacks, and All, say the check is pending instead of nothing."""
+    n = 100
+    data = fake_result("adv-linf", "fmnist", "linf", bools(89, n), {"pgd": bools(20, n), "deepfool": bools(64, n), "noise": bools(88, n)})
+    data["manifest"]["budget_check_planned"] = {"n": 50, "attacks": ["pgd"]}
+    data["manifest"]["attacks"]["pgd"]["spec"] = {"name": "pgd", "params": {"steps": 80}, "restarts": 5}  # a step budget the check doubles
+    write_result(tmp_path, data)
+    text = render_reproduction(tmp_path, THESIS).split("## L2")[0]
+    pgd = next(line for line in text.splitlines() if line.startswith("- Adv-L∞ / PGD"))
+    assert "budget check pending: the sweep plan's check (2x steps, 5 restarts, first 50 samples) has not run yet" in pgd
+    all_line = next(line for line in text.splitlines() if line.startswith("- Adv-L∞ / All"))
+    assert "budget check of PGD pending" in all_line
+    data["manifest"]["budget_check_planned"] = {"n": 50, "attacks": ["deepfool"]}  # a check of an attack without a step budget: nothing to wait for
+    write_result(tmp_path, data)
+    assert "budget check" not in render_reproduction(tmp_path, THESIS)

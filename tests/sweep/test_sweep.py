@@ -887,6 +887,11 @@ def test_the_finished_attacks_of_a_partial_merge_are_checked_and_the_full_merge_
     assert "budget check of" not in capsys.readouterr().out  # no file yet: nothing is merged unasked
     assert main(["sweep", str(plan), "--results-dir", str(res), "--merge-partial"]) == 0
     assert "budget_check" not in _merged(res)["manifest"]
+    from harness.engine.sanity import verdict
+
+    # the plan's check is on record, and the row reads as unreliable until it has run
+    assert _merged(res)["manifest"]["budget_check_planned"] == {"n": 20, "attacks": None}
+    assert "budget check pending: pgd" in verdict(_merged(res)).reasons
     assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet", "--only", "pgd"]) == 0
     out = capsys.readouterr().out
     assert "(a partial merge): fgm wait for their shards" in out
@@ -900,6 +905,35 @@ def test_the_finished_attacks_of_a_partial_merge_are_checked_and_the_full_merge_
     assert "pending_attacks" not in full and "fgm" in full["attacks"]
     assert full["budget_check"]["attacks"]["pgd"] == pgd  # kept, not recomputed
     assert full["budget_check"]["n"] == 20
+    assert full["budget_check_planned"] == {"n": 20, "attacks": None}
+    assert not any(r.startswith("budget check pending") for r in verdict(_merged(res)).reasons)  # pgd checked (fgm has no step budget to double)
+
+
+def test_a_rows_verdict_says_budget_check_pending_until_its_plans_check_has_run(env, capsys):
+    """A sweep plan with check_budget records it in the merged file; before the check has run (a
+    deadline, a killed session) the leaderboard must not call the row reliable. Adding the check to
+    the plan of a row merged already records it in place, without rewriting the row."""
+    from harness.engine.sanity import verdict
+
+    tmp, plan, _ = env
+    res = tmp / "res"
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet"]) == 0  # no check in the plan
+    before = _merged(res)
+    assert "budget_check_planned" not in before["manifest"] and verdict(before).reliable
+    plan.write_text(PLAN + 'check_budget = 20\ncheck_attacks = ["pgd"]\n')
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--merge-partial"]) == 0
+    after = _merged(res)
+    assert after["manifest"]["budget_check_planned"] == {"n": 20, "attacks": ["pgd"]}
+    assert after["records"] == before["records"] and after["manifest"]["created"] == before["manifest"]["created"]
+    v = verdict(after)
+    assert not v.reliable and v.reasons == ("budget check pending: pgd",)
+    from harness.report.leaderboard import verdict_cell
+
+    assert verdict_cell(v) == "**unreliable**: budget check pending: pgd"
+    assert main(["sweep", str(plan), "--results-dir", str(res), "--quiet"]) == 0  # no job left: runs the check
+    done = _merged(res)
+    assert "restarts_done" not in done["manifest"]["budget_check"]["attacks"]["pgd"]
+    assert not any(r.startswith("budget check pending") for r in verdict(done).reasons)
 
 
 def test_two_processes_check_one_files_attacks_at_once_and_both_entries_land(env, monkeypatch):
