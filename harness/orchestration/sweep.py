@@ -1203,6 +1203,43 @@ def oversubscribed(results_dir: str | os.PathLike, *, threads: int | None = None
             f"(or cores / processes)")
 
 
+def landed_merge(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathLike, *, command: str | None, configs: dict[tuple, Today] | None, log=print,
+                 check: bool = True, progress: bool = True, deadline: float | None = None, pace=None, check_block: int = 0):
+    """The executors' ``landed(job)`` callback: when a job finishes, its group's file is written at
+    once instead of when the sweep ends. The job's group finished: it is merged (:func:`merge`) and,
+    with ``check`` (the local executor) and a plan with ``check_budget``, its budget check runs next
+    (:func:`check_merged`, block by block under ``deadline``). The group's file is a partial merge
+    (``--merge-partial``) and the job completed its attack: the file is merged again with that
+    attack. Until stop 55 a sweep merged only at its end, so a row finished early in a session
+    waited for the session's deadline, and its check got no time before it (the L∞ E-ABS row of
+    stop 54 was merged at 13:10 with its PGD check pending). A failure here is logged, not raised:
+    the sweep merges again at its end."""
+    check_plan = planned_check(plan)
+
+    def landed(job: SweepJob) -> None:
+        key = (job.dataset, job.norm, job.variant)
+        group = [j for j in jobs if (j.dataset, j.norm, j.variant) == key]
+        path = result_path(results_dir, *key)
+        try:
+            done = [(j, is_done(j, results_dir, configs)) for j in group]
+            complete = all(d for _, d in done)
+            if not complete:
+                attack_done = all(d for j, d in done if j.attack == job.attack)
+                if not (attack_done and _merged_pending(path)):
+                    return
+            for p in merge(group, results_dir, command=command, configs=configs, partial=not complete, log=log, check=check_plan):
+                log(f"wrote {p}" + ("" if complete else " (partial merge: " + ", ".join(f"{a} {s}" for a, s in (_merged_pending(p) or {}).items()) + " pending)"))
+            if complete and check and plan.check_budget:
+                check_merged(group, results_dir, n=plan.check_budget, attacks=plan.check_attacks, configs=configs, progress=progress, log=log,
+                             deadline=deadline, pace=pace, block=check_block)
+        except Exception as exc:  # noqa: BLE001 - the end of the sweep merges (and checks) again
+            from harness.orchestration.executors import short_error
+
+            log(f"sweep: WARNING: {path} not merged after {job.name} ({short_error(exc)}); the sweep merges it at its end")
+
+    return landed
+
+
 def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address: str | None = None, max_retries: int = 1, progress: bool = True, log=print,
               only: tuple[str, ...] | None = None, deadline: float | None = None, threads: int | str | None = None, check_block: int = 0) -> int:
     """Run every unfinished job of ``plan``, merge, and return the exit status (1 when jobs failed).
@@ -1254,6 +1291,8 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
     if todo:
         ex = get_executor(executor, address=address)
         extra = {} if deadline is None else {"gate": time_gate(deadline, results_dir)}
+        extra["landed"] = landed_merge(plan, jobs, results_dir, command=command, configs=configs, log=log,
+                                       check=executor == "local", progress=progress, deadline=deadline, pace=pace, check_block=check_block)
         if executor == "local":  # Ray hands each job to one worker itself; local sweeps may be several processes
             extra["claim"] = job_claim(results_dir, configs)
             if pace is not None:

@@ -389,6 +389,73 @@ def test_finished_groups_are_merged_before_the_remaining_jobs_run(env, monkeypat
     assert not (out / "fmnist" / "l2" / "cnn.json").exists()  # its jobs did not run
 
 
+def test_a_group_is_merged_and_checked_when_its_last_job_lands_not_when_the_sweep_ends(env, monkeypatch):
+    """A sweep over two groups (L∞ then L2): the L∞ file is written, and its budget check run, before
+    the first L2 job starts; a failing merge after a job is logged and the end of the sweep merges."""
+    tmp, plan, _ = env
+    plan.write_text(PLAN.replace('attacks = ["pgd", "fgm"]', 'attacks = ["fgm", "pgd"]').replace('norms = ["linf"]', 'norms = ["linf", "l2"]') + "check_budget = 20\n")
+    out = tmp / "res"
+    linf = out / "fmnist" / "linf" / "cnn.json"
+    seen = []
+    real = sweep.run_job
+
+    def spy(job, results_dir):
+        if job.norm == "l2" and not seen:
+            seen.append(json.loads(linf.read_text())["manifest"] if linf.is_file() else None)
+        return real(job, results_dir)
+
+    monkeypatch.setattr(sweep, "run_job", spy)
+    lines = []
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lines.append) == 0
+    assert seen[0] is not None, "the L∞ group was not merged when its last job landed"
+    assert "pending_attacks" not in seen[0] and set(seen[0]["attacks"]) >= {"pgd", "fgm"}
+    assert "restarts_done" not in seen[0]["budget_check"]["attacks"]["pgd"]  # checked before the L2 jobs
+    assert (out / "fmnist" / "l2" / "cnn.json").is_file()
+    assert sum(line == f"wrote {linf}" for line in lines) == 1  # merged once: the end of the sweep finds it merged
+
+    # a merge that fails after a job is a warning; the sweep's final merge writes the file
+    linf.unlink()
+    (out / "fmnist" / "l2" / "cnn.json").unlink()
+    for p in data_files(out / ".shards", "**/*.json"):
+        if "shard-1-of-2" in p.name and "/linf/" in p.as_posix():
+            p.unlink()
+    real_merge, calls = sweep.merge, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the first after a job lands (the first call merges the finished L2 group up front)
+            raise OSError("disk full")
+        return real_merge(*a, **k)
+
+    monkeypatch.setattr(sweep, "merge", flaky)
+    lines.clear()
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(out), progress=False, log=lines.append) == 0
+    assert any("WARNING" in line and "disk full" in line and "merges it at its end" in line for line in lines), lines
+    assert linf.is_file() and "pending_attacks" not in _merged(out)["manifest"]
+
+
+def test_a_partial_merge_is_refreshed_when_one_of_its_pending_attacks_finishes(env, capsys):
+    """A group merged with ``--merge-partial`` gets each attack in its file as that attack's last shard
+    lands, without another ``--merge-partial``; a shard that leaves its attack unfinished does not rewrite it."""
+    tmp, plan, _ = env
+    plan.write_text(PLAN.replace('attacks = ["pgd", "fgm"]', 'attacks = ["fgm", "pgd"]'))
+    out = tmp / "res"
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet", "--only", "fgm"]) == 0
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--merge-partial"]) == 0
+    assert _merged(out)["manifest"]["pending_attacks"] == {"pgd": "0/2 shards"}
+    sweep_jobs = [j for j in sweep.expand(sweep.load_plan(plan)) if j.attack.startswith("pgd")]
+    path = out / "fmnist" / "linf" / "cnn.json"
+    landed = sweep.landed_merge(sweep.load_plan(plan), sweep.expand(sweep.load_plan(plan)), out, command="test", configs=None, log=lambda *_: None)
+    sweep.run_job(sweep_jobs[0], str(out))
+    before = path.read_bytes()
+    landed(sweep_jobs[0])
+    assert path.read_bytes() == before  # pgd still has a shard to go
+    sweep.run_job(sweep_jobs[1], str(out))
+    landed(sweep_jobs[1])
+    merged = _merged(out)["manifest"]
+    assert "pending_attacks" not in merged and "pgd" in merged["attacks"]
+
+
 def test_dry_run_scales_the_jobs_to_run_from_finished_shard_wall_times(tmp_path):
     """Per sample of the same attack on the same defense; else that attack on another defense times
     the two defenses' ratio on an attack both ran; nothing measured: no estimate."""

@@ -11,7 +11,7 @@ from harness.orchestration.executors import Progress, short_error
 class LocalExecutor:
     """Runs jobs one after another in this process."""
 
-    def run(self, jobs, *, results_dir: str, max_retries: int, progress: bool = True, log=print, fn=None, gate=None, claim=None, pace=None) -> dict[str, str]:
+    def run(self, jobs, *, results_dir: str, max_retries: int, progress: bool = True, log=print, fn=None, gate=None, claim=None, pace=None, landed=None) -> dict[str, str]:
         """Run ``jobs``; return ``{job name: last error}`` for jobs that failed ``1 + max_retries`` times.
         ``gate(job)`` (a time limit, :func:`harness.orchestration.sweep.time_gate`): asked before each
         job; a job it gives a reason for (not None) is left unstarted, neither run nor failed, and the
@@ -20,7 +20,9 @@ class LocalExecutor:
         :class:`harness.store.claims.Claim` held while the job runs, or why another sweep
         process on the same results directory has the job (finished or running there): it is skipped.
         ``pace()`` (:func:`harness.orchestration.sweep.fit_threads`, ``--threads auto``): called before
-        each job this process claims, before ``gate`` prices it."""
+        each job this process claims, before ``gate`` prices it.
+        ``landed(job)`` (:func:`harness.orchestration.sweep.landed_merge`): called after each job that
+        finished, once its claim is released (it merges the job's group when that is complete)."""
         from collections import Counter
 
         from harness.orchestration import sweep
@@ -46,10 +48,12 @@ class LocalExecutor:
                     refused.append((job, why))
                     continue
                 try:
-                    self._attempts(job, fn, results_dir, max_retries, bar, failures, log)
+                    ok = self._attempts(job, fn, results_dir, max_retries, bar, failures, log)
                 finally:
                     if held is not None:
                         held.release()
+                if ok and landed is not None:
+                    landed(job)
         finally:
             bar.close()
         if elsewhere:
@@ -61,8 +65,8 @@ class LocalExecutor:
         return failures
 
     @staticmethod
-    def _attempts(job, fn, results_dir, max_retries, bar, failures, log) -> None:
-        """Run ``job`` up to ``1 + max_retries`` times; record its last error in ``failures``."""
+    def _attempts(job, fn, results_dir, max_retries, bar, failures, log) -> bool:
+        """Run ``job`` up to ``1 + max_retries`` times; record its last error in ``failures``; True when it finished."""
         for attempt in range(max_retries + 1):
             bar.update(running=1)
             try:
@@ -77,6 +81,7 @@ class LocalExecutor:
                     continue
                 failures[job.name] = err
                 bar.update(done=1, failed=1, running=0)
-            else:
-                bar.update(done=1, running=0)
-            break
+                return False
+            bar.update(done=1, running=0)
+            return True
+        return False

@@ -31,8 +31,10 @@ class RayExecutor:
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
         return True
 
-    def run(self, jobs, *, results_dir: str, max_retries: int, progress: bool = True, log=print, fn=None) -> dict[str, str]:
-        """Run ``jobs`` as Ray tasks; return ``{job name: last error}`` for jobs that failed ``1 + max_retries`` times."""
+    def run(self, jobs, *, results_dir: str, max_retries: int, progress: bool = True, log=print, fn=None, landed=None) -> dict[str, str]:
+        """Run ``jobs`` as Ray tasks; return ``{job name: last error}`` for jobs that failed ``1 + max_retries`` times.
+        ``landed(job)`` (:func:`harness.orchestration.sweep.landed_merge`) is called in the driver after
+        each job that finished."""
         try:
             import ray
         except ImportError:
@@ -73,6 +75,8 @@ class RayExecutor:
                         bar.update(done=1, failed=1)
                     else:
                         bar.update(done=1)
+                        if landed is not None:
+                            landed(job)
                 bar.update(running=len(pending))
         finally:
             bar.close()
