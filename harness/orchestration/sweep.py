@@ -1168,7 +1168,9 @@ def fit_threads(results_dir: str | os.PathLike, *, log=print, cores: int | None 
     1-thread processes finishes its work, the other runs its next block on both cores (on this
     project's 2 cores E-ABS C&W-200 blocks ran 360 s a sample on one thread beside another process
     and 195 s alone, stop 46, and 153 s alone on two threads, stop 47), and a process that starts beside one with all the cores gets its
-    share at that one's next block (until then the cores are oversubscribed, :func:`oversubscribed`)."""
+    share within 30 s: ``run_sweep`` calls this between the defense's forwards too
+    (:func:`harness.engine.eot.between_forwards`; until stop 55 only at that one's next job or block,
+    and the cores were oversubscribed until then, :func:`oversubscribed`)."""
     import torch
 
     from harness.store import claims
@@ -1240,33 +1242,10 @@ def landed_merge(plan: Plan, jobs: list[SweepJob], results_dir: str | os.PathLik
     return landed
 
 
-def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address: str | None = None, max_retries: int = 1, progress: bool = True, log=print,
-              only: tuple[str, ...] | None = None, deadline: float | None = None, threads: int | str | None = None, check_block: int = 0) -> int:
-    """Run every unfinished job of ``plan``, merge, and return the exit status (1 when jobs failed).
-
-    ``only`` (``bench sweep --only``): run just the jobs of these attacks now; the plan still defines
-    what a finished group is, so a group waits for its other attacks before it is merged (unlike a
-    copy of the plan listing fewer attacks, whose merge would call the group finished).
-    ``deadline`` (seconds since the epoch; ``--time-limit`` / ``--deadline``, local executor only):
-    start no job that is not expected to finish by then (:func:`time_gate`), nor a block of the
-    budget check (:func:`check_merged`); a rerun continues with the jobs and blocks left.
-    ``threads`` (``--threads``, local executor only): torch threads of this process, or ``"auto"``:
-    its share of the cores, fitted again before each job and check block (:func:`fit_threads`).
-    ``check_block`` (``--check-block``): samples per block of the budget check (0: the default)."""
+def _sweep_body(plan: Plan, *, results_dir: str, executor: str, address: str | None, max_retries: int, progress: bool, log, only, deadline, pace, check_block: int) -> dict[str, str]:
+    """:func:`run_sweep` after its arguments are checked and its threads set: run, merge, check; returns the failures."""
     from harness.store.provenance import command_line
 
-    if deadline is not None and executor != "local":
-        raise BenchUserError("--time-limit / --deadline work with the local executor only (Ray runs jobs in parallel; bound the cluster allocation instead)")
-    if threads is not None and executor != "local":
-        raise BenchUserError("--threads works with the local executor only (Ray gives each job the CPUs it asks for)")
-    pace = None
-    if threads == "auto":
-        def pace():
-            fit_threads(results_dir, log=log)
-    elif threads is not None:
-        import torch
-
-        torch.set_num_threads(int(threads))
     jobs = expand(plan)
     if only is not None:
         check_only(jobs, only)
@@ -1308,6 +1287,42 @@ def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address:
         # saved the partial file over it: merge the finished group again (its check is kept)
         for path in merge(jobs, results_dir, command=command, configs=configs, check=planned_check(plan)):
             log(f"wrote {path}")
+    return failures
+
+
+def run_sweep(plan: Plan, *, results_dir: str, executor: str = "local", address: str | None = None, max_retries: int = 1, progress: bool = True, log=print,
+              only: tuple[str, ...] | None = None, deadline: float | None = None, threads: int | str | None = None, check_block: int = 0) -> int:
+    """Run every unfinished job of ``plan``, merge, and return the exit status (1 when jobs failed).
+
+    ``only`` (``bench sweep --only``): run just the jobs of these attacks now; the plan still defines
+    what a finished group is, so a group waits for its other attacks before it is merged (unlike a
+    copy of the plan listing fewer attacks, whose merge would call the group finished).
+    ``deadline`` (seconds since the epoch; ``--time-limit`` / ``--deadline``, local executor only):
+    start no job that is not expected to finish by then (:func:`time_gate`), nor a block of the
+    budget check (:func:`check_merged`); a rerun continues with the jobs and blocks left.
+    ``threads`` (``--threads``, local executor only): torch threads of this process, or ``"auto"``:
+    its share of the cores, fitted again before each job and check block (:func:`fit_threads`), and
+    within one every 30 s between the defense's forwards (:func:`harness.engine.eot.between_forwards`).
+    ``check_block`` (``--check-block``): samples per block of the budget check (0: the default)."""
+    if deadline is not None and executor != "local":
+        raise BenchUserError("--time-limit / --deadline work with the local executor only (Ray runs jobs in parallel; bound the cluster allocation instead)")
+    if threads is not None and executor != "local":
+        raise BenchUserError("--threads works with the local executor only (Ray gives each job the CPUs it asks for)")
+    pace = None
+    if threads == "auto":
+        def pace():
+            fit_threads(results_dir, log=log)
+    elif threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    with contextlib.ExitStack() as stack:
+        if pace is not None:  # also during a job: every 30 s between the defense's forwards (a second process may have started)
+            from harness.engine import eot
+
+            stack.enter_context(eot.between_forwards(pace))
+        failures = _sweep_body(plan, results_dir=results_dir, executor=executor, address=address, max_retries=max_retries, progress=progress, log=log,
+                               only=only, deadline=deadline, pace=pace, check_block=check_block)
     if failures:
         log(f"sweep: {len(failures)} job(s) failed after {max_retries} retr{'y' if max_retries == 1 else 'ies'}:")
         for name, err in failures.items():

@@ -1145,6 +1145,56 @@ def test_a_sweep_with_threads_auto_fits_its_threads_before_each_job_and_each_che
         torch.set_num_threads(threads)
 
 
+def test_threads_auto_refits_between_the_defenses_forwards_within_a_job(env, monkeypatch):
+    """A process that took both cores alone gives one back while its job runs, not at its next job:
+    with ``--threads auto`` the sweep fits its threads between the defense's forwards every
+    ``eot.TICK_EVERY_S`` seconds (0 here: at every forward); without it nothing is called there."""
+    import harness.engine.runner as runner
+    from harness.engine import eot
+
+    tmp, plan, _ = env
+    monkeypatch.setattr(eot, "TICK_EVERY_S", 0.0)
+    events: list[str] = []
+    monkeypatch.setattr(sweep, "fit_threads", lambda results_dir, log=print, cores=None: events.append("pace") or 1)
+    real_forward, real_job = eot.EOTModel.forward, sweep.run_job
+    monkeypatch.setattr(eot.EOTModel, "forward", lambda self, x: events.append("forward") or real_forward(self, x))
+    monkeypatch.setattr(sweep, "run_job", lambda job, results_dir: events.append("job") or real_job(job, results_dir))
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(tmp / "res"), progress=False, log=lambda *_: None, threads="auto") == 0
+    first = events.index("job")
+    inside = events[first + 1 : events.index("job", first + 1)]
+    assert inside.count("forward") >= 2 and inside.count("pace") >= inside.count("forward") - 1, inside  # refitted within the job
+    assert eot._tick is None  # the hook is removed when the sweep ends
+    events.clear()
+    assert sweep.run_sweep(sweep.load_plan(plan), results_dir=str(tmp / "res2"), progress=False, log=lambda *_: None) == 0
+    assert "forward" in events and "pace" not in events
+
+
+def test_between_forwards_calls_its_hook_at_most_every_interval_and_only_inside_the_block():
+    import torch
+
+    from defenses.base import Defense
+    from harness.engine import eot
+
+    class Const(Defense):
+        name = "t-const"
+        trainable = False
+
+        def predict(self, x, *, generator=None):
+            return torch.zeros(x.shape[0], 2)
+
+    model = eot.EOTModel(Const(num_classes=2, input_shape=(1, 2, 2), dataset="fmnist"))
+    x = torch.zeros(3, 1, 2, 2)
+    calls = []
+    with eot.between_forwards(lambda: calls.append(1), every_s=0.0):
+        model(x)
+        model(x)
+    assert len(calls) == 2
+    with eot.between_forwards(lambda: calls.append(1), every_s=3600.0):
+        model(x)  # the interval starts when the block is entered: nothing yet
+    model(x)
+    assert len(calls) == 2
+
+
 def test_check_block_on_the_cli_reaches_the_checks_of_the_sweep(env, monkeypatch):
     """`bench sweep --check-block N`: every budget check the sweep runs uses blocks of N samples."""
     import harness.engine.runner as runner
