@@ -22,6 +22,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness import stats
+from harness.errors import BenchUserError
 from benchcore.io import atomic_write
 from threat_models import NORMS
 from harness.engine.saturation import THRESHOLD, attack_drop, headline_drop, progress, so_far
@@ -136,10 +137,29 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
             unfinished = f" (check unfinished: {going}; further blocks can only lower it)" if going else ""
             parts.append(f"budget check: 2x steps and 5 restarts change it by {at_least}{-100 * drop + 0.0:+.1f} points on the first {n_checked} samples, "
                          f"counting a sample robust only if neither budget broke it{unfinished}")
-    note = (t.get("notes") or {}).get(f"{defense}/{row}")
+    note = cell_note((t.get("notes") or {}).get(f"{defense}/{row}"), m.get("checkpoint_sha256"), where=f"{defense}/{row}")
     if note:
         parts.append(note)
     return "; ".join(parts)
+
+
+def cell_note(note, checkpoint_sha256: str | None, *, where: str = "") -> str | None:
+    """The text of a reference file's note on one cell, for a row of the checkpoint ``checkpoint_sha256``.
+
+    A note is a string (true of any checkpoint: a typo in the thesis) or a table
+    ``{text = "...", checkpoint = "<sha256 prefix>"}`` for one that cites a row's measurements: when the
+    row was evaluated on another checkpoint the note is shown as what it is, a measurement of that other
+    model ("measured on checkpoint 79db6305, not this row's 8ac349a1: ..."), not as an explanation of
+    this row. Before stop 55 a rerun on a new checkpoint left the old row's counts in the document
+    (the L2 E-ABS PGD note still spoke of "this 48-epoch checkpoint" under the 200-epoch row)."""
+    if note is None or isinstance(note, str):
+        return note or None
+    if not isinstance(note, dict) or not isinstance(note.get("text"), str) or not isinstance(note.get("checkpoint"), str) or len(note["checkpoint"]) < 8:
+        raise BenchUserError(f"reference note {where!r}: a string or {{text = \"...\", checkpoint = \"<at least 8 hex digits of the checkpoint's sha256>\"}}, got {note!r}")
+    mine = str(checkpoint_sha256 or "")
+    if mine.startswith(note["checkpoint"].lower()):
+        return note["text"]
+    return f"measured on checkpoint {note['checkpoint'][:8]}, not this row's {mine[:8] or 'unknown'} (not yet redone on it): {note['text']}"
 
 
 def within_gap(results: dict, t: dict, defenses: list[str], rows: list[str], gap: float) -> str:
@@ -222,6 +242,9 @@ def render_reproduction(results_dir: str | os.PathLike, thesis_path: str | os.Pa
     (``dataset``: the reference file's ``[report] dataset`` unless given)."""
     thesis = tomllib.loads(Path(thesis_path).read_text(encoding="utf-8"))
     defenses, report = thesis["defenses"], thesis["report"]
+    for norm in (k for k in thesis if k in NORMS):  # a malformed note is an error even where its cell is close to the thesis
+        for where, note in (thesis[norm].get("notes") or {}).items():
+            cell_note(note, None, where=f"[{norm}.notes] {where}")
     dataset = dataset or report["dataset"]
     alpha, gap = float(report.get("alpha", ALPHA)), float(report.get("gap", GAP))
     lines = [

@@ -190,3 +190,37 @@ def test_a_cell_whose_planned_budget_check_has_not_run_says_so(tmp_path):
     data["manifest"]["budget_check_planned"] = {"n": 50, "attacks": ["deepfool"]}  # a check of an attack without a step budget: nothing to wait for
     write_result(tmp_path, data)
     assert "budget check" not in render_reproduction(tmp_path, THESIS)
+
+
+def test_a_note_bound_to_a_checkpoint_is_shown_as_another_models_on_a_row_of_another_checkpoint(tmp_path):
+    """A reference note that cites a row's measurements names its checkpoint; under a row evaluated on
+    another checkpoint (a retrained model) it reads as that other model's, not as this row's explanation."""
+    import pytest
+
+    from harness.errors import BenchUserError
+
+    n = 100
+    data = fake_result("cnn", "fmnist", "linf", bools(91, n), {"pgd": bools(10, n), "deepfool": bools(10, n), "noise": bools(90, n)})
+    sha = data["manifest"]["checkpoint_sha256"]
+    write_result(tmp_path, data)
+    ref = THESIS.read_text(encoding="utf-8")
+    note = '"cnn/deepfool" = { checkpoint = "%s", text = "DeepFool leaves 10 of 100" }'
+    bound = tmp_path / "ref.toml"
+
+    def deepfool_line(checkpoint: str) -> str:
+        lines = [ln for ln in ref.splitlines() if not ln.startswith('"cnn/deepfool"')]
+        at = lines.index("[linf.notes]") + 1
+        bound.write_text("\n".join(lines[:at] + [note % checkpoint] + lines[at:]), encoding="utf-8")
+        text = render_reproduction(tmp_path, bound).split("## L2")[0]
+        return next(line for line in text.splitlines() if line.startswith("- CNN / DeepFool"))
+
+    same = deepfool_line(sha[:8])
+    assert same.endswith("; DeepFool leaves 10 of 100.") and "measured on checkpoint" not in same
+    other = deepfool_line("0123abcd")
+    assert f"measured on checkpoint 0123abcd, not this row's {sha[:8]} (not yet redone on it): DeepFool leaves 10 of 100" in other
+    # a plain string applies to any checkpoint; a malformed table is a user error even where its cell is close
+    lines = [ln for ln in ref.splitlines() if not ln.startswith('"cnn/deepfool"')]
+    at = lines.index("[linf.notes]") + 1
+    bound.write_text("\n".join(lines[:at] + ['"cnn/pgd" = { text = "no checkpoint" }'] + lines[at:]), encoding="utf-8")
+    with pytest.raises(BenchUserError, match=r"reference note '\[linf.notes\] cnn/pgd'"):
+        render_reproduction(tmp_path, bound)
