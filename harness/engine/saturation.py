@@ -89,6 +89,7 @@ import torch
 
 from benchcore.errors import BenchUserError
 from harness.attacks import get_attack
+from harness.engine import threads
 from threat_models import AttackSpec
 
 DEFAULT_N = 100
@@ -272,9 +273,10 @@ def run(ctx, data: dict, *, n: int = DEFAULT_N, save=None, log=None, deadline: f
                         pace()
                     if count and out_of_time(count, f"block {bi + 1} of {len(plan)} of restart {k + 1}"):
                         raise _OutOfTime(final=deadline is not None and clock() >= deadline)
+                    span = threads.mark()
                     run_b = attack(bctx, bjob or one, recs, b0)
-                    if count:
-                        rate, rate_threads = run_b.entry["wall_time_s"] / count, torch.get_num_threads()
+                    if count:  # the threads it ran on: --threads auto may change them during the block
+                        rate, rate_threads = run_b.entry["wall_time_s"] / count, threads.recorded(span)
                     standing -= {r["index"] for r, o in zip(hrecs, run_b.outcomes) if not o["correct"]}
                     wall += run_b.entry["wall_time_s"]
                     digests = [*digests, run_b.candidates_sha256]
@@ -497,7 +499,7 @@ def on_threads(rate: float, then, now: int | None = None) -> float:
     contention, so the ideal scaling is not the optimistic bound it looks: that block's 388 s a sample
     scale to 194 s on two threads, and block 2 then ran 153 s a sample on two threads alone."""
     now = torch.get_num_threads() if now is None else now
-    if isinstance(then, int) and not isinstance(then, bool) and then > 0 and now > 0:
+    if isinstance(then, (int, float)) and not isinstance(then, bool) and then > 0 and now > 0:  # a float: a time-weighted mean (harness.engine.threads)
         return float(rate) * then / now
     return float(rate)
 

@@ -382,6 +382,8 @@ def _shard_rates(results_dir: str | os.PathLike, *, here: tuple[str, int | None]
             units = (spec_cost(entry["spec"], randomized=bool(man.get("randomized"))) if "spec" in entry else attack_cost(attack)) + CLEAN_COST
             created = str(man.get("created") or "")
             kind, threads = _device_of(man.get("device"))
+            if kind == "cpu" and isinstance(man.get("threads_mean"), (int, float)) and man["threads_mean"] > 0:
+                threads = man["threads_mean"]  # the time-weighted threads of a job whose count changed while it ran
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
         if here is not None and kind is not None:  # a shard that names no single device is taken as it is
@@ -620,6 +622,9 @@ def run_job(job: SweepJob, results_dir: str) -> str:
     ``bench run`` (:mod:`harness.engine.runner`) and write its partial file."""
     from harness.engine.runner import Evaluation, attack, clean_pass, model_trust, prepare
 
+    from harness.engine import threads
+
+    start = threads.mark()
     ctx = prepare(_cfg(job, attacks=None), log=lambda *_: None)
     todo = [] if job.attack == CLEAN_KEY else [a for a in ctx.jobs if a.key == job.attack]
     if job.attack != CLEAN_KEY and not todo:
@@ -632,6 +637,9 @@ def run_job(job: SweepJob, results_dir: str) -> str:
         ev.add(attack(ctx, a, ev.records, job.start))
     if job.start == 0:  # the trust checks of `bench run` on the defense, on the same first block
         ev.manifest["model_warnings"], ev.manifest["gradient_check"] = model_trust(ctx)
+    mean = threads.recorded(start)
+    if mean != start[1]:  # --threads auto changed them while the job ran: its device names the count it started with
+        ev.manifest["threads_mean"] = mean
     path = job.partial_path(results_dir)
     atomic_write_json(path, {"job": asdict(job), "job_hash": job.spec_hash, "manifest": ev.manifest, "records": ev.records})
     _test_hooks(job)
@@ -1180,7 +1188,9 @@ def fit_threads(results_dir: str | os.PathLike, *, log=print, cores: int | None 
     want = max(1, cores // (1 + len(others)))
     have = torch.get_num_threads()
     if want != have:
-        torch.set_num_threads(want)
+        from harness.engine import threads as _threads
+
+        _threads.set_threads(want)
         log(f"sweep: {want} torch thread(s) (was {have}): {len(others)} other sweep process(es) on this host work on {results_dir}; {cores} cores")
     return want
 

@@ -862,6 +862,10 @@ def test_time_gate_prices_a_job_from_shards_of_its_kind_of_device_scaled_to_its_
     assert len(everything[key]) == 2 and len(cores[key]) == 1 and cores[key][0] == max(everything[key])
     finish(jobs[("fgm", 1)], 300.0, "2026-01-02T00:00:00Z", "cpu:x86_64:2 threads")
     assert sweep._shard_rates(tmp_path, here=sweep.CORE)[key][0] == 2 * cores[key][0]
+    # a job that started on 2 threads and ran most of its time on 1 (--threads auto beside a second process)
+    p = jobs[("fgm", 1)].partial_path(tmp_path)
+    p.write_text(json.dumps(json.loads(p.read_text()) | {"manifest": json.loads(p.read_text())["manifest"] | {"threads_mean": 1.25}}))
+    assert sweep._shard_rates(tmp_path, here=sweep.CORE)[key][0] == pytest.approx(1.25 * cores[key][0])
     finish(jobs[("fgm", 1)], 300.0, "2026-01-02T00:00:00Z", "cpu:x86_64:1 threads")
     threads = torch.get_num_threads()
     try:
@@ -875,6 +879,63 @@ def test_time_gate_prices_a_job_from_shards_of_its_kind_of_device_scaled_to_its_
         assert "estimated at 3 min" in (gate(jobs[("pgd", 1)]) or "") and "scaled to 2 thread(s)" in gate(jobs[("pgd", 1)])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_threads_mean_weights_each_thread_count_by_the_time_it_ran():
+    import torch
+
+    from harness.engine import threads
+
+    now = [100.0]
+    clock = lambda: now[0]  # noqa: E731
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        start = threads.mark(clock=clock)
+        assert start == (100.0, 2) and threads.mean_since(start, clock=clock) == 2.0  # no time has passed
+        now[0] = 110.0
+        threads.set_threads(1, clock=clock)  # 10 s on 2 threads, then 30 s on 1
+        now[0] = 140.0
+        assert threads.mean_since(start, clock=clock) == pytest.approx(50 / 40)
+        assert threads.recorded(start, clock=clock) == 1.25
+        later = threads.mark(clock=clock)  # a span that began after the change: 1 thread throughout
+        now[0] = 200.0
+        assert threads.recorded(later, clock=clock) == 1 and isinstance(threads.recorded(later, clock=clock), int)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_job_whose_threads_change_while_it_runs_records_their_time_weighted_mean(env, monkeypatch):
+    """The shard's device names the threads the job started with; ``threads_mean`` what it ran on."""
+    import torch
+
+    import harness.engine.runner as runner
+    from harness.engine import threads
+
+    tmp, plan, _ = env
+    real = runner.attack
+    calls = []
+
+    def attack_then_drop(*a, **k):
+        out = real(*a, **k)
+        if not calls:  # after the first attack (a little time on 1 thread), the rest on 2
+            threads.set_threads(2)
+            time.sleep(0.3)
+        calls.append(1)
+        return out
+
+    monkeypatch.setattr(runner, "attack", attack_then_drop)
+    job = next(j for j in sweep.expand(sweep.load_plan(plan)) if j.attack == "fgm")
+    try:
+        sweep.run_job(job, str(tmp / "res"))
+    finally:
+        torch.set_num_threads(1)
+    man = json.loads(job.partial_path(tmp / "res").read_text())["manifest"]
+    assert man["device"].endswith(":1 threads") and 1.0 < man["threads_mean"] < 2.0
+    # a job whose threads did not change records none
+    other = next(j for j in sweep.expand(sweep.load_plan(plan)) if j.attack == "pgd")
+    sweep.run_job(other, str(tmp / "res"))
+    assert "threads_mean" not in json.loads(other.partial_path(tmp / "res").read_text())["manifest"]
 
 
 def test_time_limit_bad_values_and_ray_are_user_errors(env, capsys):
