@@ -790,6 +790,15 @@ def _merged_data(gjobs: list[SweepJob], results_dir: str | os.PathLike, raw: dic
     mixed = sorted({c for p in parts.values() for c in config_changes(first.get("defense_config") or {}, p["manifest"].get("defense_config") or {})})
     if mixed:
         raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files evaluated the defense with different settings ({'; '.join(mixed)}); rerun the sweep (it redoes the shards of other settings than today's)")
+    data_sums = {(p["manifest"].get("data") or {}).get("checksum") for p in parts.values()}
+    if len(data_sums) > 1:
+        raise BenchUserError(f"{dataset}/{norm}/{variant}: shard files evaluated different data files (checksums "
+                             f"{', '.join(sorted(str(c)[:12] for c in data_sums))}); delete {Path(results_dir) / '.shards'} (or that part of it) and rerun on one copy of the data")
+    data_sources = sorted({str(p["manifest"]["data"]["source"]) for p in parts.values() if (p["manifest"].get("data") or {}).get("source")})
+    if len(data_sources) > 1 and manifest.get("data"):
+        # the same files (checksums agree) read from several places: name them all, not whichever
+        # shard happens to come first (which changes as a partial merge gains attacks)
+        manifest["data"] = dict(manifest["data"], source=" + ".join(data_sources))
     records = []
     clean_wall = 0.0
     for s in shards:
@@ -871,11 +880,12 @@ def _same_clean_pass(a: list[dict], b: list[dict]) -> bool:
 
 def _shard_sources(manifests: dict[tuple[str, int], dict], names: dict[tuple[str, int], str]) -> list[dict]:
     """Who wrote the shard files of one merge: one entry per distinct (commit, device, package
-    versions), with the shards (``attack/shard-i-of-S``) it wrote."""
+    versions, data source), with the shards (``attack/shard-i-of-S``) it wrote."""
     out: dict[str, dict] = {}
     for key in sorted(manifests):
         m = manifests[key]
-        src = {"commit": m.get("commit", "unknown"), "device": m.get("device", "unknown"), "versions": m.get("versions") or {}}
+        src = {"commit": m.get("commit", "unknown"), "device": m.get("device", "unknown"), "versions": m.get("versions") or {},
+               "data_source": (m.get("data") or {}).get("source", "unknown")}
         out.setdefault(json.dumps(src, sort_keys=True), dict(src, shards=[]))["shards"].append(f"{key[0]}/{names[key]}")
     return list(out.values())
 

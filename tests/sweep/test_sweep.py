@@ -673,6 +673,33 @@ def test_a_merge_of_shards_from_several_commits_or_machines_records_each_source(
     assert _merged(out)["records"] == _reference(tmp / "ref-sources")["records"]
 
 
+def test_a_merge_names_every_data_source_and_refuses_shards_of_different_data(env, capsys):
+    """Shards that read the same data files from two places merge, and ``data.source`` names both
+    (whichever shard comes first no longer decides it); shards of different data files are refused."""
+    tmp, plan, _ = env
+    out = tmp / "res-data"
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 0
+    first = _merged(out)["manifest"]["data"]
+    shard = next(p for p in data_files(out / ".shards", "**/*.json") if "/fgm/" in p.as_posix() and "shard-1-of-2" in p.name)
+    data = json.loads(shard.read_text())
+    data["manifest"]["data"]["source"] = "/elsewhere/fashion-mnist"
+    shard.write_text(json.dumps(data))
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 0
+    man = _merged(out)["manifest"]
+    assert man["data"]["source"] == " + ".join(sorted([str(first["source"]), "/elsewhere/fashion-mnist"]))
+    assert man["data"]["checksum"] == first["checksum"]
+    by_source = {s["data_source"]: s["shards"] for s in man["shard_sources"]}
+    assert by_source["/elsewhere/fashion-mnist"] == ["fgm/shard-1-of-2"] and "fgm/shard-0-of-2" in by_source[first["source"]]
+    data["manifest"]["data"]["checksum"] = "0" * 64
+    shard.write_text(json.dumps(data))
+    before = (out / "fmnist").exists() and sorted(p.read_bytes() for p in data_files(out / "fmnist", "**/*.json"))
+    capsys.readouterr()
+    assert main(["sweep", str(plan), "--results-dir", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "different data files" in err and "Traceback" not in err
+    assert sorted(p.read_bytes() for p in data_files(out / "fmnist", "**/*.json")) == before  # the merged file is kept
+
+
 def test_merge_tolerates_float_jitter_of_the_clean_pass_but_not_other_verdicts(env, capsys):
     """Two jobs of one shard that score the same clean verdicts but round a float diagnostic of the
     clean pass differently (E-ABS's certified_l2 at another thread count) merge, keeping the first
