@@ -416,7 +416,12 @@ class Evaluation:
             old["manifest"]["earlier_commands"] = [*earlier, before]
         loaded = _content(old)
         wrote_on, wrote_with = old["manifest"].get("device"), old["manifest"].get("versions")
+        read_from = (old["manifest"].get("data") or {}).get("source")
         old["manifest"].update({k: v for k, v in ctx.manifest.items() if k != "attacks"})
+        data = old["manifest"].get("data") or {}
+        if read_from and data.get("source") and data["source"] not in read_from.split(" + "):
+            # the same files (checksums agree, see _check_same_evaluation) read from another place: name both
+            old["manifest"]["data"] = dict(data, source=" + ".join(sorted({*read_from.split(" + "), data["source"]})))
         if wrote_on and wrote_on != old["manifest"].get("device"):  # the file's earlier attacks ran elsewhere: name every device
             old["manifest"]["device"] = " + ".join(dict.fromkeys([*wrote_on.split(" + "), old["manifest"]["device"]]))
         if wrote_with and wrote_with != old["manifest"].get("versions"):
@@ -508,6 +513,12 @@ def _check_same_evaluation(path: Path, old: dict, ctx: EvalContext, manifest: di
         raise BenchUserError(
             f"{path} holds a different evaluation (n={om.get('n')}, seed={om.get('seed')}, eps={om.get('eps')}, or another checkpoint); "
             "pass --fresh to overwrite it or --results-dir to write elsewhere"
+        )
+    was, now = (om.get("data") or {}).get("checksum"), (manifest.get("data") or {}).get("checksum")
+    if was and now and was != now:
+        raise BenchUserError(
+            f"{path} was computed on other data files (checksum {was[:12]}, this run's {now[:12]}): its attacks would not be on these "
+            "images; point the run at the same copy of the data, or pass --fresh / --results-dir"
         )
     changed = config_changes(om.get("defense_config") or {}, manifest.get("defense_config") or {})
     if changed:

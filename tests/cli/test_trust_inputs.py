@@ -76,6 +76,28 @@ def test_manifest_and_card_record_data_provenance(trained):
     assert card["data_provenance"]["checksum_verified"] is False and card["data_provenance"]["split"] == "train"
 
 
+def test_a_file_of_other_data_files_is_refused_and_another_copy_of_the_same_is_named(trained):
+    """Resuming a result file checks the data's content checksum: other images are refused (nothing
+    mixed in); the same files read from another place resume, and ``data.source`` names both."""
+    out = trained / "r"
+    args = ["run", "--defense", "cnn", "--norm", "linf", "--n", "10", "--results-dir", str(out), "--quiet", "--suite", "quick"]
+    assert run_bench(*args, "--attacks", "fgm").returncode == 0
+    path = out / "fmnist" / "linf" / "cnn.json"
+    data = json.loads(path.read_text())
+    here = data["manifest"]["data"]["source"]
+    data["manifest"]["data"]["source"] = "/elsewhere/fmnist"  # as if the file was begun on a machine with another copy
+    path.write_text(json.dumps(data))
+    assert run_bench(*args, "--attacks", "fgm,pgd").returncode == 0
+    resumed = json.loads(path.read_text())["manifest"]
+    assert set(resumed["attacks"]) == {"fgm", "pgd"} and resumed["data"]["source"] == " + ".join(sorted([here, "/elsewhere/fmnist"]))
+    data = json.loads(path.read_text())
+    data["manifest"]["data"]["checksum"] = "0" * 64
+    path.write_text(json.dumps(data))
+    before = path.read_text()
+    _one_error_line(run_bench(*args, "--attacks", "fgm,pgd,deepfool"), "other data files")
+    assert path.read_text() == before
+
+
 def test_results_dir_that_is_a_file_or_unwritable(trained):
     f = trained / "afile"
     f.write_text("x")
