@@ -103,7 +103,8 @@ def _deadline(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HH:MM (today) or an ISO date-time like 2026-12-03T17:30, got {text!r}") from None
     if when <= now:
-        raise argparse.ArgumentTypeError(f"{text!r} is already past (now {now:%Y-%m-%d %H:%M})")
+        tomorrow = f"; for that time tomorrow give the date: {when + dt.timedelta(days=1):%Y-%m-%dT%H:%M}" if when.date() == now.date() and "-" not in text else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is already past (now {now:%Y-%m-%d %H:%M}){tomorrow}")
     return when.timestamp()
 
 

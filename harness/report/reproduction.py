@@ -119,9 +119,17 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
     check = (m.get("budget_check") or {}).get("attacks", {}).get(row)
     planned = m.get("budget_check_planned")
     left = saturation_pending(data, int(planned["n"]), planned.get("attacks")) if isinstance(planned, dict) and planned.get("n") else {}
-    if left and not check and (row == "all" or row in left):  # the verdict reads "budget check pending" too
-        what = f"of {', '.join(attack_label(a) for a in left)} " if row == "all" else ""
-        parts.append(f"budget check {what}pending: the sweep plan's check (2x steps, 5 restarts, first {planned['n']} samples) has not run yet")
+    if row == "all":  # an attack whose check has started is "unfinished" (the headline above names it), not "pending"
+        unstarted = [a for a, e in left.items() if not e]
+        started = [a for a, e in left.items() if e]
+        if unstarted:
+            parts.append(f"budget check of {', '.join(attack_label(a) for a in unstarted)} pending: the sweep plan's check "
+                         f"(2x steps, 5 restarts, first {planned['n']} samples) has not run yet")
+        if started and headline_drop(data) is None:
+            going = ", ".join(f"{attack_label(a)} ({progress(left[a]) or 'started'})" for a in started)
+            parts.append(f"budget check of {going} unfinished: its further blocks can only lower All")
+    elif left and not check and row in left:  # the verdict reads "budget check pending" too
+        parts.append(f"budget check pending: the sweep plan's check (2x steps, 5 restarts, first {planned['n']} samples) has not run yet")
     if check:
         first = so_far(data.get("records") or [], check, row)
         if first is not None:  # restart 1 still running: its finished blocks only (the entry's own figures count unattacked samples as standing)

@@ -192,6 +192,29 @@ def test_a_cell_whose_planned_budget_check_has_not_run_says_so(tmp_path):
     assert "budget check" not in render_reproduction(tmp_path, THESIS)
 
 
+def test_the_all_cell_calls_a_started_check_unfinished_not_pending(tmp_path):
+    """Stop 65: with the C&W check two blocks into restart 1 and no worst-case figure yet, the All
+    cell said the check "has not run yet". A started check is unfinished (how far it got); an
+    attack whose check has not started is still pending."""
+    from harness.engine.saturation import FACTOR, RESTARTS, _doubled_of
+
+    n = 100
+    data = fake_result("adv-linf", "fmnist", "linf", bools(89, n), {"pgd": bools(20, n), "deepfool": bools(64, n), "noise": bools(88, n)})
+    data["manifest"]["budget_check_planned"] = {"n": 50, "attacks": ["pgd", "deepfool"]}
+    for name in ("pgd", "deepfool"):  # both with a step budget the check doubles
+        data["manifest"]["attacks"][name].update(spec={"name": name, "params": {"steps": 80}, "restarts": 1}, eps=0.1)
+    h2 = _doubled_of(data["manifest"]["attacks"]["pgd"])[1]
+    assert h2 is not None
+    data["manifest"]["budget_check"] = {"n": 50, "factor": FACTOR, "restarts": RESTARTS, "attacks": {"pgd": {
+        "of": "h-pgd", "spec_hash": h2, "acc": 0.2, "acc_doubled": 0.2, "delta": 0.0, "restarts": RESTARTS,
+        "restarts_done": 0, "blocks_done": 2, "block_size": 10, "robust_doubled": []}}}
+    write_result(tmp_path, data)
+    all_line = next(line for line in render_reproduction(tmp_path, THESIS).split("## L2")[0].splitlines() if line.startswith("- Adv-L∞ / All"))
+    assert "budget check of PGD (2 blocks of restart 1 of 5 done) unfinished: its further blocks can only lower All" in all_line, all_line
+    assert "budget check of DeepFool pending: the sweep plan's check (2x steps, 5 restarts, first 50 samples) has not run yet" in all_line, all_line
+    assert "PGD pending" not in all_line and "of PGD, DeepFool pending" not in all_line
+
+
 def test_a_note_bound_to_a_checkpoint_is_shown_as_another_models_on_a_row_of_another_checkpoint(tmp_path):
     """A reference note that cites a row's measurements names its checkpoint; under a row evaluated on
     another checkpoint (a retrained model) it reads as that other model's, not as this row's explanation."""

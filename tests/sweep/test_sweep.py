@@ -969,10 +969,15 @@ def test_time_limit_bad_values_and_ray_are_user_errors(env, capsys):
     tmp, plan, _ = env
     for args, msg in ((["--time-limit", "soon"], "expected a duration like 2h30m"), (["--time-limit", "0"], "must be positive"),
                       (["--deadline", "2020-01-01T00:00"], "already past"), (["--deadline", "25:00"], "expected HH:MM"),
+                      (["--deadline", "00:00"], "already past"),  # HH:MM is today's: a time after midnight needs its date, and the error gives it
                       (["--time-limit", "1h", "--executor", "ray"], "local executor only")):
         assert main(["sweep", str(plan), "--results-dir", str(tmp / "res"), "--quiet", *args]) == 2
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err
+        assert ("tomorrow" in err) == (args == ["--deadline", "00:00"]), err
+        if args == ["--deadline", "00:00"]:
+            import datetime as dt
+            assert f"for that time tomorrow give the date: {dt.date.today() + dt.timedelta(days=1)}T00:00" in err, err
     assert not (tmp / "res").exists()
 
 
