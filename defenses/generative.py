@@ -66,6 +66,37 @@ VARIATIONAL_MEAN_LR = 0.01
 CANDIDATE_SEED = 20210601  # the random candidate latents are a fixed function of the model, not of the run
 
 
+def draw_generators(generator: torch.Generator | None, draws: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per EOT draw, seeded in order from ``generator`` (torch's global generator when
+    None), so a draw's randomness does not depend on which thread runs it or when: the draws of a
+    seeded call are the same on one thread or several."""
+    seeds = torch.randint(0, 2**62, (draws,), generator=generator).tolist()
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def draws_in_parallel(fns: list, *, threads: int) -> list:
+    """``[f() for f in fns]``, spread over up to ``threads`` Python threads of one torch thread each.
+
+    An inference-time optimisation at CPU batch sizes is bound by its many small operators, which
+    torch's intra-op threads hardly split: E-ABS, 10 samples x 4 EOT draws, 2 idle cores
+    (stop 66): 10.3 s on one torch thread, 7.3 s on two, 4.8 s with the draws on two Python threads
+    of one torch thread each (``benchmarks/abs_inference.py`` prints the same comparison). Each call
+    runs on its own generator (:func:`draw_generators`), so the results do not depend on the
+    threads. ``torch.set_num_threads`` is process-wide: it is 1 while the draws run and restored after."""
+    n = min(int(threads), len(fns))
+    if n <= 1:
+        return [f() for f in fns]
+    from concurrent.futures import ThreadPoolExecutor
+
+    was = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="eot-draw") as pool:
+            return list(pool.map(lambda f: f(), fns))
+    finally:
+        torch.set_num_threads(was)
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """Inference-time optimisation (thesis section 2.2 "Variational Inference")."""
@@ -280,10 +311,15 @@ class GenerativeClassifier(Defense):
                 enc_loss = self._loss(x.detach(), self._decode_eval(mu_e), mu_e, mu_e, lv_e)
                 use = (enc_loss < best)[..., None]
                 mu0, lv0 = torch.where(use, mu_e, mu0), torch.where(use, lv_e, lv0)
-        # EOT draws: one batched optimisation on a GPU; on a CPU the draws run one after another
-        # (still sharing the matching above): measured 1.6x faster than a 5x larger batch on 2 cores
-        chunk = draws if x.device.type == "cuda" else 1
-        parts = [self._optimise(x.detach(), mu0, lv0, min(chunk, draws - d), generator) for d in range(0, draws, chunk)]
+        # EOT draws: one batched optimisation on a GPU; on a CPU one optimisation per draw (still
+        # sharing the matching above: measured 1.6x faster than a 5x larger batch on 2 cores), the
+        # draws spread over the torch threads (:func:`draws_in_parallel`)
+        if x.device.type == "cuda" or draws == 1:
+            parts = [self._optimise(x.detach(), mu0, lv0, draws, generator)]
+        else:
+            gens = draw_generators(generator, draws, x.device) if self.variational else [None] * draws
+            parts = draws_in_parallel([lambda g=g: self._optimise(x.detach(), mu0, lv0, 1, g) for g in gens],
+                                      threads=1 if self.training else torch.get_num_threads())
         loss, recon, z = (torch.cat(t) for t in zip(*parts))
         return {"loss": loss.view(draws, b, k), "recon": recon.view(draws, b, k, *self.input_shape), "z": z.view(draws, b, k, -1)}
 

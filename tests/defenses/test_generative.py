@@ -89,6 +89,39 @@ def test_eabs_is_randomized_abs_is_not_and_draws_share_matching():
     torch.testing.assert_close(a.predict(x), a.predict(x))
 
 
+def test_eot_draws_on_several_threads_equal_the_draws_on_one(monkeypatch):
+    """On a CPU the EOT draws of a seeded call run on the torch threads (one Python thread each):
+    every draw has its own generator, so the scores are those of the same call on one thread, the
+    draws differ from each other, and the process's torch threads are restored afterwards."""
+    import threading
+
+    from defenses import generative
+
+    e = build_defense("eabs", "fmnist", steps=3, candidates=20).eval()
+    x = torch.rand(3, 1, 28, 28)
+    was = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = e.predict_draws(x, draws=4, generator=torch.Generator().manual_seed(7))
+        torch.set_num_threads(2)
+        seen = set()
+        real = generative.GenerativeClassifier._optimise
+
+        def spy(self, *a, **k):
+            seen.add(threading.current_thread().name.split("_")[0])
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(generative.GenerativeClassifier, "_optimise", spy)
+        two = e.predict_draws(x, draws=4, generator=torch.Generator().manual_seed(7))
+        assert seen == {"eot-draw"}, seen  # the draws ran on the pool's threads
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(was)
+    torch.testing.assert_close(one, two, rtol=0, atol=0)
+    assert not torch.allclose(one[0], one[1])  # separate randomness per draw
+    assert generative.draws_in_parallel([lambda i=i: i * i for i in range(5)], threads=2) == [0, 1, 4, 9, 16]
+
+
 def test_certified_radius_nonnegative_and_zero_when_wrong():
     m = _small("abs").eval()
     x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(3))
