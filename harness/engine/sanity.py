@@ -175,7 +175,7 @@ def outcome_checks(data: dict, *, margin: float = MARGIN) -> list[str]:
         drop, so_far = attack_drop(e, check.get("n")), progress(e)
         # an unfinished check already past the threshold: its further blocks can only break more
         warnings.append(f"{key}: budget not saturated: {e.get('budget_doubled')} breaks samples that {e.get('budget')} left robust: accuracy "
-                        f"{float(e['acc']):.1%} -> {'at most ' if so_far else ''}{float(e['acc']) - drop:.1%} counting both on the first {check.get('n')} samples"
+                        f"{float(e['acc']):.1%} -> {'at most ' if so_far or e.get('narrowed_from') else ''}{float(e['acc']) - drop:.1%} counting both on the first {check.get('n')} samples"
                         + (f" (check unfinished: {so_far})" if so_far else ""))
     drop = headline_drop(data)
     if drop is not None and drop > float(check.get("threshold", 0.02)):

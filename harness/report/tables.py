@@ -242,6 +242,8 @@ def render_saturation(results: dict[str, dict], *, fmt: str = "github") -> str:
                 doubled += f" (deterministic: stopped after {e['restarts_run']} restart(s), a further seed proposed the same candidates)"
             elif "restarts_run" in e:
                 doubled += f" (deterministic: stopped after {e['restarts_run']} restarts, the last two identical)"
+            if e.get("narrowed_from"):
+                doubled += f" (restarts {e['narrowed_from']}+ only on samples every other attack leaves robust: change at least this)"
             # while the first restart runs: the figures of the samples it has attacked
             so = so_far(data.get("records") or [], e, key)
             if so:

@@ -800,3 +800,66 @@ def test_a_randomized_defenses_restart_1_attacks_only_the_suite_robust_samples_p
     resumed = data | {"manifest": data["manifest"] | {"budget_check": saved[-1]}}
     saturation.run(ctx, resumed, n=40)
     assert calls[0][:2] == ("restart0", "block1")
+
+
+def test_once_an_attack_is_decided_unsaturated_later_restarts_attack_only_samples_every_other_attack_leaves_robust(trained, monkeypatch):
+    """Stop 66: E-ABS L2's C&W check broke 5 more samples in restart 1 (drop 10 points, verdict
+    decided), and its restarts 2-5 would have re-attacked 26 samples of which only 12 survive the
+    other attacks. Once a restart ends above the threshold, the further restarts attack only the
+    standing samples every other attack leaves robust (the only ones that can change All); the entry
+    says so (``narrowed_from``, a note), the table and the verdict read its drop as a lower bound, and
+    the sweep's estimate prices only those samples."""
+    import dataclasses
+
+    import harness.engine.runner as runner
+    from harness.engine import saturation
+    from harness.engine.runner import prepare
+    from harness.engine.saturation import next_block_s, robust_elsewhere
+
+    (trained / "suite.toml").write_text(SUITE.replace("random_start = false", "random_start = true"), encoding="utf-8")
+    cfg = RunConfig(defense="cnn", dataset="fmnist", norm="linf", suite=str(trained / "suite.toml"), n=40, eps=0.25, attacks=("pgd", "deepfool"),
+                    batch_size=4, results_dir=str(trained / "narrow"), progress=False, train_if_missing=False)
+    data = load_result(evaluate(cfg, log=lambda *_: None))
+    ctx = prepare(cfg, log=lambda *_: None)
+    ctx = dataclasses.replace(ctx, jobs=[j for j in ctx.jobs if j.key == "pgd"])  # check PGD only
+    head = data["records"][:40]
+    robust = sorted(r["index"] for r in head if r["attacks"]["pgd"]["correct"])
+    assert len(robust) >= 10
+    first_breaks, df_breaks = set(robust[:3]), set(robust[3:7])  # restart 1 breaks 3 (7.5 points); DeepFool "breaks" 4 others
+    # DeepFool's record (forced): robust on every clean-correct sample but those 4
+    data["records"] = [r | {"attacks": r["attacks"] | {"deepfool": r["attacks"]["deepfool"] | {"correct": bool(r["clean_correct"]) and r["index"] not in df_breaks}}}
+                       for r in data["records"]]
+    head = data["records"][:40]
+    elsewhere = robust_elsewhere(head, {}, "pgd")
+    assert not elsewhere & df_breaks and set(robust) - df_breaks <= elsewhere
+    real, attacked = runner.attack, {}
+
+    def spy(c, job, clean, start=0):
+        run = real(c, job, clean, start)
+        if "seed probe" in job.key:
+            return run
+        k = int(_restart_of(job.hash)[len("restart"):])
+        ids = [c.ids[start + j] for j in range(len(clean))]
+        attacked.setdefault(k, set()).update(i for i, r in zip(ids, clean) if r["clean_correct"])
+        outs = [o | {"correct": not (k == 0 and i in first_breaks) and bool(r["clean_correct"])} for i, r, o in zip(ids, clean, run.outcomes)]
+        return dataclasses.replace(run, outcomes=outs)
+
+    monkeypatch.setattr(runner, "attack", spy)
+    saved = []
+    e = saturation.run(ctx, data, n=40, save=lambda entry: saved.append(json.loads(json.dumps(entry))))["attacks"]["pgd"]
+    assert attacked[0] >= set(robust)  # restart 1: every (clean-correct) sample
+    for k in range(1, RESTARTS):  # restarts 2-5: the standing samples DeepFool leaves robust, no others
+        assert attacked[k] == (set(robust) - first_breaks) & elsewhere, (k, attacked[k])
+    assert e["narrowed_from"] == 2 and "restarts 2-5 attacked only the samples every other attack left robust" in e["note"]
+    assert e["saturated"] is False and sorted(e["found_more"]) == sorted(first_breaks) and e["acc_doubled_bound"] is True
+    # the sweep's estimate of restart 2, from the entry saved after restart 1: only the narrowed samples
+    after_1 = next(s["attacks"]["pgd"] for s in saved if s["attacks"]["pgd"].get("restarts_done") == 1)
+    rate_data = data | {"manifest": data["manifest"] | {"randomized": False}}
+    count = len((set(robust) - first_breaks) & elsewhere)
+    assert next_block_s(rate_data, "pgd", after_1 | {"sample_s": 1.0, "blocks_done": 1}, n=40) is not None
+    assert next_block_s(rate_data, "pgd", after_1 | {"sample_s": 1.0, "blocks_done": 0}, n=40) == min(count, 2 * saturation.PROBE)  # a deterministic defense probes first
+    assert next_block_s(rate_data | {"manifest": rate_data["manifest"] | {"randomized": True}}, "pgd", after_1 | {"sample_s": 1.0, "blocks_done": 0}, n=40, block=4) == saturation.pack(count, 4)[0]
+    checked = data | {"manifest": data["manifest"] | {"budget_check": {"n": 40, "threshold": 0.02, "attacks": {"pgd": e}}}}
+    table = render_saturation({"cnn": checked})
+    assert "restarts 2+ only on samples every other attack leaves robust" in table
+    assert any("at most" in w and "pgd: budget not saturated" in w for w in verdict(checked).warnings), verdict(checked)
