@@ -105,6 +105,29 @@ def _restart_of(job_hash: str) -> str:
     return next(t for t in job_hash.split(":") if t.startswith("restart"))
 
 
+def _spy_restarts(monkeypatch, outcome) -> dict:
+    """Wrap the runner's ``attack`` for a check: returns restart number -> the samples its blocks
+    attacked (clean-correct in the records passed), filled as the check runs; ``outcome(k, index,
+    clean_record, outcome)`` replaces each verified outcome of restart ``k`` (seed probes are left as they are)."""
+    import dataclasses
+
+    import harness.engine.runner as runner
+
+    real, attacked = runner.attack, {}
+
+    def spy(c, job, clean, start=0):
+        run = real(c, job, clean, start)
+        if "seed probe" in job.key:
+            return run
+        k = int(_restart_of(job.hash)[len("restart"):])
+        ids = [c.ids[start + j] for j in range(len(clean))]
+        attacked.setdefault(k, set()).update(i for i, r in zip(ids, clean) if r["clean_correct"])
+        return dataclasses.replace(run, outcomes=[outcome(k, i, r, o) for i, r, o in zip(ids, clean, run.outcomes)])
+
+    monkeypatch.setattr(runner, "attack", spy)
+    return attacked
+
+
 def test_an_interrupted_check_resumes_at_its_next_restart_and_ends_as_an_uninterrupted_one(trained, monkeypatch):
     import harness.engine.runner as runner
 
@@ -650,9 +673,6 @@ def test_later_restarts_skip_samples_the_suites_budget_broke_and_say_the_alone_f
     suite broke that restart 1 missed (a randomized defense's fresh draws; forced here) is not
     attacked again, the entry says its ``acc_doubled`` is an upper bound and the table prints "≤";
     once every suite-robust sample is broken the check ends, whatever else stands."""
-    import dataclasses
-
-    import harness.engine.runner as runner
     from harness.engine import saturation
     from harness.engine.runner import prepare
 
@@ -668,26 +688,13 @@ def test_later_restarts_skip_samples_the_suites_budget_broke_and_say_the_alone_f
     head = data["records"][:40]
     robust = {r["index"] for r in head if r["attacks"]["pgd"]["correct"]}
     assert len(robust) >= 2 and len(missed) == 3
-    real, attacked = runner.attack, {}
 
-    def spy(c, job, clean, start=0):
-        run = real(c, job, clean, start)
-        if "seed probe" in job.key:
-            return run
-        k = int(_restart_of(job.hash)[len("restart"):])
-        ids = [c.ids[start + j] for j, r in enumerate(clean) if r["clean_correct"]]
-        attacked.setdefault(k, set()).update(ids)
-        outs = []
-        for j, o in enumerate(run.outcomes):
-            i = c.ids[start + j]
-            if k == 0 and i in missed:  # and restart 1 misses them (a randomized defense's fresh draws)
-                o = o | {"correct": True}
-            elif k == 1 and clean[j]["clean_correct"]:
-                o = o | {"correct": False}  # restart 2 breaks everything it attacks
-            outs.append(o)
-        return dataclasses.replace(run, outcomes=outs)
+    def outcome(k, i, r, o):
+        if k == 0 and i in missed:  # and restart 1 misses them (a randomized defense's fresh draws)
+            return o | {"correct": True}
+        return o | {"correct": False} if k == 1 and r["clean_correct"] else o  # restart 2 breaks everything it attacks
 
-    monkeypatch.setattr(runner, "attack", spy)
+    attacked = _spy_restarts(monkeypatch, outcome)
     e = saturation.run(ctx, data, n=40)["attacks"]["pgd"]
     assert attacked[0] == {r["index"] for r in head if r["clean_correct"]}  # restart 1: every sample
     assert attacked[1] and attacked[1] <= robust and not attacked[1] & missed  # restart 2: suite-robust ones only
@@ -811,7 +818,6 @@ def test_once_an_attack_is_decided_unsaturated_later_restarts_attack_only_sample
     the sweep's estimate prices only those samples."""
     import dataclasses
 
-    import harness.engine.runner as runner
     from harness.engine import saturation
     from harness.engine.runner import prepare
     from harness.engine.saturation import next_block_s, robust_elsewhere
@@ -832,19 +838,8 @@ def test_once_an_attack_is_decided_unsaturated_later_restarts_attack_only_sample
     head = data["records"][:40]
     elsewhere = robust_elsewhere(head, {}, "pgd")
     assert not elsewhere & df_breaks and set(robust) - df_breaks <= elsewhere
-    real, attacked = runner.attack, {}
-
-    def spy(c, job, clean, start=0):
-        run = real(c, job, clean, start)
-        if "seed probe" in job.key:
-            return run
-        k = int(_restart_of(job.hash)[len("restart"):])
-        ids = [c.ids[start + j] for j in range(len(clean))]
-        attacked.setdefault(k, set()).update(i for i, r in zip(ids, clean) if r["clean_correct"])
-        outs = [o | {"correct": not (k == 0 and i in first_breaks) and bool(r["clean_correct"])} for i, r, o in zip(ids, clean, run.outcomes)]
-        return dataclasses.replace(run, outcomes=outs)
-
-    monkeypatch.setattr(runner, "attack", spy)
+    # restart 1 breaks first_breaks, every later restart nothing
+    attacked = _spy_restarts(monkeypatch, lambda k, i, r, o: o | {"correct": not (k == 0 and i in first_breaks) and bool(r["clean_correct"])})
     saved = []
     e = saturation.run(ctx, data, n=40, save=lambda entry: saved.append(json.loads(json.dumps(entry))))["attacks"]["pgd"]
     assert attacked[0] >= set(robust)  # restart 1: every (clean-correct) sample
