@@ -142,10 +142,11 @@ def explain_cell(data: dict, t: dict, defenses: list[str], defense: str, row: st
             drop = attack_drop(check, n_checked)
             going = progress(check)  # unfinished: its further blocks can only break more
             at_least = "at least " if (going or check.get("narrowed_from")) and drop > 0 else ""
-            unfinished = f" (check unfinished: {going}; further blocks can only lower it)" if going else ""
+            inner = [f"check unfinished: {going}; further blocks can only lower it"] if going else []
             if check.get("narrowed_from"):
-                unfinished += (f" (restarts {check['narrowed_from']}-{check.get('restarts', '?')} attacked only the samples every other attack leaves robust: "
-                               "the attack's verdict was decided, and only those can change All)")
+                inner.append(f"restarts {check['narrowed_from']}-{check.get('restarts', '?')} attack only the samples every other attack leaves robust: "
+                             "the attack's verdict was decided, and only those can change All")
+            unfinished = f" ({'; '.join(inner)})" if inner else ""
             parts.append(f"budget check: 2x steps and 5 restarts change it by {at_least}{-100 * drop + 0.0:+.1f} points on the first {n_checked} samples, "
                          f"counting a sample robust only if neither budget broke it{unfinished}")
     note = cell_note((t.get("notes") or {}).get(f"{defense}/{row}"), m.get("checkpoint_sha256"), where=f"{defense}/{row}")
